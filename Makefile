@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Both create .venv themselves.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+# torch and torchvision are pinned to the wheels these machines carry on disk;
+# elsewhere pip fetches the same releases from the registry.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/kadr demo --shared $(SHARED) -o demo-out
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/events.py
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,147 @@
+"""``hf:MODEL_ID_OR_FOLDER[@random|@FOLDER]``: transformers CLIP and SigLIP models."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kadr.core.models.factory import KnownModel, register_backend
+from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, ImageTextModel
+from kadr.core.models.spec import ModelSpec, SpecError
+from kadr.core.models.weights import (
+    WeightsNotFoundError,
+    hf_cache_dir,
+    hf_cached_file,
+    hub_reachable,
+    missing_weights_message,
+)
+
+# Architectures kadr can build at random weights without the hub. The text
+# tokenizer for @random is open_clip's copy of OpenAI's CLIP BPE (same
+# vocabulary and special tokens as the hub's CLIP tokenizers).
+RANDOM_CONFIGS: dict[str, dict] = {
+    "openai/clip-vit-base-patch32": dict(
+        projection_dim=512,
+        text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                  num_attention_heads=8),
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                    num_attention_heads=12, image_size=224, patch_size=32),
+    ),
+    "openai/clip-vit-large-patch14": dict(
+        projection_dim=768,
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=12),
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                    num_attention_heads=16, image_size=224, patch_size=14),
+    ),
+    "kadr/tiny-clip": dict(
+        projection_dim=64,
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2),
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=2, image_size=64, patch_size=16),
+    ),
+}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class HFClipBackend:
+    name = "hf"
+    kind = "image-text"
+    help = "transformers CLIP/SigLIP: a hub id or local folder; @random for known configs"
+
+    def known(self) -> list[KnownModel]:
+        out = []
+        for name in RANDOM_CONFIGS:
+            if not name.startswith("kadr/"):
+                present = bool(hf_cached_file(name, WEIGHT_FILES))
+                where = f"{hf_cache_dir()}/models--{name.replace('/', '--')}"
+                out.append(KnownModel(f"hf:{name}", self.kind, "pretrained", where, present))
+            out.append(KnownModel(f"hf:{name}@random", self.kind, "seeded random weights",
+                                  "built from config", True))
+        out.append(KnownModel("hf:ID_OR_FOLDER", self.kind, "any CLIP or SigLIP checkpoint",
+                              str(hf_cache_dir()), False))
+        return out
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
+        if spec.is_random:
+            return self._random(spec)
+        source = spec.weights or spec.name
+        local = os.path.isdir(source)
+        if not local and not hf_cached_file(source, WEIGHT_FILES) and not hub_reachable():
+            raise WeightsNotFoundError(
+                missing_weights_message(
+                    f"hf:{source}",
+                    [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
+                    f"download {source} on a machine with the internet (huggingface-cli download "
+                    f"{source}) and copy the cache, or pass a local folder: hf:/path/to/model",
+                )
+            )
+        from transformers import AutoModel, AutoProcessor
+
+        offline = local or not hub_reachable()
+        # transformers loads .bin checkpoints with torch.load(weights_only=True) itself.
+        model = AutoModel.from_pretrained(source, local_files_only=offline).eval()
+        processor = AutoProcessor.from_pretrained(source, local_files_only=offline)
+        ip = processor.image_processor
+        size = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size.get(
+            "shortest_edge", ip.size.get("height"))
+        tok = processor.tokenizer
+        is_siglip = "siglip" in type(model).__name__.lower()
+
+        def encode_text(texts: list[str]) -> torch.Tensor:
+            enc = tok(texts, padding="max_length" if is_siglip else True, truncation=True,
+                      return_tensors="pt")
+            return model.get_text_features(**enc)
+
+        return self._wrap(spec, model, int(size), tuple(ip.image_mean), tuple(ip.image_std),
+                          encode_text)
+
+    def _random(self, spec: ModelSpec) -> ImageTextModel:
+        from transformers import CLIPConfig, CLIPModel
+
+        cfg = RANDOM_CONFIGS.get(spec.name)
+        if cfg is None:
+            raise SpecError(
+                f"no built-in config for hf:{spec.name}@random; known: {', '.join(RANDOM_CONFIGS)}"
+            )
+        torch.manual_seed(spec.seed())
+        config = CLIPConfig(text_config=cfg["text"], vision_config=cfg["vision"],
+                            projection_dim=cfg["projection_dim"])
+        model = CLIPModel(config).eval()
+        import open_clip
+
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+
+        def encode_text(texts: list[str]) -> torch.Tensor:
+            ids = tokenizer(texts)
+            return model.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
+
+        size = cfg["vision"]["image_size"]
+        return self._wrap(spec, model, size, OPENAI_MEAN, OPENAI_STD, encode_text)
+
+    @staticmethod
+    def _wrap(spec, model, size, mean, std, encode_text) -> ImageTextModel:
+        def encode_image(x: torch.Tensor) -> torch.Tensor:
+            return model.get_image_features(pixel_values=x)
+
+        def features(out):
+            # transformers 5 returns a model output object from get_*_features.
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        dim = model.config.projection_dim if hasattr(model.config, "projection_dim") else None
+        return ImageTextModel(
+            spec=spec,
+            image_size=size,
+            mean=mean,
+            std=std,
+            encode_image_fn=lambda x: features(encode_image(x)),
+            encode_text_fn=lambda t: features(encode_text(t)),
+            embed_dim=int(dim or model.config.text_config.hidden_size),
+            modules=[model],
+            logit_scale=float(model.logit_scale.detach().exp()),
+        )
+
+
+register_backend(HFClipBackend())

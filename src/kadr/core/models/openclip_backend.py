@@ -1,0 +1,145 @@
+"""``open_clip:ARCH[@TAG|@PATH|@random]``: any open_clip architecture."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from kadr.core.models.factory import KnownModel, register_backend
+from kadr.core.models.image_text import ImageTextModel
+from kadr.core.models.spec import ModelSpec, SpecError
+from kadr.core.models.weights import (
+    WeightsNotFoundError,
+    hf_cache_dir,
+    hf_cached_file,
+    hub_reachable,
+    load_state_dict,
+    missing_weights_message,
+)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Small architectures shipped with kadr so anyone can run every command end to
+# end at random weights (the test suite uses them).
+TEST_MODELS = {"kadr-tiny-clip": "2-layer 64-wide ViT/text towers, 64 px input, for tests"}
+HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _open_clip():
+    import open_clip
+
+    for name in TEST_MODELS:
+        if name not in open_clip.list_models():
+            open_clip.add_model_config(CONFIG_DIR / f"{name}.json")
+    return open_clip
+
+
+def _create(oc, arch: str):
+    """The architecture with fresh weights; kadr loads weights itself, safely."""
+    log = logging.getLogger()
+    level = log.level
+    log.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" on purpose here
+    try:
+        return oc.create_model(arch, pretrained=None)
+    finally:
+        log.setLevel(level)
+
+
+class OpenClipBackend:
+    name = "open_clip"
+    kind = "image-text"
+    help = "open_clip architectures; weights: a pretrained tag, a checkpoint path, or random"
+
+    def _hub_location(self, arch: str, tag: str) -> tuple[str | None, str]:
+        cfg = _open_clip().get_pretrained_cfg(arch, tag)
+        hub = (cfg.get("hf_hub") or "").rstrip("/")
+        where = f"{hf_cache_dir()}/models--{hub.replace('/', '--')}" if hub else cfg.get("url", "")
+        return hub or None, where
+
+    def known(self) -> list[KnownModel]:
+        oc = _open_clip()
+        out = [
+            KnownModel(f"open_clip:{n}@random", self.kind, note, "built from config", True)
+            for n, note in TEST_MODELS.items()
+        ]
+        for arch, tag in oc.list_pretrained():
+            hub, where = self._hub_location(arch, tag)
+            present = bool(hub and hf_cached_file(hub, HUB_FILES))
+            spec = f"open_clip:{arch}@{tag}"
+            out.append(KnownModel(spec, self.kind, "pretrained", where, present))
+        out.append(
+            KnownModel("open_clip:ARCH@random", self.kind,
+                       f"any of {len(oc.list_models())} architectures at seeded random weights",
+                       "built from config", True)
+        )
+        return out
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
+        oc = _open_clip()
+        arch = spec.name
+        if arch not in oc.list_models():
+            raise SpecError(f"unknown open_clip architecture {arch!r}; see `kadr models`")
+        weights = spec.weights
+        if weights is None:
+            tags = oc.list_pretrained_tags_by_model(arch)
+            if not tags:
+                raise SpecError(f"{arch} has no pretrained tags; give @PATH or @random")
+            weights = tags[0]
+        if weights == "random":
+            torch.manual_seed(spec.seed())
+            model = _create(oc, arch)
+        elif os.path.exists(weights):
+            model = _create(oc, arch)
+            model.load_state_dict(load_state_dict(weights, trust_checkpoint))
+        else:
+            model = self._load_tag(oc, arch, weights)
+        model.eval()
+        visual = model.visual
+        size = visual.image_size
+        size = size[0] if isinstance(size, tuple | list) else size
+        mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
+        std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+        tokenizer = oc.get_tokenizer(arch)
+        return ImageTextModel(
+            spec=ModelSpec(spec.backend, arch, weights),
+            image_size=int(size),
+            mean=mean,
+            std=std,
+            encode_image_fn=model.encode_image,
+            encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
+            embed_dim=int(model.text_projection.shape[-1])
+            if getattr(model, "text_projection", None) is not None
+            else int(model.encode_text(tokenizer(["a"])).shape[-1]),
+            modules=[model],
+            logit_scale=float(model.logit_scale.detach().exp()),
+        )
+
+    def _load_tag(self, oc, arch: str, tag: str):
+        if tag not in oc.list_pretrained_tags_by_model(arch):
+            raise SpecError(
+                f"{tag!r} is neither a file nor a pretrained tag of {arch}; tags: "
+                f"{', '.join(oc.list_pretrained_tags_by_model(arch)) or 'none'}"
+            )
+        hub, where = self._hub_location(arch, tag)
+        cached = hf_cached_file(hub, HUB_FILES) if hub else None
+        if cached:
+            model = _create(oc, arch)
+            model.load_state_dict(load_state_dict(cached))
+            return model
+        if not hub_reachable():
+            raise WeightsNotFoundError(
+                missing_weights_message(
+                    f"open_clip {arch}@{tag}",
+                    [where, "the pretrained tag's download URL (no network)"],
+                    f"run once on a machine with the internet (the files land in {hf_cache_dir()}; "
+                    "set HF_HOME or HF_HUB_CACHE to use another cache), or download "
+                    f"{hub or 'the checkpoint'} and pass its path: open_clip:{arch}@/path/to/"
+                    "open_clip_model.safetensors",
+                )
+            )
+        return oc.create_model(arch, pretrained=tag)
+
+
+register_backend(OpenClipBackend())

@@ -1,0 +1,102 @@
+"""Finding and loading weights safely, and failing fast and clearly when they are absent."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+
+class WeightsNotFoundError(RuntimeError):
+    """Weights are not on this machine and cannot be downloaded now."""
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A pickled checkpoint that would run arbitrary code while loading."""
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+    return Path(home) / "hub"
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """True when downloads may be attempted: not offline by setting, and the hub answers.
+
+    Checked once per process with a short timeout so that a machine without
+    the internet gets its error in seconds, never a hang.
+    """
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("KADR_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
+    """Path of the first of ``filenames`` already in the Hugging Face cache, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    parts = repo_id.strip("/").split("/")
+    if len(parts) > 2:  # "org/repo/file.bin": a hub entry that names its file
+        repo_id, filenames = "/".join(parts[:2]), ("/".join(parts[2:]),)
+    for name in filenames:
+        try:
+            hit = try_to_load_from_cache(repo_id, name, cache_dir=str(hf_cache_dir()))
+        except ValueError:  # not a valid repo id: nothing can be cached under it
+            return None
+        if isinstance(hit, str) and os.path.exists(hit):
+            return hit
+    return None
+
+
+def missing_weights_message(what: str, looked: list[str], how: str) -> str:
+    places = "\n".join(f"  - {p}" for p in looked)
+    return (
+        f"weights for {what} are not available on this machine and the model hub cannot be "
+        f"reached.\nLooked in:\n{places}\nTo provide them: {how}\n"
+        "Any model can still be run end to end with random weights: append @random to the spec."
+    )
+
+
+def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict:
+    """A checkpoint's tensors: safetensors, or torch.load(weights_only=True).
+
+    A checkpoint that needs arbitrary code to unpickle is refused unless the
+    user says they trust it (``--trust-checkpoint``).
+    """
+    import torch
+
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if not trust_pickle:
+                raise UnsafeCheckpointError(
+                    f"{path} is a pickled checkpoint that needs arbitrary code to load "
+                    f"({str(e).splitlines()[0]}). Loading it could run anything it contains. "
+                    "Convert it to safetensors, or pass --trust-checkpoint if you trust its source."
+                ) from e
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "module"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state

@@ -1,0 +1,231 @@
+"""The batch runner: one loop that every kadr job (embed, detect, classify, caption) uses.
+
+A job is two plain functions:
+
+- ``prepare(photo: DecodedPhoto) -> input``: runs in decode worker threads
+  (Pillow and NumPy release the GIL), so decoding overlaps model compute;
+- ``process(inputs: list, rows: list[dict]) -> list[dict]``: a pure function
+  of one batch, returning one result dict per input (the columns it adds).
+
+The runner streams photos from a collection, skips those already in the
+store, decodes at the size the job asks for, turns every failure into a
+status row, writes shards atomically and shows progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from kadr.core.collection import PhotoCollection, PhotoRef
+from kadr.core.decode import DEFAULT_MAX_PIXELS, DecodedPhoto, DecodeError, decode_photo, read_bytes
+from kadr.core.phototime import naive_local, photo_time
+from kadr.core.store import ShardStore
+
+console = Console(stderr=True)
+
+
+def photo_id(data: bytes) -> str:
+    """Content id: the same bytes give the same id wherever the file lives."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass
+class Job:
+    """What a batch job does with each photo; see the module docstring."""
+
+    name: str
+    prepare: Callable[[DecodedPhoto], Any]
+    process: Callable[[list[Any], list[dict]], list[dict]]
+    min_side: int | None = None  # smallest side the model needs (enables JPEG draft decoding)
+    batch_size: int = 32
+    empty_result: dict = field(default_factory=dict)  # result columns for failed photos
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    already_done: int = 0
+    processed: int = 0
+    ok: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # key, status, reason
+    skipped_files: list[str] = field(default_factory=list)
+    empty_groups: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_processed(self) -> bool:
+        return self.total > 0 and self.ok == 0 and self.already_done == 0
+
+    def print(self) -> None:
+        console.print(
+            f"[bold]{self.total}[/] photos: {self.already_done} already done, "
+            f"{self.processed} processed now, {self.ok} ok, {len(self.failures)} failed"
+        )
+        if self.failures:
+            console.print("[yellow]Photos that could not be processed:[/]")
+            for key, status, reason in self.failures[:50]:
+                console.print(f"  {key}: [red]{status}[/] {reason}")
+            if len(self.failures) > 50:
+                console.print(f"  ... and {len(self.failures) - 50} more (see the status column)")
+        if self.skipped_files:
+            console.print(
+                f"[yellow]{len(self.skipped_files)} files without an image extension were not "
+                f"read[/], e.g. {', '.join(self.skipped_files[:5])}"
+            )
+        if self.empty_groups:
+            console.print(f"[yellow]Folders with no photos:[/] {', '.join(self.empty_groups[:20])}")
+
+
+def _base_row(ref: PhotoRef) -> dict:
+    return {
+        "key": ref.key,
+        "path": ref.path,
+        "group": ref.group,
+        "photo_id": None,
+        "time": None,
+        "time_source": "none",
+        "width": None,
+        "height": None,
+        "format": None,
+        "mode": None,
+        "status": "ok",
+        "reason": None,
+    }
+
+
+def load_photo(
+    ref: PhotoRef,
+    job: Job,
+    max_pixels: int,
+    time_pattern: str | None,
+) -> tuple[dict, Any]:
+    """Read, hash, decode and prepare one photo; never raises for bad input."""
+    row = _base_row(ref)
+    try:
+        data = read_bytes(ref.path)
+        row["photo_id"] = photo_id(data)
+        photo = decode_photo(data, min_side=job.min_side, max_pixels=max_pixels)
+    except DecodeError as e:
+        row["status"], row["reason"] = e.status, e.reason
+        if e.status not in ("missing", "unreadable"):
+            t, src = photo_time(ref.path, None, time_pattern)
+            row["time"], row["time_source"] = naive_local(t), src
+        return row, None
+    t, src = photo_time(ref.path, photo.exif, time_pattern)
+    row.update(
+        time=naive_local(t),
+        time_source=src,
+        width=photo.width,
+        height=photo.height,
+        format=photo.format,
+        mode=photo.mode,
+    )
+    try:
+        return row, job.prepare(photo)
+    except Exception as e:  # noqa: BLE001 - a job's preprocessing failure is per photo
+        row["status"], row["reason"] = "prepare_error", f"{type(e).__name__}: {e}"
+        return row, None
+
+
+def _ordered_prefetch(
+    fn: Callable[[PhotoRef], tuple[dict, Any]],
+    refs: Iterable[PhotoRef],
+    pool: ThreadPoolExecutor,
+    window: int,
+) -> Iterator[tuple[dict, Any]]:
+    """Like ``pool.map`` but with at most ``window`` photos in flight (flat memory)."""
+    pending: deque[Future] = deque()
+    for ref in refs:
+        pending.append(pool.submit(fn, ref))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def run_job(
+    collection: PhotoCollection | Iterable[PhotoRef],
+    job: Job,
+    store: ShardStore,
+    *,
+    workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    time_pattern: str | None = None,
+    extra_columns: bool = True,
+    progress: bool = True,
+) -> RunSummary:
+    """Run ``job`` over every photo not yet in ``store``; returns what happened."""
+    summary = RunSummary()
+    done = store.done_keys()
+    total = sum(1 for _ in collection)
+    summary.total = total
+    summary.already_done = sum(1 for r in collection if r.key in done)
+    todo = (r for r in collection if r.key not in done)
+
+    def finish(rows: list[dict], inputs: list[Any]) -> None:
+        ok_idx = [i for i, x in enumerate(inputs) if x is not None]
+        results = job.process([inputs[i] for i in ok_idx], [rows[i] for i in ok_idx])
+        by_idx = dict(zip(ok_idx, results, strict=True))
+        for i, row in enumerate(rows):
+            row.update(by_idx.get(i, job.empty_result))
+            if row["status"] == "ok":
+                summary.ok += 1
+            else:
+                summary.failures.append((row["key"], row["status"], row["reason"]))
+        summary.processed += len(rows)
+        store.add(rows)
+
+    columns = [
+        TextColumn(f"[bold]{job.name}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} photos/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with (
+        Progress(*columns, console=console, disable=not progress) as bar,
+        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool,
+    ):
+        task = bar.add_task(job.name, total=total, completed=summary.already_done, rate=0.0)
+        rows: list[dict] = []
+        inputs: list[Any] = []
+
+        def load(ref: PhotoRef) -> tuple[dict, Any]:
+            row, x = load_photo(ref, job, max_pixels, time_pattern)
+            if extra_columns and ref.extra:
+                row.update({f"extra_{k}": v for k, v in ref.extra.items()})
+            return row, x
+
+        window = max(2 * job.batch_size, 4 * workers)
+        for row, x in _ordered_prefetch(load, todo, pool, window):
+            rows.append(row)
+            inputs.append(x)
+            if len(rows) >= job.batch_size:
+                finish(rows, inputs)
+                rows, inputs = [], []
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, completed=summary.already_done + summary.processed,
+                           rate=summary.processed / elapsed)
+        if rows:
+            finish(rows, inputs)
+        bar.update(task, completed=summary.already_done + summary.processed)
+    store.flush()
+    if isinstance(collection, PhotoCollection):
+        summary.skipped_files = collection.report.skipped_files
+        summary.empty_groups = collection.report.empty_groups
+    return summary

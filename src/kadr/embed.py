@@ -1,0 +1,114 @@
+"""Image and text embeddings with any CLIP-family model; resumable, cached.
+
+Importable and a command (``kadr embed``, ``kadr embed-text``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from kadr.core.collection import PhotoCollection
+from kadr.core.models import ImageTextModel, load_model
+from kadr.core.runner import Job, RunSummary, run_job
+from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_table
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KADR_CACHE", Path.home() / ".cache" / "kadr"))
+
+
+def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
+    def process(inputs: list[np.ndarray], rows: list[dict]) -> list[dict]:
+        if not inputs:
+            return []
+        vectors = model.encode_images(inputs)
+        return [{"embedding": v.tolist()} for v in vectors]
+
+    return Job(
+        name="embed",
+        prepare=model.prepare,
+        process=process,
+        # Decode JPEGs at the coarsest DCT scale that keeps the short side >= the model's input.
+        min_side=model.image_size,
+        batch_size=batch_size,
+        empty_result={"embedding": None},
+    )
+
+
+def embed_photos(
+    source: str,
+    out: str,
+    model_spec: str,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    group_level: int | None = None,
+    group_column: str | None = None,
+    path_column: str | None = None,
+    max_pixels: int | None = None,
+    time_pattern: str | None = None,
+    trust_checkpoint: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """Embed every photo of ``source`` into Parquet shards under ``out``."""
+    model = load_model(model_spec, kind="image-text", trust_checkpoint=trust_checkpoint)
+    collection = PhotoCollection(
+        source, group_level=group_level, group_column=group_column, path_column=path_column
+    )
+    job = image_embedding_job(model, batch_size)
+    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint}) as store:
+        return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
+                       progress=progress, **kwargs)
+
+
+def text_embeddings(model: ImageTextModel, texts: list[str]) -> np.ndarray:
+    """Embeddings of ``texts``, cached on disk by (model fingerprint, exact text list)."""
+    key = hashlib.sha256(
+        (json.dumps(model.fingerprint, sort_keys=True) + "\n" + "\n".join(texts)).encode()
+    ).hexdigest()
+    path = cache_dir() / "text" / f"{key}.npy"
+    if path.exists():
+        try:
+            cached = np.load(path)
+            if cached.shape[0] == len(texts):
+                return cached
+        except (OSError, ValueError):
+            pass  # a damaged cache file is recomputed
+    vectors = model.encode_texts(texts)
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    atomic_write_bytes(path, buf.getvalue())
+    return vectors
+
+
+def read_text_lines(path: str) -> list[str]:
+    """One phrase per line; blank lines and lines starting with # are ignored."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def embed_text_file(path: str, out: str, model_spec: str) -> int:
+    """``kadr embed-text``: a text file (one phrase per line) or a JSON prompt file."""
+    model = load_model(model_spec, kind="image-text")
+    if path.endswith(".json"):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        pairs = [(label, p) for label, prompts in data.items() for p in
+                 (prompts if isinstance(prompts, list) else [prompts])]
+    else:
+        pairs = [("", t) for t in read_text_lines(path)]
+    vectors = text_embeddings(model, [t for _, t in pairs])
+    table = pa.table({
+        "label": [lbl for lbl, _ in pairs],
+        "text": [t for _, t in pairs],
+        "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+    })
+    atomic_write_table(out, table)
+    return len(pairs)

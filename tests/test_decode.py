@@ -1,0 +1,87 @@
+import io
+import os
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+
+from kadr.core.decode import DecodeError, decode_photo, read_bytes, resize_center_crop
+from tests.conftest import jpeg_bytes
+
+
+def status_of(path) -> str:
+    try:
+        decode_photo(read_bytes(str(path)), min_side=64)
+        return "ok"
+    except DecodeError as e:
+        assert e.reason, "every failure carries a reason"
+        return e.status
+
+
+def test_every_broken_input_gets_its_status(broken_corpus):
+    root, expected = broken_corpus
+    got = {name: status_of(root / name) for name in expected}
+    assert got == expected
+
+
+def test_odd_modes_become_8bit_rgb(broken_corpus):
+    root, expected = broken_corpus
+    for name in ("cmyk.jpg", "gray16.png", "palette.png", "alpha.png", "anim.gif"):
+        photo = decode_photo((root / name).read_bytes())
+        assert photo.image.mode == "RGB"
+        assert np.asarray(photo.image).dtype == np.uint8
+    gray = np.asarray(decode_photo((root / "gray16.png").read_bytes()).image)
+    assert gray.max() > 200, "16-bit values are rescaled, not clipped to black/white"
+    alpha = decode_photo((root / "alpha.png").read_bytes())
+    assert np.asarray(alpha.image).mean() > 100, "transparency is composited on white"
+
+
+def test_pixel_limit_can_be_raised():
+    data = jpeg_bytes(size=(1200, 1000))
+    try:
+        decode_photo(data, max_pixels=1_000_000)
+        raise AssertionError("should refuse")
+    except DecodeError as e:
+        assert e.status == "too_large" and "--max-pixels" in e.reason
+    assert decode_photo(data, max_pixels=2_000_000).width == 1200
+
+
+def test_exif_orientation_is_applied():
+    data = jpeg_bytes(size=(300, 200), orientation=6)  # rotate 90 CW on display
+    photo = decode_photo(data)
+    assert photo.image.size == (200, 300)
+    assert (photo.width, photo.height) == (200, 300)
+
+
+def test_draft_decoding_reduces_but_keeps_enough_pixels():
+    data = jpeg_bytes(size=(2048, 1536))
+    photo = decode_photo(data, min_side=224)
+    assert min(photo.image.size) >= 224
+    assert photo.image.size[0] <= 512, "a 2048 px JPEG is DCT-scaled for a 224 px model"
+    assert (photo.width, photo.height) == (2048, 1536), "original size is still reported"
+    assert resize_center_crop(photo.image, 224).size == (224, 224)
+
+
+def test_unreadable_and_missing(tmp_path):
+    try:
+        read_bytes(str(tmp_path / "nope.jpg"))
+    except DecodeError as e:
+        assert e.status == "missing"
+    if os.geteuid() != 0:
+        p = tmp_path / "x.jpg"
+        p.write_bytes(b"x")
+        os.chmod(p, 0)
+        try:
+            read_bytes(str(p))
+        except DecodeError as e:
+            assert e.status == "unreadable"
+
+
+def test_heic_and_webp_tiff_bmp_decode(tmp_path):
+    img = Image.fromarray(np.full((30, 40, 3), 120, np.uint8))
+    for fmt in ("WEBP", "TIFF", "BMP", "PNG", "HEIF"):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        photo = decode_photo(buf.getvalue())
+        assert photo.image.size == (40, 30), fmt
+    assert datetime  # imported for symmetry with other tests

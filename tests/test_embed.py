@@ -1,0 +1,124 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from kadr.core.decode import decode_photo
+from kadr.core.store import ShardStore, StoreLockedError, read_shards
+from kadr.embed import embed_photos
+from tests.conftest import TINY_CLIP, jpeg_bytes, make_broken_corpus, shared_path
+
+KADR = [sys.executable, "-m", "kadr.cli"]
+
+
+def kadr(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*KADR, *args], capture_output=True, text=True, **kw)
+
+
+def by_key(folder) -> dict:
+    t = read_shards(folder).to_pandas()
+    return {r.key: r for r in t.itertuples()}
+
+
+def test_embed_cli_with_broken_photos_reports_them(tmp_path):
+    root = tmp_path / "mixed"
+    expected = make_broken_corpus(root)
+    r = kadr("embed", str(root), "-o", str(tmp_path / "out"), "--model", TINY_CLIP, "-q")
+    assert r.returncode == 0, r.stderr
+    rows = by_key(tmp_path / "out")
+    assert {k: v.status for k, v in rows.items()} == expected
+    assert "truncated.jpg" in r.stderr and "too_large" in r.stderr
+    good = rows["good.jpg"]
+    assert len(good.embedding) == 64 and good.photo_id and pd.isna(good.reason)
+
+
+def test_nothing_processable_exits_nonzero(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"")
+    r = kadr("embed", str(root), "-o", str(tmp_path / "out"), "--model", TINY_CLIP, "-q")
+    assert r.returncode == 1 and "empty_file" in r.stderr
+
+
+def test_resume_skips_done_and_refuses_other_settings(photo_folder, tmp_path):
+    out = tmp_path / "out"
+    s1 = embed_photos(str(photo_folder), str(out), TINY_CLIP, batch_size=3, progress=False)
+    assert s1.processed == 10
+    s2 = embed_photos(str(photo_folder), str(out), TINY_CLIP, batch_size=3, progress=False)
+    assert s2.already_done == 10 and s2.processed == 0
+    with pytest.raises(Exception, match="different settings"):
+        embed_photos(str(photo_folder), str(out), "hf:kadr/tiny-clip@random", progress=False)
+
+
+def test_second_run_on_same_output_is_refused(tmp_path):
+    with ShardStore(tmp_path / "o", {"a": 1}):
+        with pytest.raises(StoreLockedError, match="in use"):
+            ShardStore(tmp_path / "o", {"a": 1}).open()
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(240):
+        (root / f"p{i:04d}.jpg").write_bytes(jpeg_bytes(size=(96, 80), seed=i))
+    ref = tmp_path / "ref"
+    assert kadr("embed", str(root), "-o", str(ref), "--model", TINY_CLIP, "-q").returncode == 0
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "KADR_SHARD_ROWS": "16"}
+    proc = subprocess.Popen(
+        [*KADR, "embed", str(root), "-o", str(out), "--model", TINY_CLIP, "-q",
+         "--batch-size", "8"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_shards(out)
+    assert 0 < partial.num_rows < 240, "the kill landed mid-run"
+    r = kadr("embed", str(root), "-o", str(out), "--model", TINY_CLIP, "-q")
+    assert r.returncode == 0, r.stderr
+    a, b = by_key(ref), by_key(out)
+    assert len(read_shards(out)) == 240, "no photo lost or duplicated"
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].embedding, b[k].embedding, atol=1e-5)
+
+
+def test_memory_flat_store_streams_shards(tmp_path):
+    # Shards are written as the run goes, not held until the end.
+    store = ShardStore(tmp_path / "s", {"x": 1}, shard_rows=10)
+    with store:
+        for i in range(35):
+            store.add([{"key": str(i), "v": i}])
+        assert len(store.shard_paths()) == 3
+    assert pq.read_table(store.shard_paths()[-1]).num_rows == 5
+
+
+def test_fast_path_matches_plain_preprocessing_on_real_photos():
+    import open_clip
+    import torch
+
+    from kadr.core.models import load_model
+
+    folder = shared_path(
+        "data", "camera_traps", "cameratraps_repo", "api", "synchronous", "sample_input"
+    )
+    model = load_model("open_clip:ViT-B-16@random")
+    _, _, plain = open_clip.create_model_and_transforms("ViT-B-16")
+    sims = []
+    for p in sorted(Path(folder).rglob("*.JPG"))[:6]:
+        fast = model.encode_images([model.prepare(decode_photo(p.read_bytes(), 224))])
+        ref = model.encode_images(plain(Image.open(p).convert("RGB")).unsqueeze(0).numpy())
+        sims.append(float((fast * ref).sum()))
+    assert np.mean(sims) > 0.99, sims
+    assert torch  # the plain path is torchvision's

@@ -1,0 +1,71 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from kadr.core.models import (
+    ModelSpec,
+    SpecError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+    load_model,
+)
+from kadr.core.models.weights import load_state_dict
+from tests.conftest import TINY_CLIP
+
+
+def test_spec_parsing():
+    s = ModelSpec.parse("open_clip:ViT-B-32@laion2b_s34b_b79k")
+    assert (s.backend, s.name, s.weights) == ("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
+    assert ModelSpec.parse("hf:openai/clip-vit-base-patch32").weights is None
+    assert ModelSpec.parse("yolox:/models/x.onnx").name == "/models/x.onnx"
+    with pytest.raises(SpecError):
+        ModelSpec.parse("ViT-B-32")
+    with pytest.raises(SpecError, match="unknown model backend"):
+        load_model("nope:thing")
+
+
+@pytest.mark.parametrize("spec", [TINY_CLIP, "hf:kadr/tiny-clip@random"])
+def test_random_weights_are_seeded(spec):
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    a = load_model(spec).encode_images(x)
+    b = load_model(spec).encode_images(x)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
+    t = load_model(spec).encode_texts(["a bear", "a deer", "a bear"])
+    np.testing.assert_allclose(t[0], t[2], atol=1e-5)
+    assert not np.allclose(t[0], t[1])
+
+
+@pytest.mark.parametrize(
+    "spec", ["open_clip:ViT-B-32@laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"]
+)
+def test_missing_weights_fail_fast_and_say_where(spec, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("KADR_OFFLINE", "1")
+    t0 = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as e:
+        load_model(spec)
+    assert time.monotonic() - t0 < 10
+    assert str(tmp_path / "hub") in str(e.value) and "@random" in str(e.value)
+
+
+def test_local_checkpoint_and_pickle_refusal(tmp_path):
+    model = load_model(TINY_CLIP)
+    net = model.modules[0]
+    path = tmp_path / "ckpt.pt"
+    torch.save(net.state_dict(), path)
+    loaded = load_model(f"open_clip:kadr-tiny-clip@{path}")
+    x = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(loaded.encode_images(x), model.encode_images(x), atol=1e-5)
+
+    class Evil:  # a pickle that needs arbitrary code
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"state_dict": net.state_dict(), "x": Evil()}, bad)
+    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+        load_state_dict(bad)
+    assert "visual.conv1.weight" in load_state_dict(bad, trust_pickle=True)
