@@ -1,0 +1,138 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from kadr.traps.events import form_registrations, parse_gap
+from kadr.traps.score import score_registrations
+from kadr.traps.tables import (
+    REGISTRATION_COLUMNS,
+    normalise_photo_table,
+    read_photo_table,
+    read_registrations,
+    registrations_csv,
+)
+from tests.conftest import shared_path
+
+
+def photos(rows):
+    df = pd.DataFrame(rows, columns=["camera", "file", "time", "class", "count"])
+    return normalise_photo_table(df)
+
+
+T = "2024-07-01 06:"
+
+
+def test_simple_rule_as_the_seed_states_it():
+    p = photos([
+        ("1", "a", T + "00:00", "Bear", 1),
+        ("1", "b", T + "01:00", "Bear", 2),  # count changes: new registration
+        ("1", "c", T + "02:00", "Wolf", 2),  # class changes: new registration
+        ("1", "d", T + "45:00", "Wolf", 2),  # 43 min later: new registration
+    ])
+    r = form_registrations(p, "simple")
+    assert list(r["class"]) == ["Bear", "Bear", "Wolf", "Wolf"]
+    assert list(r["count"]) == [1, 2, 2, 2]
+
+
+def test_window_rule_smooths_a_single_wrong_class():
+    rows = [("1", f"f{i}", T + f"{i:02d}:00", "Bear", 1) for i in range(7)]
+    rows[3] = ("1", "f3", T + "03:00", "Wolf", 1)
+    r = form_registrations(photos(rows), "window")
+    assert list(r["class"]) == ["Bear"]
+
+
+def test_sessions_default_one_visit_one_registration():
+    rows = [("1", f"f{i}", T + f"{i:02d}:00", "Bear", 1 + (i == 2)) for i in range(6)]
+    rows[4] = ("1", "f4", T + "04:00", "Wolf", np.nan)  # undetected photo: a guessed class
+    rows.append(("1", "late", "2024-07-01 08:00:00", "Bear", 1))
+    rows.append(("1", "x", "not a time", "Bear", 1))
+    rows.append(("1", "empty", T + "03:30", "empty", 0))
+    r = form_registrations(photos(rows), "sessions")
+    assert len(r) == 3, "two visits plus the untimed photo, empty photo forms none"
+    first = r.iloc[0]
+    assert (first["class"], first["count"]) == ("Bear", 2)
+    assert str(first["date_registration_start"]) == "2024-07-01 06:00:00"
+    assert str(first["date_registration_end"]) == "2024-07-01 06:05:00"
+    assert pd.isna(r.iloc[2]["date_registration_start"]), "untimed photo kept, flagged by NaT"
+
+
+def test_duplicates_and_shuffled_rows_do_not_change_the_result():
+    rows = [("1", f"f{i}", T + f"{i:02d}:00", "Bear", 1) for i in range(5)]
+    a = form_registrations(photos(rows))
+    b = form_registrations(photos((rows + rows[:2])[::-1]))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_gap_parsing():
+    assert parse_gap("30m") == pd.Timedelta(minutes=30)
+    assert parse_gap("1h") == pd.Timedelta(hours=1)
+    assert parse_gap(15) == pd.Timedelta(minutes=15)
+
+
+def _regs(rows):
+    return pd.DataFrame(rows, columns=REGISTRATION_COLUMNS).assign(
+        date_registration_start=lambda d: pd.to_datetime(d.date_registration_start),
+        date_registration_end=lambda d: pd.to_datetime(d.date_registration_end),
+    )
+
+
+def test_score_reproduces_the_case_worked_example():
+    ref = _regs([
+        ("10", "Deer", "2023-01-02 18:32:33", "2023-01-02 18:33:33", 3),
+        ("10", "Deer", "2023-01-02 20:32:33", "2023-01-02 20:33:33", 1),
+    ])
+    pred = _regs([
+        ("10", "Deer", "2023-01-02 18:32:33", "2023-01-02 18:32:33", 3),
+        ("10", "Deer", "2023-01-02 19:39:33", "2023-01-02 19:40:03", 1),
+        ("10", "Deer", "2023-01-02 20:32:33", "2023-01-02 20:33:33", 2),
+    ])
+    s = score_registrations(ref, pred, iou="hit")
+    assert s.score == pytest.approx(0.25)
+    assert (s.matched, s.missed, s.false_proposals, s.count_f1) == (2, 0, 1, 0.5)
+    s = score_registrations(ref, pred)  # true IoU: the 1 s prediction covers 1/61 of the first
+    assert s.mean_iou == pytest.approx((1 / 61 + 1) / 2)
+    assert score_registrations(ref, ref).score == pytest.approx(1.0)
+
+
+def test_csv_has_the_exact_header_and_time_format():
+    ref = _regs([("10", "Deer", "2023-01-02 18:32:33", "2023-01-02 18:33:33", 3)])
+    text = registrations_csv(ref)
+    assert text.splitlines() == [
+        "name_folder,class,date_registration_start,date_registration_end,count",
+        "10,Deer,2023-01-02 18:32:33,2023-01-02 18:33:33,3",
+    ]
+
+
+def test_reads_the_padded_sample_submission():
+    regs = read_registrations(str(shared_path("data", "priroda", "sample_submission.csv")))
+    assert regs.iloc[0]["class"] == "Bear" and regs.iloc[0]["name_folder"] == "52"
+    assert (regs["date_registration_start"] <= regs["date_registration_end"]).all()
+
+
+def _variants(p: pd.DataFrame, rng):
+    classes = p["class"].unique()
+    noisy = p.copy()
+    m = rng.random(len(p)) < 0.1
+    noisy.loc[m, "class"] = rng.choice(classes, m.sum())
+    off = p.copy()
+    m = (rng.random(len(p)) < 0.1) & p["count"].notna()
+    off.loc[m, "count"] = np.maximum(1, off.loc[m, "count"] + rng.choice([-1, 1], m.sum()))
+    return {
+        "missing 20% of photos": p.sample(frac=0.8, random_state=1),
+        "10% classes noisier": noisy,
+        "10% counts off by one": off,
+        "10% photos repeated": pd.concat([p, p.sample(frac=0.1, random_state=2)]),
+    }
+
+
+def test_default_method_on_the_real_case_table():
+    path = str(shared_path("data", "priroda", "registration.csv"))
+    p, ref = read_photo_table(path), read_registrations(path)
+    assert len(ref) == 2172
+    scores = {m: score_registrations(ref, form_registrations(p, m)).score
+              for m in ("sessions", "window", "simple")}
+    assert scores["sessions"] >= 0.95
+    assert scores["sessions"] > scores["window"] > scores["simple"]
+    for name, variant in _variants(p, np.random.default_rng(0)).items():
+        s = score_registrations(ref, form_registrations(variant)).score
+        assert s >= 0.75, f"{name}: {s:.3f}"
