@@ -7,68 +7,30 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from kadr.core.models import SpecError, UnsafeCheckpointError, WeightsNotFoundError
-from kadr.core.store import StoreLockedError, StoreMismatchError
+from kadr.cli_common import (
+    Batch,
+    GroupColumn,
+    GroupLevel,
+    MaxPixels,
+    PathColumn,
+    Quiet,
+    TimePattern,
+    Trust,
+    Workers,
+    finish,
+    guarded,
+    out,
+)
+from kadr.traps.cli import app as traps_app
 
 app = typer.Typer(
     help="Turn large photo collections into answers with vision-language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
-USER_ERRORS = (
-    SpecError,
-    WeightsNotFoundError,
-    UnsafeCheckpointError,
-    StoreLockedError,
-    StoreMismatchError,
-    FileNotFoundError,
-    ValueError,
-)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def guarded(fn):
-    """Run a command body; user errors become one clear message and exit code 2."""
-    try:
-        return fn()
-    except USER_ERRORS as e:
-        fail(str(e))
-
-
-def finish(summary) -> None:
-    summary.print()
-    if summary.nothing_processed:
-        fail("no photo could be processed", code=1)
-
-
-Workers = Annotated[int, typer.Option(help="decode threads")]
-Batch = Annotated[int, typer.Option(help="photos per model batch")]
-GroupLevel = Annotated[
-    int | None, typer.Option(help="folder levels below the root that name a camera/group")
-]
-GroupColumn = Annotated[str | None, typer.Option(help="manifest column naming the group")]
-PathColumn = Annotated[str | None, typer.Option(help="manifest column with paths or URLs")]
-MaxPixels = Annotated[
-    int | None, typer.Option(help="refuse images above this many pixels (decompression bombs)")
-]
-TimePattern = Annotated[
-    str | None,
-    typer.Option(help="strptime pattern for times in file names, e.g. %Y%m%d_%H%M%S"),
-]
-Trust = Annotated[
-    bool, typer.Option("--trust-checkpoint", help="allow pickled checkpoints that run code")
-]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+app.add_typer(traps_app, name="traps")
 
 
 @app.command()

@@ -46,11 +46,9 @@ def backends() -> dict[str, Backend]:
 
 
 def _ensure_builtin() -> None:
-    # Imported lazily so that `import kadr` stays light; each module registers itself.
-    if _BACKENDS:
-        return
-    from kadr.core.models import hf_backend, openclip_backend  # noqa: F401
-    from kadr.traps import detectors  # noqa: F401
+    # Imported lazily so that `import kadr` stays light; each module registers itself
+    # (importing one that is already loaded costs nothing).
+    from kadr.core.models import detectors, hf_backend, openclip_backend  # noqa: F401
 
 
 def load_model(spec: str | ModelSpec, *, kind: str | None = None, trust_checkpoint: bool = False):

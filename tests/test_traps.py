@@ -1,0 +1,122 @@
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from kadr.traps.export import validate_camtrap_dp
+from kadr.traps.pipeline import TrapSettings, run_traps
+from kadr.traps.prompts import PromptFileError, load_prompts, parse_prompts
+from tests.conftest import TINY_CLIP, jpeg_bytes, shared_path
+
+D04 = ("data", "camera_traps", "cameratraps_repo", "api", "synchronous", "sample_input")
+
+
+@pytest.fixture
+def d04_camera(tmp_path):
+    """The Serengeti D04 frames gathered into one camera folder."""
+    src = shared_path(*D04)
+    cam = tmp_path / "photos" / "D04"
+    cam.mkdir(parents=True)
+    for p in sorted(src.rglob("*.JPG")):
+        shutil.copy(p, cam / p.name)
+    return tmp_path / "photos"
+
+
+def yolox() -> str:
+    return f"yolox:{shared_path('models', 'yolox_nano.onnx')}"
+
+
+def test_real_yolox_run_gives_one_elephant_registration(d04_camera, tmp_path):
+    out = tmp_path / "out"
+    settings = TrapSettings(detector=yolox(), classifier=None, progress=False)
+    summary, regs = run_traps(str(d04_camera), str(out), settings)
+    assert summary.ok == 10
+    photos = pd.read_parquet(out / "photos.parquet").set_index("key")
+    assert photos.loc["D04/S1_D04_R6_PICT0275.JPG", "class"] == "empty"
+    assert photos.loc["D04/S1_D04_R6_PICT0020.JPG", "n_animals"] == 1
+    assert (photos["time_source"] == "exif").all()
+    burst = regs[regs["date_registration_start"] <= pd.Timestamp("2010-08-19 18:25:00")]
+    assert len(burst) == 1, "the 0020-0022 burst is one registration"
+    assert burst.iloc[0]["count"] == 1
+    assert str(burst.iloc[0]["date_registration_start"]) == "2010-08-19 18:24:57"
+    assert str(burst.iloc[0]["date_registration_end"]) == "2010-08-19 18:24:58"
+    empty_t = pd.Timestamp("2010-08-28 10:42:04")
+    assert not ((regs["date_registration_start"] <= empty_t)
+                & (regs["date_registration_end"] >= empty_t)).any(), "0275 forms none"
+    csv = (out / "registrations.csv").read_text().splitlines()
+    assert csv[0] == "name_folder,class,date_registration_start,date_registration_end,count"
+    md = json.loads((out / "megadetector.json").read_text())
+    assert len(md["images"]) == 10 and md["detection_categories"]["1"] == "animal"
+    assert "<svg" in (out / "report.html").read_text() and "data:image/jpeg;base64" in (
+        out / "report.html").read_text()
+    schemas = shared_path("data", "camtrap-dp-1.0.2")
+    assert validate_camtrap_dp(out / "camtrap-dp", schemas) == []
+
+
+def test_classifier_path_with_tiny_clip_and_broken_photo(d04_camera, tmp_path):
+    (d04_camera / "D04" / "broken.JPG").write_bytes(b"\xff\xd8\xff garbage")
+    (d04_camera / "empty_camera").mkdir()
+    out = tmp_path / "out"
+    settings = TrapSettings(detector=yolox(), classifier=TINY_CLIP, progress=False, batch_size=4)
+    summary, regs = run_traps(str(d04_camera), str(out), settings)
+    photos = pd.read_parquet(out / "photos.parquet")
+    assert len(photos) == 11
+    bad = photos[photos["key"] == "D04/broken.JPG"].iloc[0]
+    assert bad["status"] in ("not_an_image", "truncated", "decode_error")
+    ok = photos[photos["status"] == "ok"]
+    prob_cols = [c for c in photos.columns if c.startswith("p_")]
+    assert len(prob_cols) == 22, "all 21 classes plus the background are kept"
+    assert ok[prob_cols].sum(axis=1).round(3).eq(1.0).all()
+    assert "broken.JPG" in (out / "report.html").read_text()
+    assert summary.empty_groups == ["empty_camera"]
+    # Resume: a second run processes nothing and gives the same registrations.
+    s2, regs2 = run_traps(str(d04_camera), str(out), settings)
+    assert s2.processed == 0 and s2.already_done == 11
+    pd.testing.assert_frame_equal(regs.drop(columns=["eventID", "best_key"]),
+                                  regs2.drop(columns=["eventID", "best_key"]))
+
+
+def test_validator_catches_a_broken_package(d04_camera, tmp_path):
+    out = tmp_path / "out"
+    run_traps(str(d04_camera), str(out), TrapSettings(detector=yolox(), classifier=None,
+                                                      progress=False))
+    dp = out / "camtrap-dp"
+    desc = json.loads((dp / "datapackage.json").read_text())
+    del desc["project"]
+    (dp / "datapackage.json").write_text(json.dumps(desc))
+    errors = validate_camtrap_dp(dp, shared_path("data", "camtrap-dp-1.0.2"))
+    assert any("project" in e for e in errors)
+
+
+def test_prompt_file_forms_and_errors(tmp_path):
+    seed = parse_prompts({"Bear": ["a bear"], "Wolf": ["a wolf", "a grey wolf"]})
+    assert seed.names == ["Bear", "Wolf"]
+    ext = parse_prompts({"templates": ["a photo of a {}."], "background": "empty",
+                         "classes": {"Bear": {"names": ["bear", "brown bear"], "weight": 2},
+                                     "empty": {"prompts": ["nothing"]}}})
+    assert ext.classes[0].prompts == ["a photo of a bear.", "a photo of a brown bear."]
+    assert ext.background == {"empty"} and ext.classes[0].weight == 2
+    with pytest.raises(PromptFileError, match="unknown key"):
+        parse_prompts({"classes": {"Bear": {"promts": ["x"]}, "Wolf": ["w"]}})
+    with pytest.raises(PromptFileError, match="no prompts"):
+        parse_prompts({"Bear": [], "Wolf": ["w"]})
+    shipped = load_prompts(
+        __import__("kadr.traps.prompts", fromlist=["EXAMPLE"]).EXAMPLE)
+    assert len(shipped.names) == 22 and "Roe_Deer" in shipped.names
+
+
+def test_events_and_score_cli_on_the_case_table(tmp_path):
+    from tests.test_embed import kadr
+
+    table = shared_path("data", "priroda", "registration.csv")
+    out = tmp_path / "regs.csv"
+    r = kadr("traps", "events", str(table), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r = kadr("traps", "score", str(table), str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["score"] >= 0.95
+
+
+def test_jpeg_helper_is_deterministic():
+    assert jpeg_bytes(seed=3) == jpeg_bytes(seed=3)
