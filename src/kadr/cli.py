@@ -23,6 +23,7 @@ from kadr.cli_common import (
     guarded,
     out,
 )
+from kadr.hotels.cli import app as hotels_app
 from kadr.traps.cli import app as traps_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(traps_app, name="traps")
+app.add_typer(hotels_app, name="hotels")
 
 
 @app.command()
@@ -96,6 +98,24 @@ def embed_text(
 
     n = guarded(lambda: embed_text_file(texts, str(output), model))
     out.print(f"{n} texts embedded: {output}")
+
+
+@app.command()
+def demo(
+    shared: Annotated[Path, typer.Option(help="the shared data folder")] = Path("../shared"),
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("demo-out"),
+    quiet: Quiet = False,
+) -> None:
+    """Run the camera-trap job on the real photos in ../shared with the real YOLOX-Nano."""
+    from kadr.demo import DEFAULT_CLASSIFIER, run_demo
+
+    summary, regs, classifier = guarded(lambda: run_demo(str(shared), str(output), not quiet))
+    finish(summary)
+    if classifier is None:
+        out.print(f"[yellow]No CLIP weights here ({DEFAULT_CLASSIFIER}); species are the "
+                  "detector's COCO labels. With the internet the demo downloads them.[/]")
+    out.print(f"{len(regs)} registrations: {output / 'traps' / 'registrations.csv'}")
+    out.print(f"HTML report: {output / 'traps' / 'report.html'}")
 
 
 def main() -> None:  # pragma: no cover

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from kadr.cli_common import GroupLevel, Quiet, TimePattern, Trust, err, fail, finish, guarded, out
+from kadr.cli_common import (
+    GroupColumn,
+    GroupLevel,
+    Quiet,
+    TimePattern,
+    Trust,
+    err,
+    fail,
+    finish,
+    guarded,
+    out,
+)
 
 app = typer.Typer(help="Camera traps: detect, count, name species zero-shot, registrations.",
                   no_args_is_help=True)
@@ -35,6 +46,7 @@ def run(
     batch_size: Annotated[int, typer.Option()] = 16,
     workers: Annotated[int, typer.Option(help="decode threads")] = 2,
     group_level: GroupLevel = None,
+    group_column: GroupColumn = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
     quiet: Quiet = False,
@@ -47,7 +59,7 @@ def run(
     settings = TrapSettings(
         detector=detector, classifier=None if classifier.lower() == "none" else classifier,
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
-        batch_size=batch_size, workers=workers, group_level=group_level,
+        batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
         deployments=deployments, utc_offset=utc_offset,
     )

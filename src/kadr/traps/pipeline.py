@@ -44,6 +44,7 @@ class TrapSettings:
     batch_size: int = 16
     workers: int = 2
     group_level: int | None = None
+    group_column: str | None = None  # for manifests: the column naming the camera
     time_pattern: str | None = None
     trust_checkpoint: bool = False
     progress: bool = True
@@ -209,7 +210,8 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> tuple[RunSummary
     """The whole camera-trap job; returns the run summary and the registrations."""
     out_dir = Path(out)
     trap = TrapJob(settings)
-    collection = PhotoCollection(photos, group_level=settings.group_level)
+    collection = PhotoCollection(photos, group_level=settings.group_level,
+                                 group_column=settings.group_column)
     job = Job(
         name="traps",
         prepare=trap.prepare,

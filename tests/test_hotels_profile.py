@@ -1,0 +1,92 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kadr.hotels.profile import ProfileSettings, gini, hash_pairs, imbalance, run_profile
+from kadr.hotels.sources import hotels50k_manifest, is_hotels50k
+from tests.conftest import TINY_CLIP, shared_path
+
+
+@pytest.fixture
+def hotels50k(tmp_path):
+    """A small Hotels-50K root laid out as its tools do, with real room photos."""
+    rooms = sorted(shared_path("data", "interiors", "bedroom").glob("*"))[:12]
+    root = tmp_path / "hotels50k"
+    (root / "input").mkdir(parents=True)
+    rows = []
+    for i, p in enumerate(rooms):
+        hotel = "h1" if i < 8 else f"h{i}"
+        source = "travel_website" if i % 3 else "traffickcam"
+        dest = root / "images" / "train" / "c1" / hotel / source / f"{i}.jpg"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest)
+        rows.append((i, hotel, f"http://x/{i}.jpg", source, "2016-01-01"))
+    # A rotated copy, an exact copy under another id, a missing photo, a repeated row.
+    rot = root / "images/train/c1/h1/travel_website/100.jpg"
+    Image.open(rooms[0]).rotate(90, expand=True).save(rot, quality=95)
+    rows.append((100, "h1", "u", "travel_website", "2016"))
+    shutil.copy(rooms[1], root / "images/train/c1/h1/travel_website/101.jpg")
+    rows.append((101, "h1", "u", "travel_website", "2016"))
+    rows.append((102, "h1", "u", "travel_website", "2016"))  # never downloaded
+    rows.append(rows[2])
+    pd.DataFrame(rows, columns=["image_id", "hotel_id", "image_url", "image_source",
+                                "upload_timestamp"]).to_csv(root / "input/train_set.csv",
+                                                            index=False)
+    pd.DataFrame({"hotel_id": ["h1"] + [f"h{i}" for i in range(8, 12)], "hotel_name": "x",
+                  "chain_id": "c1", "latitude": 0, "longitude": 0}).to_csv(
+        root / "input/hotel_info.csv", index=False)
+    pd.DataFrame({"chain_id": ["c1"], "chain_name": ["Chain"]}).to_csv(
+        root / "input/chain_info.csv", index=False)
+    return root
+
+
+def test_hotels50k_is_recognised_and_profiled(hotels50k, tmp_path):
+    assert is_hotels50k(hotels50k)
+    assert len(hotels50k_manifest(hotels50k)) == 16
+    out = tmp_path / "profile"
+    s = run_profile(str(hotels50k), str(out), ProfileSettings(clip=TINY_CLIP, progress=False))
+    assert s["source_kind"] == "hotels50k"
+    assert s["rows"] == 16 and s["unique_image_ids"] == 15
+    assert s["missing"] == 1
+    assert s["unique_contents"] == 13, "12 rooms + the rotated copy; the exact copy is one"
+    assert s["per_hotel"]["groups"] == 5 and s["per_hotel"]["max"] == 12
+    assert s["per_source"]["groups"] == 2
+    dups = pd.read_parquet(out / "duplicates.parquet")
+    kinds = dict(zip(dups["key"].str.extract(r"/(\d+)\.jpg")[0], dups["kind"], strict=True))
+    assert kinds["100"] == "rotated"
+    assert kinds["101"] == "exact" and kinds["1"] == "exact"
+    photos = pd.read_parquet(out / "photos.parquet")
+    assert {"rotation_needed", "offtopic_prob", "phash_90"} <= set(photos.columns)
+    html = (out / "profile.html").read_text()
+    assert "plotly" in html.lower() and "<script src=" not in html, "self-contained"
+    assert json.loads((out / "profile.json").read_text())["rows"] == 16
+
+
+def test_profile_without_weights_skips_model_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("KADR_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    folder = shared_path("data", "interiors", "kitchen")
+    s = run_profile(str(folder), str(tmp_path / "p"),
+                    ProfileSettings(clip="open_clip:ViT-B-32@laion2b_s34b_b79k", progress=False))
+    assert "skipped" in s["model_checks"] and s["readable"] == 100
+    assert "rotated" not in s
+
+
+def test_imbalance_figures():
+    assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
+    assert gini(np.array([0, 0, 0, 100])) == pytest.approx(0.75)
+    im = imbalance(pd.Series([100] + [1] * 99))
+    assert im["top_1pct_share"] == pytest.approx(100 / 199, abs=1e-3)
+
+
+def test_hash_pairs_finds_all_within_distance():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, 500, dtype=np.int64).astype(np.uint64)
+    flipped = base ^ np.uint64(0b1011)  # 3 bits differ
+    pairs = hash_pairs(base, flipped, 4)
+    assert {(i, i) for i in range(500)} <= pairs
+    assert not {(i, i) for i in range(500)} & hash_pairs(base, flipped, 2)
