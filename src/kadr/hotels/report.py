@@ -62,7 +62,8 @@ def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, sett
     from kadr.hotels.profile import group_columns
 
     ok = photos[photos["status"] == "ok"]
-    parts = [f"<pre>{html.escape(json.dumps({k: v for k, v in summary.items() if not k.startswith('_')}, indent=1, default=str))}</pre>"]
+    shown = {k: v for k, v in summary.items() if not k.startswith("_")}
+    parts = [f"<pre>{html.escape(json.dumps(shown, indent=1, default=str))}</pre>"]
     for what, col in group_columns(photos).items():
         counts = photos.groupby(col).size()
         parts.append(f"<h2>Photos per {what}</h2>")
