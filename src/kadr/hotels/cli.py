@@ -43,3 +43,66 @@ def profile(
               f"{summary['missing']} missing, {summary['unreadable']} unreadable; "
               f"duplicates {summary['duplicates']}")
     out.print(f"profile: {output / 'profile.html'} and {output / 'profile.json'}")
+
+
+@app.command()
+def caption(
+    source: Annotated[str, typer.Argument(help="folder, manifest, or a Hotels-50K root")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
+    captioner: Annotated[str, typer.Option(help="caption model spec (hf-caption:..., coca:...)")] = (
+        "hf-caption:Salesforce/blip-image-captioning-large"),
+    clip: Annotated[str, typer.Option(help="CLIP spec that ranks the phrases")] = (
+        "open_clip:ViT-L-14@openai"),
+    vocab: Annotated[str, typer.Option(help="tables: hotel, generic, all, table names, .txt paths")] = (
+        "hotel"),
+    include: Annotated[str | None, typer.Option(help="keep only phrases matching this regex")] = None,
+    exclude: Annotated[str | None, typer.Option(help="drop phrases matching this regex")] = None,
+    mode: Annotated[str, typer.Option(help="fast | classic | best | negative")] = "best",
+    max_phrases: Annotated[int, typer.Option(help="phrases appended at most")] = 8,
+    txt: Annotated[bool, typer.Option("--txt", help="also write a .txt beside each photo")] = False,
+    path_column: PathColumn = None,
+    group_column: GroupColumn = None,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    workers: Annotated[int, typer.Option(help="decode threads")] = 2,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Caption every photo CLIP-Interrogator style: a base caption plus ranked vocabulary."""
+    from kadr.hotels.caption import CaptionSettings, run_caption
+
+    settings = CaptionSettings(
+        captioner=captioner, clip=clip, vocab=vocab, include=include, exclude=exclude, mode=mode,
+        max_phrases=max_phrases, batch_size=batch_size, workers=workers, write_txt=txt,
+        path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
+        progress=not quiet)
+    summary, table = guarded(lambda: run_caption(source, str(output), settings))
+    finish(summary)
+    out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
+
+
+@app.command()
+def cluster(
+    input_path: Annotated[str, typer.Argument(help="caption output folder/parquet (or embeddings)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
+    embed: Annotated[str, typer.Option(help="caption | image | both")] = "caption",
+    clip: Annotated[str, typer.Option(help="CLIP spec for the embeddings")] = (
+        "open_clip:ViT-L-14@openai"),
+    text_column: Annotated[str, typer.Option(help="caption or prompt")] = "caption",
+    reduce: Annotated[str, typer.Option(help="tsne | umap | none")] = "tsne",
+    method: Annotated[str, typer.Option("--cluster", help="dbscan | hdbscan")] = "dbscan",
+    eps: Annotated[str, typer.Option(help="DBSCAN eps, or auto (k-distance knee)")] = "auto",
+    min_samples: Annotated[int, typer.Option()] = 3,
+    max_fit: Annotated[int, typer.Option(help="points t-SNE/UMAP is fitted on at most")] = 50_000,
+    quiet: Quiet = False,
+) -> None:
+    """Themes: embed, reduce, cluster, label by the caption nearest each cluster's mean,
+    and an interactive HTML map."""
+    from kadr.hotels.cluster import ClusterSettings, run_cluster
+
+    settings = ClusterSettings(embed=embed, clip=clip, text_column=text_column, reduce=reduce,
+                               cluster=method, eps=eps, min_samples=min_samples, max_fit=max_fit,
+                               progress=not quiet)
+    summary = guarded(lambda: run_cluster(input_path, str(output), settings))
+    out.print(f"{summary['photos']} photos -> {summary['clusters']} themes, {summary['noise']} "
+              f"noise ({summary['reduction']})")
+    out.print(f"map: {output / 'map.html'}; tables: clusters.parquet, assignments.parquet")

@@ -48,7 +48,12 @@ def backends() -> dict[str, Backend]:
 def _ensure_builtin() -> None:
     # Imported lazily so that `import kadr` stays light; each module registers itself
     # (importing one that is already loaded costs nothing).
-    from kadr.core.models import detectors, hf_backend, openclip_backend  # noqa: F401
+    from kadr.core.models import (  # noqa: F401
+        captioners,
+        detectors,
+        hf_backend,
+        openclip_backend,
+    )
 
 
 def load_model(spec: str | ModelSpec, *, kind: str | None = None, trust_checkpoint: bool = False):

@@ -23,7 +23,10 @@ from kadr.core.models.weights import (
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Small architectures shipped with kadr so anyone can run every command end to
 # end at random weights (the test suite uses them).
-TEST_MODELS = {"kadr-tiny-clip": "2-layer 64-wide ViT/text towers, 64 px input, for tests"}
+TEST_MODELS = {
+    "kadr-tiny-clip": "2-layer 64-wide ViT/text towers, 64 px input, for tests",
+    "kadr-tiny-coca": "a tiny CoCa (captioner + CLIP towers), 64 px input, for tests",
+}
 HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
@@ -76,7 +79,8 @@ class OpenClipBackend:
         )
         return out
 
-    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
+    def build(self, spec: ModelSpec, trust_checkpoint: bool = False):
+        """The open_clip module a spec names, weights loaded; and the resolved weights."""
         oc = _open_clip()
         arch = spec.name
         if arch not in oc.list_models():
@@ -88,14 +92,19 @@ class OpenClipBackend:
                 raise SpecError(f"{arch} has no pretrained tags; give @PATH or @random")
             weights = tags[0]
         if weights == "random":
-            torch.manual_seed(spec.seed())
+            torch.manual_seed(ModelSpec(spec.backend, arch, weights).seed())
             model = _create(oc, arch)
         elif os.path.exists(weights):
             model = _create(oc, arch)
             model.load_state_dict(load_state_dict(weights, trust_checkpoint))
         else:
             model = self._load_tag(oc, arch, weights)
-        model.eval()
+        return model.eval(), weights
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
+        oc = _open_clip()
+        model, weights = self.build(spec, trust_checkpoint)
+        arch = spec.name
         visual = model.visual
         size = visual.image_size
         size = size[0] if isinstance(size, tuple | list) else size

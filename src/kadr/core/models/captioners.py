@@ -1,0 +1,215 @@
+"""Caption models: ``coca:ARCH[@TAG|@PATH|@random]`` (open_clip) and ``hf-caption:ID[@random]``.
+
+Both give a :class:`Captioner`: a batch of PIL images in, one sentence each
+out, in a single generate call per batch. transformers covers BLIP, BLIP-2,
+GIT and Florence-2-style models (Florence-2 ships its own code: it loads only
+with ``--trust-checkpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from kadr.core.models.factory import KnownModel, register_backend
+from kadr.core.models.spec import ModelSpec, SpecError
+from kadr.core.models.weights import (
+    WeightsNotFoundError,
+    hf_cache_dir,
+    hf_cached_file,
+    hub_reachable,
+    missing_weights_message,
+)
+
+
+@dataclass
+class Captioner:
+    spec: ModelSpec
+    image_size: int
+    caption_fn: Callable[[list[Image.Image]], list[str]]
+    modules: list = field(default_factory=list)
+    max_tokens: int = 30
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"captioner": str(self.spec), "max_tokens": self.max_tokens, "decoding": "greedy"}
+
+    @torch.inference_mode()
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        if not images:
+            return []
+        return [" ".join(c.split()) for c in self.caption_fn(images)]
+
+
+class CocaBackend:
+    name = "coca"
+    kind = "captioner"
+    help = "open_clip CoCa captioners (coca_ViT-B-32, coca_ViT-L-14, kadr-tiny-coca)"
+
+    def known(self) -> list[KnownModel]:
+        return [
+            KnownModel("coca:coca_ViT-L-14@mscoco_finetuned_laion2b_s13b_b90k", self.kind,
+                       "CoCa ViT-L/14 fine-tuned for captions", str(hf_cache_dir()), False),
+            KnownModel("coca:kadr-tiny-coca@random", self.kind, "tiny CoCa for tests",
+                       "built from config", True),
+        ]
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> Captioner:
+        import open_clip
+
+        from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD
+        from kadr.core.models.openclip_backend import OpenClipBackend
+
+        model, _ = OpenClipBackend().build(ModelSpec("open_clip", spec.name, spec.weights),
+                                           trust_checkpoint)
+        if not hasattr(model, "text_decoder"):
+            raise SpecError(f"{spec.name} is not a CoCa model (no text decoder)")
+        tokenizer = open_clip.get_tokenizer(spec.name)
+        size = model.visual.image_size
+        size = int(size[0] if isinstance(size, tuple | list) else size)
+        sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+
+        def prepare(images: list[Image.Image]) -> torch.Tensor:
+            from kadr.core.decode import resize_center_crop, to_normalised_array
+
+            arrays = [to_normalised_array(resize_center_crop(im, size), OPENAI_MEAN, OPENAI_STD)
+                      for im in images]
+            return torch.from_numpy(__import__("numpy").stack(arrays))
+
+        def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
+            # Greedy decoding written here: open_clip's own generate() needs
+            # transformers APIs that newer transformers releases no longer have.
+            x = prepare(images)
+            latent, embs = model._encode_image(x)
+            seq = torch.full((len(images), 1), sot, dtype=torch.long)
+            done = torch.zeros(len(images), dtype=torch.bool)
+            for _ in range(max_tokens):
+                logits = model(x, seq, image_latent=latent, image_embs=embs,
+                               output_labels=False)["logits"][:, -1]
+                nxt = logits.argmax(-1)
+                nxt[done] = eot
+                seq = torch.cat([seq, nxt[:, None]], 1)
+                done |= nxt == eot
+                if done.all():
+                    break
+            texts = [open_clip.decode(s) for s in seq]
+            return [t.replace("<start_of_text>", "").split("<end_of_text>")[0].strip(" .")
+                    for t in texts]
+
+        return Captioner(spec, size, caption, [model])
+
+
+# A tiny BLIP for tests: its tokenizer is a WordPiece vocabulary written here.
+TINY_WORDS = ("a photo of the an hotel room bed with white wall window lamp chair table "
+              "bathroom kitchen view sofa desk and in on large small bright dark wooden").split()
+
+
+def _tiny_blip(spec: ModelSpec) -> tuple:
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    folder = tempfile.mkdtemp(prefix="kadr-tiny-blip-")
+    vocab = os.path.join(folder, "vocab.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]))
+    tokenizer = BertTokenizerFast(vocab)
+    tokenizer.bos_token = "[CLS]"
+    torch.manual_seed(spec.seed())
+    config = BlipConfig(
+        text_config=dict(vocab_size=5 + len(TINY_WORDS), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, bos_token_id=2,
+                         sep_token_id=3, pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=64, patch_size=16),
+        projection_dim=32)
+    model = BlipForConditionalGeneration(config).eval()
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 64, "width": 64}),
+                              tokenizer=tokenizer)
+    return model, processor, 64
+
+
+class HFCaptionBackend:
+    name = "hf-caption"
+    kind = "captioner"
+    help = "transformers captioners: BLIP, BLIP-2, GIT, Florence-2 (hub id or folder); @random"
+
+    def known(self) -> list[KnownModel]:
+        out = []
+        for name in ("Salesforce/blip-image-captioning-large", "Salesforce/blip2-opt-2.7b",
+                     "microsoft/git-large-coco", "microsoft/Florence-2-base"):
+            out.append(KnownModel(f"hf-caption:{name}", self.kind, "pretrained",
+                                  f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
+                                  bool(hf_cached_file(name, ("model.safetensors",
+                                                             "pytorch_model.bin")))))
+        out.append(KnownModel("hf-caption:kadr/tiny-blip@random", self.kind, "tiny BLIP for tests",
+                              "built from config", True))
+        return out
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> Captioner:
+        prompt = None
+        if spec.is_random:
+            if spec.name != "kadr/tiny-blip":
+                raise SpecError("hf-caption: @random is available for kadr/tiny-blip only")
+            model, processor, size = _tiny_blip(spec)
+        else:
+            model, processor, size = self._pretrained(spec, trust_checkpoint)
+            if "florence" in spec.name.lower():
+                prompt = "<CAPTION>"
+
+        def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
+            kwargs = {"text": [prompt] * len(images)} if prompt else {}
+            inputs = processor(images=images, return_tensors="pt", **kwargs)
+            out = model.generate(**inputs, max_new_tokens=max_tokens, num_beams=1,
+                                 do_sample=False)
+            texts = processor.batch_decode(out, skip_special_tokens=True)
+            return [t.replace(prompt, "") if prompt else t for t in texts]
+
+        return Captioner(spec, size, caption, [model])
+
+    def _pretrained(self, spec: ModelSpec, trust: bool):
+        source = spec.weights or spec.name
+        local = os.path.isdir(source)
+        if not local and not hf_cached_file(source, ("model.safetensors", "pytorch_model.bin",
+                                                     "config.json")) and not hub_reachable():
+            raise WeightsNotFoundError(missing_weights_message(
+                f"hf-caption:{source}",
+                [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
+                f"huggingface-cli download {source} on a machine with the internet and copy "
+                "the cache, or pass a local folder: hf-caption:/path/to/model"))
+        import transformers
+
+        offline = local or not hub_reachable()
+        kwargs = {"local_files_only": offline, "trust_remote_code": trust}
+        processor = transformers.AutoProcessor.from_pretrained(source, **kwargs)
+        model = None
+        for loader in ("AutoModelForImageTextToText", "AutoModelForVision2Seq",
+                       "AutoModelForCausalLM"):
+            cls = getattr(transformers, loader, None)
+            if cls is None:
+                continue
+            try:
+                model = cls.from_pretrained(source, **kwargs).eval()
+                break
+            except (ValueError, KeyError):
+                continue
+        if model is None:
+            raise SpecError(f"{source} is not a captioning model transformers can load"
+                            + ("" if trust else " (if it ships its own code, pass "
+                               "--trust-checkpoint)"))
+        ip = processor.image_processor
+        size = ip.size.get("height") or ip.size.get("shortest_edge") or 384
+        return model, processor, int(size)
+
+
+register_backend(CocaBackend())
+register_backend(HFCaptionBackend())

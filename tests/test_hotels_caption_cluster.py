@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from kadr.hotels.caption import (
+    CaptionSettings,
+    Interrogator,
+    load_vocabulary,
+    run_caption,
+    token_count,
+)
+from kadr.hotels.cluster import (
+    ClusterSettings,
+    cluster_points,
+    knee_eps,
+    reduce_embeddings,
+    run_cluster,
+    themes,
+)
+from tests.conftest import TINY_CLIP, make_broken_corpus, shared_path
+
+TINY_BLIP = "hf-caption:kadr/tiny-blip@random"
+
+
+@pytest.fixture(scope="module")
+def rooms(tmp_path_factory):
+    """24 real room photos from three room types, plus broken files."""
+    root = tmp_path_factory.mktemp("rooms")
+    for kind in ("bedroom", "kitchen", "bathroom"):
+        for p in sorted(shared_path("data", "interiors", kind).glob("*"))[:8]:
+            (root / f"{kind}_{p.name}").write_bytes(p.read_bytes())
+    make_broken_corpus(root / "broken")
+    return root
+
+
+@pytest.mark.parametrize("mode", ["fast", "classic", "best", "negative"])
+def test_caption_every_mode_end_to_end(rooms, tmp_path, mode):
+    out = tmp_path / mode
+    settings = CaptionSettings(captioner=TINY_BLIP, clip=TINY_CLIP, mode=mode, progress=False,
+                               batch_size=8)
+    summary, table = run_caption(str(rooms), str(out), settings)
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 24 + 7, "24 rooms and the broken corpus's decodable files"
+    assert set(table[table["status"] != "ok"]["status"]) >= {"empty_file", "truncated"}
+    for r in ok.to_dict("records"):
+        phrases = json.loads(r["phrases"])
+        assert phrases, "every photo gets ranked phrases"
+        assert token_count(r["prompt"]) <= 77
+        if mode != "negative":
+            assert r["prompt"].startswith(r["caption"])
+            assert all(p in r["prompt"] for p, _ in phrases)
+    assert (out / "captions.csv").exists()
+
+
+def test_classic_takes_one_phrase_per_table_and_vocab_filters():
+    vocab = load_vocabulary("lighting,styles", exclude="budget")
+    assert "budget hotel interior" not in vocab.tables["styles"]
+    with pytest.raises(ValueError, match="unknown vocabulary"):
+        load_vocabulary("nope")
+    from kadr.core.models import load_model
+
+    clip = load_model(TINY_CLIP)
+    it = Interrogator(clip, vocab, "classic")
+    img = clip.encode_texts(["a room"])  # any unit vectors stand in for image embeddings
+    res = it.interrogate(["a caption"], img)[0]
+    got = [p for p, _ in res["phrases"]]
+    assert sum(p in vocab.tables["lighting"] for p in got[:2]) == 1
+    assert sum(p in vocab.tables["styles"] for p in got[:2]) == 1
+
+
+def test_best_chain_batched_equals_plain_loop():
+    from kadr.core.models import load_model
+
+    clip = load_model(TINY_CLIP)
+    it = Interrogator(clip, load_vocabulary("hotel"), "best", max_phrases=4)
+    img = clip.encode_texts(["a bright hotel room with a sea view", "a dark bathroom"])
+    tables = [t for t in it.vocab.tables if t != "faults"]
+    batched = it.best_chain(["a room", "a bathroom"], img, tables)
+    for i, cap in enumerate(["a room", "a bathroom"]):
+        plain = it.best_chain_plain(cap, img[i], tables)
+        assert [p for p, _ in batched[i]] == [p for p, _ in plain]
+
+
+def planted(n_per=60, k=5, dim=64, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim)) * 4
+    x = np.concatenate([c + rng.normal(size=(n_per, dim)) for c in centres])
+    return x.astype(np.float32), np.repeat(np.arange(k), n_per)
+
+
+@pytest.mark.parametrize("reduce,method", [("tsne", "dbscan"), ("umap", "hdbscan"),
+                                           ("none", "hdbscan")])
+def test_planted_clusters_are_recovered(reduce, method):
+    x, truth = planted()
+    coords, note = reduce_embeddings(x, reduce, 50_000, 0)
+    labels, params = cluster_points(coords, method, "auto", 5)
+    assert adjusted_rand_score(truth, labels) >= 0.9, (note, params)
+
+
+def test_sampled_tsne_for_large_inputs_says_so():
+    x, truth = planted(n_per=200)
+    labels, coords, note, _ = themes(x, ClusterSettings(max_fit=300, min_samples=5))
+    assert "sample of 300" in note and coords.shape == (1000, 2)
+    assert adjusted_rand_score(truth, labels) >= 0.9
+
+
+def test_knee_eps_separates_within_from_between():
+    x, _ = planted(dim=2)
+    eps = knee_eps(x, 3)
+    assert 0.1 < eps < 4
+
+
+def test_cluster_command_on_real_caption_output(rooms, tmp_path):
+    cap = tmp_path / "cap"
+    run_caption(str(rooms), str(cap), CaptionSettings(captioner=TINY_BLIP, clip=TINY_CLIP,
+                                                      mode="fast", progress=False))
+    out = tmp_path / "themes"
+    s = run_cluster(str(cap), str(out), ClusterSettings(clip=TINY_CLIP, embed="both",
+                                                        text_column="prompt", progress=False))
+    assert s["photos"] == 31 and s["skipped_not_ok"] == 4
+    assign = pd.read_parquet(out / "assignments.parquet")
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(assign) == 31 and s["clusters"] == len(clusters)
+    for c in clusters.to_dict("records"):
+        members = assign[assign["cluster"] == c["cluster"]]
+        assert c["label"] in set(members["text"]), "the label is a member's caption"
+    html = (out / "map.html").read_text()
+    assert "plotly_click" in html and "<script src=" not in html
