@@ -101,6 +101,28 @@ def embed_text(
 
 
 @app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="what to draw")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
+    pipeline: Annotated[str, typer.Option(help="diffusers:ID_OR_FOLDER[@random]")] = (
+        "diffusers:diffusers/stable-diffusion-xl-1.0-inpainting-0.1"),
+    variants: Annotated[int, typer.Option()] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[int, typer.Option()] = 25,
+    guidance: Annotated[float, typer.Option()] = 7.5,
+    negative: Annotated[str, typer.Option()] = "",
+    scheduler: Annotated[str | None, typer.Option(help="ddim, pndm, euler, euler_a, dpm, lcm")] = None,
+) -> None:
+    """Text to image (e.g. portraits of the guests themselves)."""
+    from kadr.hotels.restyle import generate_images
+
+    paths = guarded(lambda: generate_images(prompt, str(output), pipeline, variants, seed, steps,
+                                            guidance, negative, scheduler))
+    for p in paths:
+        out.print(str(p))
+
+
+@app.command()
 def demo(
     shared: Annotated[Path, typer.Option(help="the shared data folder")] = Path("../shared"),
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("demo-out"),

@@ -221,7 +221,9 @@ class Interrogator:
         chain = []
         for _ in range(self.max_phrases):
             scored = [(float(self.clip.encode_texts([f"{prompt}, {c}"])[0] @ img), c)
-                      for c in cands]
+                      for c in cands if token_count(f"{prompt}, {c}") <= TOKEN_LIMIT]
+            if not scored:
+                break
             top, c = max(scored)
             if top <= best:
                 break

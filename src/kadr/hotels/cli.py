@@ -106,3 +106,48 @@ def cluster(
     out.print(f"{summary['photos']} photos -> {summary['clusters']} themes, {summary['noise']} "
               f"noise ({summary['reduction']})")
     out.print(f"map: {output / 'map.html'}; tables: clusters.parquet, assignments.parquet")
+
+
+@app.command()
+def restyle(
+    source: Annotated[str, typer.Argument(help="folder, manifest, or a Hotels-50K root")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
+    audience: Annotated[str, typer.Option(help="audience YAML, or a shipped name (aliens)")] = "aliens",
+    pipeline: Annotated[str, typer.Option(help="diffusers:ID_OR_FOLDER[@random]")] = (
+        "diffusers:diffusers/stable-diffusion-xl-1.0-inpainting-0.1"),
+    segmenter: Annotated[str, typer.Option(help="clipseg:ID, or boxes:yolox:PATH.onnx")] = (
+        "clipseg:CIDAS/clipseg-rd64-refined"),
+    refine_masks: Annotated[str | None, typer.Option(help="sam:ID to refine masks")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="ddim, pndm, euler, euler_a, dpm, lcm")] = None,
+    variants: Annotated[int, typer.Option()] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    strength: Annotated[float, typer.Option()] = 0.99,
+    steps: Annotated[int, typer.Option()] = 25,
+    guidance: Annotated[float, typer.Option()] = 7.5,
+    refine: Annotated[float, typer.Option(help="strength of a second, refining pass (0 = off)")] = 0.0,
+    composite: Annotated[bool, typer.Option("--composite", help="generate each object apart, "
+                                                               "paste it, harmonise")] = False,
+    captions: Annotated[str | None, typer.Option(help="captions.parquet from hotels caption")] = None,
+    mask_threshold: Annotated[float, typer.Option()] = 0.4,
+    mask_min_area: Annotated[float, typer.Option(help="fraction of the photo")] = 0.002,
+    mask_dilate: Annotated[int, typer.Option(help="pixels")] = 6,
+    mask_feather: Annotated[int, typer.Option(help="pixels")] = 4,
+    llm_url: Annotated[str | None, typer.Option(
+        envvar="KADR_LLM_URL", help="OpenAI-compatible base URL that writes prompts (off)")] = None,
+    llm_model: Annotated[str, typer.Option(envvar="KADR_LLM_MODEL")] = "gpt-4o-mini",
+    llm_key: Annotated[str | None, typer.Option(envvar="KADR_LLM_API_KEY")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Restyle rooms for an audience: text-prompted masks, inpainting, before/after pairs."""
+    from kadr.core.masks import MaskOps
+    from kadr.hotels.restyle import PromptWriter, RestyleSettings, run_restyle
+
+    settings = RestyleSettings(
+        audience=audience, pipeline=pipeline, segmenter=segmenter, refine_masks=refine_masks,
+        scheduler=scheduler, variants=variants, seed=seed, strength=strength, steps=steps,
+        guidance=guidance, refine=refine, composite=composite, captions=captions,
+        mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
+        prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet)
+    summary, table = guarded(lambda: run_restyle(source, str(output), settings))
+    finish(summary)
+    out.print(f"gallery: {output / 'gallery.html'}; edits, masks, pairs in {output}")

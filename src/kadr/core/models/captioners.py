@@ -104,12 +104,15 @@ class CocaBackend:
         return Captioner(spec, size, caption, [model])
 
 
-# A tiny BLIP for tests: its tokenizer is a WordPiece vocabulary written here.
+RANDOM_CAPTIONERS = ("kadr/tiny-blip", "Salesforce/blip-image-captioning-base")
 TINY_WORDS = ("a photo of the an hotel room bed with white wall window lamp chair table "
               "bathroom kitchen view sofa desk and in on large small bright dark wooden").split()
 
 
-def _tiny_blip(spec: ModelSpec) -> tuple:
+def _random_blip(spec: ModelSpec) -> tuple:
+    """BLIP at seeded random weights: ``kadr/tiny-blip`` for tests, or BLIP-base's full
+    architecture (for benchmarks: the real compute cost). The WordPiece vocabulary is
+    written here, since hub tokenizers cannot be fetched offline."""
     from transformers import (
         BertTokenizerFast,
         BlipConfig,
@@ -118,24 +121,31 @@ def _tiny_blip(spec: ModelSpec) -> tuple:
         BlipProcessor,
     )
 
-    folder = tempfile.mkdtemp(prefix="kadr-tiny-blip-")
+    tiny = spec.name == "kadr/tiny-blip"
+    words = TINY_WORDS if tiny else TINY_WORDS + [f"w{i}" for i in range(30524 - 5 - len(TINY_WORDS))]
+    folder = tempfile.mkdtemp(prefix="kadr-blip-vocab-")
     vocab = os.path.join(folder, "vocab.txt")
     with open(vocab, "w") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]))
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
     tokenizer = BertTokenizerFast(vocab)
     tokenizer.bos_token = "[CLS]"
     torch.manual_seed(spec.seed())
-    config = BlipConfig(
-        text_config=dict(vocab_size=5 + len(TINY_WORDS), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, bos_token_id=2,
-                         sep_token_id=3, pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=64, patch_size=16),
-        projection_dim=32)
+    ids = dict(vocab_size=5 + len(words), bos_token_id=2, sep_token_id=3, pad_token_id=0)
+    if tiny:
+        config = BlipConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, **ids),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, image_size=64, patch_size=16),
+            projection_dim=32)
+    else:  # BLIP-base: ViT-B/16 at 384 px, a 12-layer BERT decoder
+        config = BlipConfig(text_config=ids, vision_config=dict(image_size=384))
+    size = config.vision_config.image_size
     model = BlipForConditionalGeneration(config).eval()
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 64, "width": 64}),
-                              tokenizer=tokenizer)
-    return model, processor, 64
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer)
+    return model, processor, size
 
 
 class HFCaptionBackend:
@@ -153,14 +163,18 @@ class HFCaptionBackend:
                                                              "pytorch_model.bin")))))
         out.append(KnownModel("hf-caption:kadr/tiny-blip@random", self.kind, "tiny BLIP for tests",
                               "built from config", True))
+        out.append(KnownModel("hf-caption:Salesforce/blip-image-captioning-base@random", self.kind,
+                              "BLIP-base architecture at random weights (benchmarks)",
+                              "built from config", True))
         return out
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> Captioner:
         prompt = None
         if spec.is_random:
-            if spec.name != "kadr/tiny-blip":
-                raise SpecError("hf-caption: @random is available for kadr/tiny-blip only")
-            model, processor, size = _tiny_blip(spec)
+            if spec.name not in RANDOM_CAPTIONERS:
+                raise SpecError("hf-caption: @random is available for "
+                                + ", ".join(RANDOM_CAPTIONERS))
+            model, processor, size = _random_blip(spec)
         else:
             model, processor, size = self._pretrained(spec, trust_checkpoint)
             if "florence" in spec.name.lower():

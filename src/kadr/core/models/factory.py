@@ -51,8 +51,10 @@ def _ensure_builtin() -> None:
     from kadr.core.models import (  # noqa: F401
         captioners,
         detectors,
+        diffusion,
         hf_backend,
         openclip_backend,
+        segmenters,
     )
 
 
