@@ -10,15 +10,21 @@ import typer
 from rich.table import Table
 
 from kadr.cli_common import (
+    Actors,
     Batch,
+    CpusPerActor,
+    Engine,
+    GpusPerActor,
     GroupColumn,
     GroupLevel,
     MaxPixels,
     PathColumn,
     Quiet,
+    RayAddress,
     TimePattern,
     Trust,
     Workers,
+    engine_options,
     finish,
     guarded,
     out,
@@ -70,6 +76,11 @@ def embed(
     max_pixels: MaxPixels = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 2,
+    cpus_per_actor: CpusPerActor = 1.0,
+    gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Image embeddings for every photo, as Parquet shards; re-runs resume."""
@@ -80,6 +91,7 @@ def embed(
         group_level=group_level, group_column=group_column, path_column=path_column,
         max_pixels=max_pixels, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
         progress=not quiet,
+        engine=engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor),
     ))
     finish(summary)
     out.print(f"embeddings: {output}")

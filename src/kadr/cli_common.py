@@ -64,3 +64,18 @@ Trust = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 
+Engine = Annotated[str, typer.Option(help="local, or ray (Ray Data actor pools)")]
+RayAddress = Annotated[str | None, typer.Option(
+    help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local one")]
+Actors = Annotated[int, typer.Option(help="Ray actors (one model load each)")]
+CpusPerActor = Annotated[float, typer.Option(help="CPUs per Ray actor")]
+GpusPerActor = Annotated[float, typer.Option(help="GPUs per Ray actor")]
+
+
+def engine_options(engine: str, ray_address: str | None, actors: int, cpus_per_actor: float,
+                   gpus_per_actor: float):
+    from kadr.core.runner import EngineOptions
+
+    if engine not in ("local", "ray"):
+        fail("--engine must be local or ray")
+    return EngineOptions(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)

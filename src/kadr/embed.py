@@ -5,6 +5,7 @@ Importable and a command (``kadr embed``, ``kadr embed-text``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from kadr.core.collection import PhotoCollection
 from kadr.core.models import ImageTextModel, load_model
-from kadr.core.runner import Job, RunSummary, run_job
+from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_table
 
 
@@ -42,6 +43,12 @@ def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
     )
 
 
+def make_embedding_job(model_spec: str, batch_size: int, trust_checkpoint: bool) -> Job:
+    """Builds the model and the job: what each Ray actor runs once."""
+    return image_embedding_job(load_model(model_spec, kind="image-text",
+                                          trust_checkpoint=trust_checkpoint), batch_size)
+
+
 def embed_photos(
     source: str,
     out: str,
@@ -56,6 +63,7 @@ def embed_photos(
     time_pattern: str | None = None,
     trust_checkpoint: bool = False,
     progress: bool = True,
+    engine: EngineOptions | None = None,
 ) -> RunSummary:
     """Embed every photo of ``source`` into Parquet shards under ``out``."""
     model = load_model(model_spec, kind="image-text", trust_checkpoint=trust_checkpoint)
@@ -65,8 +73,9 @@ def embed_photos(
     job = image_embedding_job(model, batch_size)
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint}) as store:
+        factory = functools.partial(make_embedding_job, model_spec, batch_size, trust_checkpoint)
         return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
-                       progress=progress, **kwargs)
+                       progress=progress, engine=engine, job_factory=factory, **kwargs)
 
 
 def text_embeddings(model: ImageTextModel, texts: list[str]) -> np.ndarray:

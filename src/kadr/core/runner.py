@@ -14,6 +14,7 @@ status row, writes shards atomically and shows progress.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -158,6 +159,59 @@ def _ordered_prefetch(
         yield pending.popleft().result()
 
 
+def load_ref(ref: PhotoRef, job: Job, max_pixels: int, time_pattern: str | None,
+             extra_columns: bool = True) -> tuple[dict, Any]:
+    """:func:`load_photo` plus the manifest's extra columns (``extra_<name>``)."""
+    row, x = load_photo(ref, job, max_pixels, time_pattern)
+    if extra_columns and ref.extra:
+        row.update({f"extra_{k}": v for k, v in ref.extra.items()})
+    return row, x
+
+
+def apply_batch(job: Job, rows: list[dict], inputs: list[Any]) -> list[dict]:
+    """The per-batch step both engines run: the job's results merged into the status rows."""
+    ok_idx = [i for i, x in enumerate(inputs) if x is not None]
+    results = job.process([inputs[i] for i in ok_idx], [rows[i] for i in ok_idx])
+    by_idx = dict(zip(ok_idx, results, strict=True))
+    for i, row in enumerate(rows):
+        row.update(by_idx.get(i, job.empty_result))
+    return rows
+
+
+@dataclass
+class EngineOptions:
+    """Where batches run: ``local`` (this process) or ``ray`` (Ray Data actor pools)."""
+
+    engine: str = "local"
+    ray_address: str | None = None  # join a cluster; None starts a local Ray runtime
+    actors: int = 1  # actor pool size (one model load per actor)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+
+class _Progress:
+    """The rich progress bar every engine shows: count, rate, ETA."""
+
+    def __init__(self, name: str, total: int, done: int, enabled: bool):
+        columns = [TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]:.1f} photos/s"), TimeElapsedColumn(),
+                   TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=console, disable=not enabled)
+        self.done = done
+        self.task = self.bar.add_task(name, total=total, completed=done, rate=0.0)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def update(self, processed: int) -> None:
+        elapsed = self.bar.tasks[self.task].elapsed or 1e-9
+        self.bar.update(self.task, completed=self.done + processed, rate=processed / elapsed)
+
+
 def run_job(
     collection: PhotoCollection | Iterable[PhotoRef],
     job: Job,
@@ -168,21 +222,24 @@ def run_job(
     time_pattern: str | None = None,
     extra_columns: bool = True,
     progress: bool = True,
+    engine: EngineOptions | None = None,
+    job_factory: Callable[[], Job] | None = None,
 ) -> RunSummary:
-    """Run ``job`` over every photo not yet in ``store``; returns what happened."""
+    """Run ``job`` over every photo not yet in ``store``; returns what happened.
+
+    With ``engine.engine == "ray"``, ``job_factory`` (a picklable function that
+    builds the job, models included) runs once per Ray actor, and the same
+    :func:`load_ref` and :func:`apply_batch` run there; rows come back to this
+    process, which writes the store exactly as the local engine does.
+    """
     summary = RunSummary()
     done = store.done_keys()
-    total = sum(1 for _ in collection)
-    summary.total = total
+    summary.total = sum(1 for _ in collection)
     summary.already_done = sum(1 for r in collection if r.key in done)
     todo = (r for r in collection if r.key not in done)
 
-    def finish(rows: list[dict], inputs: list[Any]) -> None:
-        ok_idx = [i for i, x in enumerate(inputs) if x is not None]
-        results = job.process([inputs[i] for i in ok_idx], [rows[i] for i in ok_idx])
-        by_idx = dict(zip(ok_idx, results, strict=True))
-        for i, row in enumerate(rows):
-            row.update(by_idx.get(i, job.empty_result))
+    def record(rows: list[dict]) -> None:
+        for row in rows:
             if row["status"] == "ok":
                 summary.ok += 1
             else:
@@ -190,41 +247,35 @@ def run_job(
         summary.processed += len(rows)
         store.add(rows)
 
-    columns = [
-        TextColumn(f"[bold]{job.name}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} photos/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with (
-        Progress(*columns, console=console, disable=not progress) as bar,
-        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool,
-    ):
-        task = bar.add_task(job.name, total=total, completed=summary.already_done, rate=0.0)
-        rows: list[dict] = []
-        inputs: list[Any] = []
+    with _Progress(job.name, summary.total, summary.already_done, progress) as bar:
+        if engine is not None and engine.engine == "ray":
+            from kadr.core.engines import run_batches_on_ray
 
-        def load(ref: PhotoRef) -> tuple[dict, Any]:
-            row, x = load_photo(ref, job, max_pixels, time_pattern)
-            if extra_columns and ref.extra:
-                row.update({f"extra_{k}": v for k, v in ref.extra.items()})
-            return row, x
-
-        window = max(2 * job.batch_size, 4 * workers)
-        for row, x in _ordered_prefetch(load, todo, pool, window):
-            rows.append(row)
-            inputs.append(x)
-            if len(rows) >= job.batch_size:
-                finish(rows, inputs)
-                rows, inputs = [], []
-                elapsed = bar.tasks[task].elapsed or 1e-9
-                bar.update(task, completed=summary.already_done + summary.processed,
-                           rate=summary.processed / elapsed)
-        if rows:
-            finish(rows, inputs)
-        bar.update(task, completed=summary.already_done + summary.processed)
+            if job_factory is None:
+                raise ValueError(f"{job.name}: this command cannot run on Ray")
+            for rows in run_batches_on_ray(todo, job_factory, job.batch_size, engine, workers,
+                                           max_pixels, time_pattern, extra_columns):
+                record(rows)
+                bar.update(summary.processed)
+        elif engine is not None and engine.engine != "local":
+            raise ValueError(f"unknown engine {engine.engine!r}: local or ray")
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+                rows: list[dict] = []
+                inputs: list[Any] = []
+                window = max(2 * job.batch_size, 4 * workers)
+                load = functools.partial(load_ref, job=job, max_pixels=max_pixels,
+                                         time_pattern=time_pattern, extra_columns=extra_columns)
+                for row, x in _ordered_prefetch(load, todo, pool, window):
+                    rows.append(row)
+                    inputs.append(x)
+                    if len(rows) >= job.batch_size:
+                        record(apply_batch(job, rows, inputs))
+                        rows, inputs = [], []
+                        bar.update(summary.processed)
+                if rows:
+                    record(apply_batch(job, rows, inputs))
+        bar.update(summary.processed)
     store.flush()
     if isinstance(collection, PhotoCollection):
         summary.skipped_files = collection.report.skipped_files

@@ -23,6 +23,8 @@ regexes). Phrase embeddings are cached per (model, table content).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
-from kadr.core.runner import Job, run_job
+from kadr.core.runner import EngineOptions, Job, run_job
 from kadr.core.store import ShardStore, atomic_write_text, read_shards
 from kadr.embed import read_text_lines, text_embeddings
 
@@ -251,44 +253,64 @@ class CaptionSettings:
     progress: bool = True
 
 
-def run_caption(source: str, out: str, settings: CaptionSettings):
+class CaptionJob:
+    """The per-photo work of ``hotels caption``: models loaded once per process (or Ray actor)."""
+
+    def __init__(self, settings: CaptionSettings):
+        self.s = settings
+        self.captioner = load_model(settings.captioner, kind="captioner",
+                                    trust_checkpoint=settings.trust_checkpoint)
+        self.clip = load_model(settings.clip, kind="image-text",
+                               trust_checkpoint=settings.trust_checkpoint)
+        self.vocab = load_vocabulary(settings.vocab, settings.include, settings.exclude)
+        self.interrogator = Interrogator(self.clip, self.vocab, settings.mode, settings.max_phrases)
+        self.side = max(self.captioner.image_size, self.clip.image_size)
+
+    @property
+    def fingerprint(self) -> dict:
+        vocab_text = json.dumps(self.vocab.tables, sort_keys=True)
+        return {"job": "caption", **self.captioner.fingerprint, "clip": self.clip.fingerprint,
+                "mode": self.s.mode, "max_phrases": self.s.max_phrases,
+                "vocab": hashlib.sha256(vocab_text.encode()).hexdigest()[:16]}
+
+    def prepare(self, photo: DecodedPhoto):
+        img = photo.image
+        if min(img.size) > 2 * self.side:
+            img = img.copy()
+            img.thumbnail((4 * self.side, 4 * self.side), Image.Resampling.BILINEAR)
+        return img, self.clip.prepare_image(img)
+
+    def process(self, inputs: list, rows: list[dict]) -> list[dict]:
+        if not inputs:
+            return []
+        captions = self.captioner.caption([im for im, _ in inputs])
+        emb = self.clip.encode_images([a for _, a in inputs])
+        results = self.interrogator.interrogate(captions, emb)
+        return [{"caption": c, "phrases": json.dumps(r["phrases"]), "prompt": r["prompt"]}
+                for c, r in zip(captions, results, strict=True)]
+
+    def job(self) -> Job:
+        return Job("caption", self.prepare, self.process, min_side=self.side,
+                   batch_size=self.s.batch_size,
+                   empty_result={"caption": None, "phrases": None, "prompt": None})
+
+
+def make_caption_job(settings: CaptionSettings) -> Job:
+    return CaptionJob(settings).job()
+
+
+def run_caption(source: str, out: str, settings: CaptionSettings,
+                engine: EngineOptions | None = None):
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    captioner = load_model(settings.captioner, kind="captioner",
-                           trust_checkpoint=settings.trust_checkpoint)
-    clip = load_model(settings.clip, kind="image-text", trust_checkpoint=settings.trust_checkpoint)
-    vocab = load_vocabulary(settings.vocab, settings.include, settings.exclude)
-    interrogator = Interrogator(clip, vocab, settings.mode, settings.max_phrases)
-    side = max(captioner.image_size, clip.image_size)
-
-    def prepare(photo: DecodedPhoto):
-        img = photo.image
-        if min(img.size) > 2 * side:
-            img = img.copy()
-            img.thumbnail((4 * side, 4 * side), Image.Resampling.BILINEAR)
-        return img, clip.prepare_image(img)
-
-    def process(inputs: list, rows: list[dict]) -> list[dict]:
-        if not inputs:
-            return []
-        captions = captioner.caption([im for im, _ in inputs])
-        emb = clip.encode_images([a for _, a in inputs])
-        results = interrogator.interrogate(captions, emb)
-        return [{"caption": c, "phrases": json.dumps(r["phrases"]), "prompt": r["prompt"]}
-                for c, r in zip(captions, results, strict=True)]
-
-    vocab_hash = json.dumps(vocab.tables, sort_keys=True)
-    fingerprint = {"job": "caption", **captioner.fingerprint, "clip": clip.fingerprint,
-                   "mode": settings.mode, "max_phrases": settings.max_phrases,
-                   "vocab": __import__("hashlib").sha256(vocab_hash.encode()).hexdigest()[:16]}
+    work = CaptionJob(settings)
     collection, _ = hotel_collection(source, out_dir, settings.path_column, settings.group_column)
-    job = Job("caption", prepare, process, min_side=side, batch_size=settings.batch_size,
-              empty_result={"caption": None, "phrases": None, "prompt": None})
-    with ShardStore(out_dir / "captions.store", fingerprint) as store:
-        summary = run_job(collection, job, store, workers=settings.workers,
-                          progress=settings.progress)
+    with ShardStore(out_dir / "captions.store", work.fingerprint) as store:
+        summary = run_job(collection, work.job(), store, workers=settings.workers,
+                          progress=settings.progress, engine=engine,
+                          job_factory=functools.partial(make_caption_job, settings))
     table = read_shards(out_dir / "captions.store").to_pandas()
     import pyarrow as pa
 

@@ -7,7 +7,20 @@ from typing import Annotated
 
 import typer
 
-from kadr.cli_common import GroupColumn, PathColumn, Quiet, finish, guarded, out
+from kadr.cli_common import (
+    Actors,
+    CpusPerActor,
+    Engine,
+    GpusPerActor,
+    GroupColumn,
+    PathColumn,
+    Quiet,
+    RayAddress,
+    engine_options,
+    finish,
+    guarded,
+    out,
+)
 
 app = typer.Typer(help="Hotel photos: profile, caption, group into themes.", no_args_is_help=True)
 
@@ -65,6 +78,11 @@ def caption(
     batch_size: Annotated[int, typer.Option()] = 16,
     workers: Annotated[int, typer.Option(help="decode threads")] = 2,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 2,
+    cpus_per_actor: CpusPerActor = 1.0,
+    gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Caption every photo CLIP-Interrogator style: a base caption plus ranked vocabulary."""
@@ -75,7 +93,8 @@ def caption(
         max_phrases=max_phrases, batch_size=batch_size, workers=workers, write_txt=txt,
         path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
         progress=not quiet)
-    summary, table = guarded(lambda: run_caption(source, str(output), settings))
+    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
+    summary, table = guarded(lambda: run_caption(source, str(output), settings, eng))
     finish(summary)
     out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
 
@@ -136,6 +155,11 @@ def restyle(
         envvar="KADR_LLM_URL", help="OpenAI-compatible base URL that writes prompts (off)")] = None,
     llm_model: Annotated[str, typer.Option(envvar="KADR_LLM_MODEL")] = "gpt-4o-mini",
     llm_key: Annotated[str | None, typer.Option(envvar="KADR_LLM_API_KEY")] = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 2,
+    cpus_per_actor: CpusPerActor = 1.0,
+    gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Restyle rooms for an audience: text-prompted masks, inpainting, before/after pairs."""
@@ -148,6 +172,7 @@ def restyle(
         guidance=guidance, refine=refine, composite=composite, captions=captions,
         mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
         prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet)
-    summary, table = guarded(lambda: run_restyle(source, str(output), settings))
+    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
+    summary, table = guarded(lambda: run_restyle(source, str(output), settings, eng))
     finish(summary)
     out.print(f"gallery: {output / 'gallery.html'}; edits, masks, pairs in {output}")

@@ -14,6 +14,7 @@ inpaint).
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -32,7 +33,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.masks import MaskOps
 from kadr.core.models import load_model
 from kadr.core.models.diffusion import paste_inside
-from kadr.core.runner import Job, run_job
+from kadr.core.runner import EngineOptions, Job, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
 
 AUDIENCES = Path(__file__).parent / "audiences"
@@ -261,19 +262,29 @@ class Restyler:
         return paste_inside(current, edited, soft)
 
 
-def run_restyle(source: str, out: str, settings: RestyleSettings):
+def restyle_job(restyler: Restyler) -> Job:
+    empty = {"caption_used": None, "found": None, "not_found": None, "prompts": None,
+             "outputs": None, "note": None}
+    return Job("restyle", restyler.prepare, restyler.process, min_side=None, batch_size=1,
+               empty_result=empty)
+
+
+def make_restyle_job(settings: RestyleSettings, out_dir: Path) -> Job:
+    return restyle_job(Restyler(settings, out_dir))
+
+
+def run_restyle(source: str, out: str, settings: RestyleSettings,
+                engine: EngineOptions | None = None):
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     restyler = Restyler(settings, out_dir)
     collection, _ = hotel_collection(source, out_dir, settings.path_column)
-    empty = {"caption_used": None, "found": None, "not_found": None, "prompts": None,
-             "outputs": None, "note": None}
-    job = Job("restyle", restyler.prepare, restyler.process, min_side=None, batch_size=1,
-              empty_result=empty)
     with ShardStore(out_dir / "restyle.store", restyler.fingerprint) as store:
-        summary = run_job(collection, job, store, workers=1, progress=settings.progress)
+        summary = run_job(collection, restyle_job(restyler), store, workers=1,
+                          progress=settings.progress, engine=engine,
+                          job_factory=functools.partial(make_restyle_job, settings, out_dir))
     table = read_shards(out_dir / "restyle.store").to_pandas()
     atomic_write_text(out_dir / "restyle.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "gallery.html", render_gallery(table, restyler.audience))

@@ -9,11 +9,17 @@ from typing import Annotated
 import typer
 
 from kadr.cli_common import (
+    Actors,
+    CpusPerActor,
+    Engine,
+    GpusPerActor,
     GroupColumn,
     GroupLevel,
     Quiet,
+    RayAddress,
     TimePattern,
     Trust,
+    engine_options,
     err,
     fail,
     finish,
@@ -49,6 +55,11 @@ def run(
     group_column: GroupColumn = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 2,
+    cpus_per_actor: CpusPerActor = 1.0,
+    gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """The whole job: detections, counts, species, registrations, exports and an HTML report."""
@@ -63,7 +74,8 @@ def run(
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
         deployments=deployments, utc_offset=utc_offset,
     )
-    summary, regs = guarded(lambda: run_traps(photos, str(output), settings))
+    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
+    summary, regs = guarded(lambda: run_traps(photos, str(output), settings, eng))
     finish(summary)
     out.print(f"{len(regs)} registrations: {output / 'registrations.csv'}")
     out.print(f"report: {output / 'report.html'}")

@@ -7,6 +7,7 @@ exports are rewritten whole (atomically) at the end of every run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from kadr.core.collection import PhotoCollection
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
 from kadr.core.models.detectors import Detection, nms
-from kadr.core.runner import Job, RunSummary, run_job
+from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
@@ -206,13 +207,8 @@ def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
     return normalise_photo_table(frame)
 
 
-def run_traps(photos: str, out: str, settings: TrapSettings) -> tuple[RunSummary, pd.DataFrame]:
-    """The whole camera-trap job; returns the run summary and the registrations."""
-    out_dir = Path(out)
-    trap = TrapJob(settings)
-    collection = PhotoCollection(photos, group_level=settings.group_level,
-                                 group_column=settings.group_column)
-    job = Job(
+def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
+    return Job(
         name="traps",
         prepare=trap.prepare,
         process=trap.process,
@@ -221,9 +217,25 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> tuple[RunSummary
         empty_result={"detections": None, "n_animals": None, "class": None,
                       "class_prob": None, "count": None, "top_bbox": None},
     )
+
+
+def make_trap_job(settings: TrapSettings) -> Job:
+    """Builds the models and the job: what each Ray actor runs once."""
+    return trap_job(TrapJob(settings), settings)
+
+
+def run_traps(photos: str, out: str, settings: TrapSettings,
+              engine: EngineOptions | None = None) -> tuple[RunSummary, pd.DataFrame]:
+    """The whole camera-trap job; returns the run summary and the registrations."""
+    out_dir = Path(out)
+    trap = TrapJob(settings)
+    collection = PhotoCollection(photos, group_level=settings.group_level,
+                                 group_column=settings.group_column)
+    job = trap_job(trap, settings)
     with ShardStore(out_dir / "photos.store", trap.fingerprint) as store:
         summary = run_job(collection, job, store, workers=settings.workers,
-                          time_pattern=settings.time_pattern, progress=settings.progress)
+                          time_pattern=settings.time_pattern, progress=settings.progress,
+                          engine=engine, job_factory=functools.partial(make_trap_job, settings))
     table = per_photo_table(out_dir / "photos.store")
     regs = write_outputs(table, out_dir, settings, trap, summary)
     return summary, regs

@@ -1,0 +1,77 @@
+"""The Ray engine: the runner's per-batch functions as Ray Data ``map_batches`` actor pools.
+
+Each actor builds the job once (one model load per actor) from a picklable
+factory, then for every batch of photo references runs the very functions
+the local engine runs (:func:`~kadr.core.runner.load_ref` in decode threads,
+:func:`~kadr.core.runner.apply_batch`). Rows travel back pickled, so times,
+vectors and statuses arrive exactly as computed; the driver writes the result
+store, which keeps resume and atomic shards identical across engines.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from kadr.core.collection import PhotoRef
+
+
+class _JobActor:
+    def __init__(self, job_factory: Callable, workers: int, max_pixels: int,
+                 time_pattern: str | None, extra_columns: bool):
+        from kadr.core.runner import load_ref
+
+        self.job = job_factory()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self.load = functools.partial(load_ref, job=self.job, max_pixels=max_pixels,
+                                      time_pattern=time_pattern, extra_columns=extra_columns)
+
+    def __call__(self, batch: dict) -> dict:
+        from kadr.core.runner import apply_batch
+
+        refs = [PhotoRef(k, p, g, json.loads(e)) for k, p, g, e in
+                zip(batch["key"], batch["path"], batch["group"], batch["extra"], strict=True)]
+        loaded = list(self.pool.map(self.load, refs))
+        rows = apply_batch(self.job, [r for r, _ in loaded], [x for _, x in loaded])
+        return {"row": [pickle.dumps(r) for r in rows]}
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_size: int, engine,
+                       workers: int, max_pixels: int, time_pattern: str | None,
+                       extra_columns: bool) -> Iterator[list[dict]]:
+    """Yield lists of finished rows as the actor pool produces them."""
+    import ray.data
+
+    init_ray(engine.ray_address)
+    items = [{"key": r.key, "path": r.path, "group": r.group,
+              "extra": json.dumps(r.extra, default=str)} for r in refs]
+    if not items:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(items).map_batches(
+        _JobActor,
+        fn_constructor_kwargs={"job_factory": job_factory, "workers": workers,
+                               "max_pixels": max_pixels, "time_pattern": time_pattern,
+                               "extra_columns": extra_columns},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=max(1, engine.actors)),
+        num_cpus=engine.cpus_per_actor,
+        num_gpus=engine.gpus_per_actor or None,
+    )
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        yield [pickle.loads(b) for b in batch["row"]]

@@ -1,0 +1,74 @@
+"""Ray engine against the local engine: same photos, ids, statuses and numbers."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kadr.core.runner import EngineOptions
+from kadr.core.store import read_shards
+from kadr.embed import embed_photos
+from tests.conftest import TINY_CLIP, make_broken_corpus, shared_path
+
+pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+RAY = EngineOptions("ray", actors=2, cpus_per_actor=1)
+
+
+def by_key(folder) -> pd.DataFrame:
+    return read_shards(folder).to_pandas().set_index("key").sort_index()
+
+
+def test_embed_ray_equals_local_and_resumes(tmp_path):
+    photos = tmp_path / "photos"
+    for p in sorted(shared_path("data", "interiors", "kitchen").glob("*"))[:24]:
+        (photos / "kitchen").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, photos / "kitchen" / p.name)
+    make_broken_corpus(photos / "broken")
+    local = embed_photos(str(photos), str(tmp_path / "local"), TINY_CLIP, batch_size=8,
+                         progress=False)
+    # Ray run interrupted after part of the work: simulate with a first run on a subset.
+    on_ray = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
+                          progress=False, engine=RAY)
+    assert on_ray.ok == local.ok and len(on_ray.failures) == len(local.failures)
+    a, b = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
+    assert list(a.index) == list(b.index)
+    assert (a["status"] == b["status"]).all() and (a["photo_id"].fillna("") == b["photo_id"]
+                                                   .fillna("")).all()
+    for k in a.index[a["status"] == "ok"]:
+        np.testing.assert_allclose(a.at[k, "embedding"], b.at[k, "embedding"], atol=1e-5)
+    again = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, progress=False,
+                         engine=RAY)
+    assert again.processed == 0 and again.already_done == len(a)
+
+
+def test_traps_ray_equals_local(tmp_path):
+    from kadr.traps.pipeline import TrapSettings, run_traps
+
+    src = shared_path("data", "camera_traps", "cameratraps_repo", "api", "synchronous",
+                      "sample_input")
+    cam = tmp_path / "photos" / "D04"
+    cam.mkdir(parents=True)
+    for p in sorted(src.rglob("*.JPG")):
+        shutil.copy(p, cam / p.name)
+    settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
+                            classifier=TINY_CLIP, progress=False, batch_size=4)
+    _, regs_local = run_traps(str(tmp_path / "photos"), str(tmp_path / "local"), settings)
+    _, regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"), settings, RAY)
+    a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
+    b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
+    assert list(a["class"]) == list(b["class"]) and list(a["n_animals"]) == list(b["n_animals"])
+    np.testing.assert_allclose(a.filter(regex="^p_").to_numpy(float),
+                               b.filter(regex="^p_").to_numpy(float), atol=1e-3)
+    pd.testing.assert_frame_equal(regs_local.drop(columns=["eventID", "best_key"]),
+                                  regs_ray.drop(columns=["eventID", "best_key"]))
