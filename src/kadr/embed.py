@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from kadr.core.collection import PhotoCollection
 from kadr.core.models import ImageTextModel, load_model
+from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_table
 
@@ -49,6 +50,7 @@ def make_embedding_job(model_spec: str, batch_size: int, trust_checkpoint: bool)
                                           trust_checkpoint=trust_checkpoint), batch_size)
 
 
+@staged
 def embed_photos(
     source: str,
     out: str,

@@ -60,9 +60,17 @@ class PhotoCollection:
         self.group_column = group_column
         self.path_column = path_column
         self.report = ScanReport()
-        if not os.path.exists(self.source) and "://" not in self.source:
+        if "://" in self.source:
+            from kadr.core.remote import url_fs
+
+            fs, root = url_fs(self.source)
+            if not fs.exists(root):
+                raise FileNotFoundError(f"source not found: {self.source}")
+            self.is_manifest = fs.isfile(root)
+        elif not os.path.exists(self.source):
             raise FileNotFoundError(f"source not found: {self.source}")
-        self.is_manifest = os.path.isfile(self.source)
+        else:
+            self.is_manifest = os.path.isfile(self.source)
 
     def __iter__(self) -> Iterator[PhotoRef]:
         self.report = ScanReport()  # each pass reports afresh
@@ -79,6 +87,12 @@ class PhotoCollection:
         return "/".join(parts) if parts else "."
 
     def _iter_folder(self) -> Iterator[PhotoRef]:
+        if "://" in self.source:
+            from kadr.core.remote import list_photo_urls
+
+            for rel, url in list_photo_urls(self.source, IMAGE_EXTENSIONS):
+                yield PhotoRef(key=rel, path=url, group=self._group_for(os.path.dirname(rel)))
+            return
         root = self.source
         # os.walk with sorted names: a stable order that streams directory by directory.
         for dirpath, dirnames, filenames in os.walk(root, onerror=None):
@@ -101,10 +115,17 @@ class PhotoCollection:
 
     # -- manifests ---------------------------------------------------------
     def read_manifest(self) -> pa.Table:
+        if "://" in self.source:
+            import fsspec
+
+            with fsspec.open(self.source, "rb") as f:
+                data = pa.BufferReader(f.read())
+        else:
+            data = self.source
         if self.source.lower().endswith((".parquet", ".pq")):
-            return pq.read_table(self.source)
+            return pq.read_table(data)
         opts = pacsv.ConvertOptions(strings_can_be_null=False)
-        table = pacsv.read_csv(self.source, convert_options=opts)
+        table = pacsv.read_csv(data, convert_options=opts)
         # Tolerate stray spaces around header names.
         return table.rename_columns([c.strip() for c in table.column_names])
 
@@ -118,12 +139,14 @@ class PhotoCollection:
             )
         if self.group_column and self.group_column not in table.column_names:
             raise ValueError(f"group column {self.group_column!r} not in {table.column_names}")
-        base = os.path.dirname(os.path.abspath(self.source))
+        base = self.source.rsplit("/", 1)[0] if "://" in self.source else os.path.dirname(
+            os.path.abspath(self.source))
         seen: dict[str, int] = {}
         for batch in table.to_batches(10_000):
             for row in batch.to_pylist():
                 raw = str(row[col]).strip()
-                path = raw if ("://" in raw or os.path.isabs(raw)) else os.path.join(base, raw)
+                path = raw if ("://" in raw or os.path.isabs(raw)) else (
+                    f"{base}/{raw}" if "://" in base else os.path.join(base, raw))
                 # The same path listed twice is two rows the user gave: keep both.
                 n = seen.get(raw, 0)
                 seen[raw] = n + 1

@@ -20,6 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kadr.core.remote import upload_now
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -144,7 +146,9 @@ class ShardStore:
         if not self._buffer:
             return
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
-        atomic_write_table(self.folder / f"part-{self._next_index:06d}.parquet", table)
+        path = self.folder / f"part-{self._next_index:06d}.parquet"
+        atomic_write_table(path, table)
+        upload_now(path)
         self._next_index += 1
         self._buffer = []
 

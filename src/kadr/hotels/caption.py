@@ -36,6 +36,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
+from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, run_job
 from kadr.core.store import ShardStore, atomic_write_text, read_shards
 from kadr.embed import read_text_lines, text_embeddings
@@ -299,6 +300,7 @@ def make_caption_job(settings: CaptionSettings) -> Job:
     return CaptionJob(settings).job()
 
 
+@staged
 def run_caption(source: str, out: str, settings: CaptionSettings,
                 engine: EngineOptions | None = None):
     from kadr.hotels.sources import hotel_collection

@@ -27,6 +27,7 @@ from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 
 from kadr.core.models import load_model
+from kadr.core.remote import staged
 from kadr.core.store import atomic_write_table, atomic_write_text
 
 
@@ -200,6 +201,7 @@ def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path) -
     return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
 
+@staged
 def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

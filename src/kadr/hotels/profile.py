@@ -21,6 +21,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
+from kadr.core.remote import staged
 from kadr.core.runner import Job, run_job
 from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
 
@@ -267,6 +268,7 @@ def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None)
     return summary
 
 
+@staged
 def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
     from kadr.hotels.report import render_profile
     from kadr.hotels.sources import hotel_collection

@@ -33,6 +33,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.masks import MaskOps
 from kadr.core.models import load_model
 from kadr.core.models.diffusion import paste_inside
+from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
 
@@ -273,6 +274,7 @@ def make_restyle_job(settings: RestyleSettings, out_dir: Path) -> Job:
     return restyle_job(Restyler(settings, out_dir))
 
 
+@staged
 def run_restyle(source: str, out: str, settings: RestyleSettings,
                 engine: EngineOptions | None = None):
     from kadr.hotels.sources import hotel_collection

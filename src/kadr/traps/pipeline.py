@@ -21,6 +21,7 @@ from kadr.core.collection import PhotoCollection
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
 from kadr.core.models.detectors import Detection, nms
+from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
 from kadr.traps.events import form_registrations
@@ -224,6 +225,7 @@ def make_trap_job(settings: TrapSettings) -> Job:
     return trap_job(TrapJob(settings), settings)
 
 
+@staged
 def run_traps(photos: str, out: str, settings: TrapSettings,
               engine: EngineOptions | None = None) -> tuple[RunSummary, pd.DataFrame]:
     """The whole camera-trap job; returns the run summary and the registrations."""
