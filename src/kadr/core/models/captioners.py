@@ -19,11 +19,9 @@ from PIL import Image
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
-    WeightsNotFoundError,
     hf_cache_dir,
-    hf_cached_file,
-    hub_reachable,
-    missing_weights_message,
+    hf_source,
+    hub_known,
 )
 
 
@@ -157,10 +155,8 @@ class HFCaptionBackend:
         out = []
         for name in ("Salesforce/blip-image-captioning-large", "Salesforce/blip2-opt-2.7b",
                      "microsoft/git-large-coco", "microsoft/Florence-2-base"):
-            out.append(KnownModel(f"hf-caption:{name}", self.kind, "pretrained",
-                                  f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
-                                  bool(hf_cached_file(name, ("model.safetensors",
-                                                             "pytorch_model.bin")))))
+            out.append(hub_known("hf-caption", self.kind, name, ("model.safetensors",
+                                                                  "pytorch_model.bin")))
         out.append(KnownModel("hf-caption:kadr/tiny-blip@random", self.kind, "tiny BLIP for tests",
                               "built from config", True))
         out.append(KnownModel("hf-caption:Salesforce/blip-image-captioning-base@random", self.kind,
@@ -191,18 +187,10 @@ class HFCaptionBackend:
         return Captioner(spec, size, caption, [model])
 
     def _pretrained(self, spec: ModelSpec, trust: bool):
-        source = spec.weights or spec.name
-        local = os.path.isdir(source)
-        if not local and not hf_cached_file(source, ("model.safetensors", "pytorch_model.bin",
-                                                     "config.json")) and not hub_reachable():
-            raise WeightsNotFoundError(missing_weights_message(
-                f"hf-caption:{source}",
-                [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
-                f"huggingface-cli download {source} on a machine with the internet and copy "
-                "the cache, or pass a local folder: hf-caption:/path/to/model"))
         import transformers
 
-        offline = local or not hub_reachable()
+        source, offline = hf_source("hf-caption", spec, ("model.safetensors", "pytorch_model.bin",
+                                                         "config.json"))
         kwargs = {"local_files_only": offline, "trust_remote_code": trust}
         processor = transformers.AutoProcessor.from_pretrained(source, **kwargs)
         model = None

@@ -13,7 +13,6 @@ the real compute cost) at seeded random weights, offline.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +21,7 @@ from PIL import Image
 
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
-from kadr.core.models.weights import (
-    WeightsNotFoundError,
-    hf_cache_dir,
-    hf_cached_file,
-    hub_reachable,
-    missing_weights_message,
-)
+from kadr.core.models.weights import hf_source, hub_known
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -142,9 +135,7 @@ class DiffusersBackend:
         out = []
         for name in ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                      "stable-diffusion-v1-5/stable-diffusion-inpainting"):
-            out.append(KnownModel(f"diffusers:{name}", self.kind, "pretrained",
-                                  f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
-                                  bool(hf_cached_file(name, ("model_index.json",)))))
+            out.append(hub_known("diffusers", self.kind, name, ("model_index.json",)))
         for name in RANDOM_ARCHS:
             out.append(KnownModel(f"diffusers:{name}@random", self.kind,
                                   "random weights (tests/benchmarks)", "built from config", True))
@@ -160,18 +151,11 @@ class DiffusersBackend:
                                                   requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
             return Painter(spec, pipe, res)
-        source = spec.weights or spec.name
-        local = os.path.isdir(source)
-        if not local and not hf_cached_file(source, ("model_index.json",)) and not hub_reachable():
-            raise WeightsNotFoundError(missing_weights_message(
-                f"diffusers:{source}",
-                [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
-                f"huggingface-cli download {source} on a machine with the internet and copy the "
-                "cache, or pass a local folder: diffusers:/path/to/pipeline"))
         from diffusers import AutoPipelineForInpainting
 
+        source, offline = hf_source("diffusers", spec, ("model_index.json",))
         pipe = AutoPipelineForInpainting.from_pretrained(
-            source, local_files_only=local or not hub_reachable(), torch_dtype=torch.float32,
+            source, local_files_only=offline, torch_dtype=torch.float32,
             use_safetensors=None if trust_checkpoint else True)
         pipe.set_progress_bar_config(disable=True)
         res = int(getattr(pipe, "default_sample_size", 64) or 64) * int(

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, ImageTextModel
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
-    WeightsNotFoundError,
     hf_cache_dir,
-    hf_cached_file,
-    hub_reachable,
-    missing_weights_message,
+    hf_source,
+    hub_known,
 )
 
 # Architectures kadr can build at random weights without the hub. The text
@@ -55,9 +51,7 @@ class HFClipBackend:
         out = []
         for name in RANDOM_CONFIGS:
             if not name.startswith("kadr/"):
-                present = bool(hf_cached_file(name, WEIGHT_FILES))
-                where = f"{hf_cache_dir()}/models--{name.replace('/', '--')}"
-                out.append(KnownModel(f"hf:{name}", self.kind, "pretrained", where, present))
+                out.append(hub_known("hf", self.kind, name, WEIGHT_FILES))
             out.append(KnownModel(f"hf:{name}@random", self.kind, "seeded random weights",
                                   "built from config", True))
         out.append(KnownModel("hf:ID_OR_FOLDER", self.kind, "any CLIP or SigLIP checkpoint",
@@ -67,20 +61,9 @@ class HFClipBackend:
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
         if spec.is_random:
             return self._random(spec)
-        source = spec.weights or spec.name
-        local = os.path.isdir(source)
-        if not local and not hf_cached_file(source, WEIGHT_FILES) and not hub_reachable():
-            raise WeightsNotFoundError(
-                missing_weights_message(
-                    f"hf:{source}",
-                    [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
-                    f"download {source} on a machine with the internet (huggingface-cli download "
-                    f"{source}) and copy the cache, or pass a local folder: hf:/path/to/model",
-                )
-            )
         from transformers import AutoModel, AutoProcessor
 
-        offline = local or not hub_reachable()
+        source, offline = hf_source("hf", spec, WEIGHT_FILES)
         # transformers loads .bin checkpoints with torch.load(weights_only=True) itself.
         model = AutoModel.from_pretrained(source, local_files_only=offline).eval()
         processor = AutoProcessor.from_pretrained(source, local_files_only=offline)

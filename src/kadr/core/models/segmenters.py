@@ -9,7 +9,6 @@ a box (from either of the others), it returns the object's exact outline.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -20,13 +19,7 @@ from PIL import Image
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models.factory import KnownModel, load_model, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
-from kadr.core.models.weights import (
-    WeightsNotFoundError,
-    hf_cache_dir,
-    hf_cached_file,
-    hub_reachable,
-    missing_weights_message,
-)
+from kadr.core.models.weights import hf_source, hub_known
 
 # Words users write for COCO labels.
 SYNONYMS = {
@@ -122,17 +115,7 @@ class SamRefiner:
         return masks[0][0, 0].numpy().astype(np.float32)
 
 
-def _hf_source(spec: ModelSpec, what: str) -> tuple[str, bool]:
-    source = spec.weights or spec.name
-    local = os.path.isdir(source)
-    if not local and not hf_cached_file(source, ("model.safetensors", "pytorch_model.bin",
-                                                 "config.json")) and not hub_reachable():
-        raise WeightsNotFoundError(missing_weights_message(
-            f"{what}:{source}", [f"{hf_cache_dir()}/models--{source.replace('/', '--')}",
-                                 "a local folder"],
-            f"huggingface-cli download {source} on a machine with the internet and copy the "
-            f"cache, or pass a local folder: {what}:/path/to/model"))
-    return source, local or not hub_reachable()
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
 
 
 class BoxesBackend:
@@ -155,10 +138,7 @@ class ClipSegBackend:
     help = "CLIPSeg text-prompted segmentation (CIDAS/clipseg-rd64-refined); @random for tests"
 
     def known(self) -> list[KnownModel]:
-        name = "CIDAS/clipseg-rd64-refined"
-        return [KnownModel(f"clipseg:{name}", self.kind, "pretrained",
-                           f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
-                           bool(hf_cached_file(name, ("model.safetensors", "pytorch_model.bin")))),
+        return [hub_known("clipseg", self.kind, "CIDAS/clipseg-rd64-refined", MODEL_FILES),
                 KnownModel("clipseg:kadr/tiny-clipseg@random", self.kind, "tiny, for tests",
                            "built from config", True)]
 
@@ -182,7 +162,7 @@ class ClipSegBackend:
                 image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
                 tokenizer=offline_clip_tokenizer())
             return ClipSegSegmenter(spec, model, processor)
-        source, offline = _hf_source(spec, "clipseg")
+        source, offline = hf_source("clipseg", spec, MODEL_FILES)
         model = CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=offline).eval()
         processor = CLIPSegProcessor.from_pretrained(source, local_files_only=offline)
         return ClipSegSegmenter(spec, model, processor)
@@ -194,17 +174,14 @@ class SamBackend:
     help = "Segment Anything (transformers SamModel), refining a box into an outline"
 
     def known(self) -> list[KnownModel]:
-        name = "facebook/sam-vit-base"
-        return [KnownModel(f"sam:{name}", self.kind, "pretrained",
-                           f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
-                           bool(hf_cached_file(name, ("model.safetensors", "pytorch_model.bin"))))]
+        return [hub_known("sam", self.kind, "facebook/sam-vit-base", MODEL_FILES)]
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> SamRefiner:
         from transformers import SamModel, SamProcessor
 
         if spec.is_random:
             raise SpecError("sam: random weights are not offered; give a SAM checkpoint")
-        source, offline = _hf_source(spec, "sam")
+        source, offline = hf_source("sam", spec, MODEL_FILES)
         model = SamModel.from_pretrained(source, local_files_only=offline).eval()
         processor = SamProcessor.from_pretrained(source, local_files_only=offline)
         return SamRefiner(spec, model, processor)

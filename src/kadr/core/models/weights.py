@@ -66,6 +66,33 @@ def missing_weights_message(what: str, looked: list[str], how: str) -> str:
     )
 
 
+def hf_source(backend: str, spec, files: tuple[str, ...]) -> tuple[str, bool]:
+    """Where a Hugging Face model comes from: (id or folder, load offline?).
+
+    ``spec.weights`` (a folder) wins over ``spec.name``. Fails fast with
+    :class:`WeightsNotFoundError` when the model is neither a folder, nor in
+    the cache, nor downloadable now.
+    """
+    source = spec.weights or spec.name
+    local = os.path.isdir(source)
+    if not local and not hf_cached_file(source, files) and not hub_reachable():
+        raise WeightsNotFoundError(missing_weights_message(
+            f"{backend}:{source}",
+            [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
+            f"huggingface-cli download {source} on a machine with the internet and copy the "
+            f"cache, or pass a local folder: {backend}:/path/to/model"))
+    return source, local or not hub_reachable()
+
+
+def hub_known(backend: str, kind: str, name: str, files: tuple[str, ...], note: str = "pretrained"):
+    """A :class:`KnownModel` row for a hub model: where it would be cached, whether it is."""
+    from kadr.core.models.factory import KnownModel
+
+    return KnownModel(f"{backend}:{name}", kind, note,
+                      f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
+                      bool(hf_cached_file(name, files)))
+
+
 def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict:
     """A checkpoint's tensors: safetensors, or torch.load(weights_only=True).
 
