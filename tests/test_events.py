@@ -136,3 +136,10 @@ def test_default_method_on_the_real_case_table():
     for name, variant in _variants(p, np.random.default_rng(0)).items():
         s = score_registrations(ref, form_registrations(variant)).score
         assert s >= 0.75, f"{name}: {s:.3f}"
+
+
+def test_no_animal_at_all_gives_no_registration():
+    p = photos([("1", "a", T + "00:00", "empty", 0), ("1", "b", T + "01:00", "empty", 0)])
+    for method in ("sessions", "window", "simple"):
+        r = form_registrations(p, method)
+        assert len(r) == 0 and list(r.columns)[:5] == REGISTRATION_COLUMNS

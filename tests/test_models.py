@@ -69,3 +69,14 @@ def test_local_checkpoint_and_pickle_refusal(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
         load_state_dict(bad)
     assert "visual.conv1.weight" in load_state_dict(bad, trust_pickle=True)
+
+
+def test_models_command_lists_backends_and_test_models():
+    from tests.test_embed import kadr
+
+    r = kadr("models")
+    assert r.returncode == 0, r.stderr
+    for backend in ("open_clip:", "hf:", "yolox:", "megadetector:", "coca:", "hf-caption:",
+                    "diffusers:", "clipseg:", "sam:", "boxes:"):
+        assert backend in r.stdout
+    assert "kadr-tiny-clip@random" in r.stdout and "kadr/tiny-sd@random" in r.stdout

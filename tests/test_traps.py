@@ -120,3 +120,22 @@ def test_events_and_score_cli_on_the_case_table(tmp_path):
 
 def test_jpeg_helper_is_deterministic():
     assert jpeg_bytes(seed=3) == jpeg_bytes(seed=3)
+
+
+def test_clock_jumping_back_is_reported(tmp_path):
+    from datetime import datetime
+
+    from tests.conftest import jpeg_bytes
+
+    cam = tmp_path / "photos" / "cam1"
+    cam.mkdir(parents=True)
+    times = [datetime(2024, 5, 1, 12, 0, 0), datetime(2024, 5, 1, 12, 0, 5),
+             datetime(2023, 1, 1, 0, 0, 0), datetime(2023, 1, 1, 0, 0, 3)]
+    for i, t in enumerate(times):
+        (cam / f"IMG_{i:04d}.JPG").write_bytes(jpeg_bytes(seed=i, when=t))
+    out = tmp_path / "out"
+    run_traps(str(tmp_path / "photos"), str(out), TrapSettings(detector=yolox(), classifier=None,
+                                                                progress=False))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clock_jumps_back"] == {"cam1": 1}
+    assert "go backwards" in (out / "report.html").read_text()

@@ -221,7 +221,12 @@ def form_registrations(
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     gap = parse_gap(gap)
     df, untimed = _animal_photos(photos)
-    if method == "simple":
+    if df.empty:  # no animal anywhere: no registration from timed photos
+        regs = pd.DataFrame({"name_folder": pd.Series(dtype=str), "class": pd.Series(dtype=str),
+                             "date_registration_start": pd.Series(dtype="datetime64[ns]"),
+                             "date_registration_end": pd.Series(dtype="datetime64[ns]"),
+                             "count": pd.Series(dtype=float), "photos": pd.Series(dtype=int)})
+    elif method == "simple":
         regs = _by_segment(df, simple_rule(df, gap), df["class"].to_numpy(), df["count"])
     elif method == "window":
         cls, cnt = window_values(df, gap) if len(df) else (np.array([]), np.array([]))

@@ -198,6 +198,22 @@ def per_photo_table(store_folder: str | Path) -> pd.DataFrame:
     return df.sort_values(["group", "time", "key"], kind="stable").reset_index(drop=True)
 
 
+def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
+    """Per camera: how often a photo's time is earlier than the previous photo's in file order.
+
+    Cameras number their files in shooting order, so a time going backwards
+    means the clock was reset or changed; registrations still use time order,
+    but the user should know.
+    """
+    out = {}
+    ok = table[(table["status"] == "ok") & table["time"].notna()]
+    for cam, g in ok.groupby("group"):
+        n = int((g.sort_values("key")["time"].diff() < pd.Timedelta(0)).sum())
+        if n:
+            out[str(cam)] = n
+    return out
+
+
 def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
     """The per-photo table in the normalised schema that :mod:`events` reads."""
     ok = df[df["status"] == "ok"]
@@ -270,6 +286,9 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, tr
         "photos": len(table), "ok": len(table) - len(failed),
         "failed": failed[["key", "status", "reason"]].to_dict("records") if len(failed) else [],
         "skipped_files": summary.skipped_files, "empty_folders": summary.empty_groups,
+        "clock_jumps_back": clock_jumps(table),
+        "photos_without_exif_time": int((table["time_source"] != "exif").sum()) if len(table)
+        else 0,
         "registrations": len(regs), "method": settings.method, "gap": settings.gap,
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))

@@ -122,6 +122,16 @@ def render(table: pd.DataFrame, regs: pd.DataFrame, summary, settings) -> str:
         out.append("</table>")
     else:
         out.append("<p>None.</p>")
+    from kadr.traps.pipeline import clock_jumps
+
+    jumps = clock_jumps(table) if len(table) else {}
+    if jumps:
+        out.append("<p class='bad'>Camera clocks that go backwards in file order: "
+                   + ", ".join(f"{esc(c)} ({n}x)" for c, n in jumps.items()) + "</p>")
+    guessed = ok[ok["time_source"].isin(["mtime", "filename"])] if len(ok) else ok
+    if len(guessed):
+        out.append(f"<p class='bad'>{len(guessed)} photos have no EXIF time; their time comes "
+                   "from the file name or the file's modification time (column time_source).</p>")
     untimed = ok[ok["time"].isna()] if len(ok) else ok
     if len(untimed):
         out.append(f"<p class='bad'>{len(untimed)} photos have no time; each forms its own "
