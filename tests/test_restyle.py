@@ -158,3 +158,13 @@ def test_composite_refine_and_generate(room_photos, tmp_path):
     again = generate_images("a friendly alien guest", str(tmp_path / "g2"), TINY_SD, steps=2)
     assert np.array_equal(np.asarray(Image.open(again[0])), a), "fixed seeds repeat"
     assert pd  # pandas used by the module under test
+
+
+def test_whole_photo_img2img_mode(room_photos, tmp_path):
+    settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), steps=2, variants=1,
+                               whole_photo=True, strength=0.6, progress=False)
+    summary, table = run_restyle(str(room_photos), str(tmp_path / "w"), settings)
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 4
+    assert all(json.loads(r)["whole photo"]["mask"] is None for r in ok["prompts"])
+    assert all(len(json.loads(o)) == 1 for o in ok["outputs"])

@@ -139,3 +139,26 @@ def test_clock_jumping_back_is_reported(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clock_jumps_back"] == {"cam1": 1}
     assert "go backwards" in (out / "report.html").read_text()
+
+
+def test_events_read_megadetector_json_and_detector_label_fallback(d04_camera, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("KADR_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    out = tmp_path / "out"
+    settings = TrapSettings(detector=yolox(), classifier="open_clip:ViT-B-32@laion2b_s34b_b79k",
+                            allow_detector_labels=True, progress=False)
+    _, regs = run_traps(str(d04_camera), str(out), settings)
+    assert len(regs) >= 1
+    from kadr.traps.events import form_registrations
+    from kadr.traps.tables import read_photo_table
+
+    md = read_photo_table(str(out / "megadetector.json"))
+    assert len(md) == 10 and md["time"].notna().all()
+    again = form_registrations(md)
+    assert len(again) == len(regs), "the MD JSON round trip gives the same registrations"
+    settings.allow_detector_labels = False
+    from kadr.core.models import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError):
+        run_traps(str(d04_camera), str(tmp_path / "o2"), settings)

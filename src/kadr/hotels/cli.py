@@ -146,6 +146,8 @@ def restyle(
     refine: Annotated[float, typer.Option(help="strength of a second, refining pass (0 = off)")] = 0.0,
     composite: Annotated[bool, typer.Option("--composite", help="generate each object apart, "
                                                                "paste it, harmonise")] = False,
+    whole_photo: Annotated[bool, typer.Option("--whole-photo", help="img2img: edit the whole photo "
+                                              "at --strength instead of masked parts")] = False,
     captions: Annotated[str | None, typer.Option(help="captions.parquet from hotels caption")] = None,
     mask_threshold: Annotated[float, typer.Option()] = 0.4,
     mask_min_area: Annotated[float, typer.Option(help="fraction of the photo")] = 0.002,
@@ -169,7 +171,8 @@ def restyle(
     settings = RestyleSettings(
         audience=audience, pipeline=pipeline, segmenter=segmenter, refine_masks=refine_masks,
         scheduler=scheduler, variants=variants, seed=seed, strength=strength, steps=steps,
-        guidance=guidance, refine=refine, composite=composite, captions=captions,
+        guidance=guidance, refine=refine, composite=composite, whole_photo=whole_photo,
+        captions=captions,
         mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
         prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)

@@ -125,6 +125,7 @@ class RestyleSettings:
     guidance: float = 7.5
     refine: float = 0.0  # strength of the cascade's second pass; 0 = off
     composite: bool = False
+    whole_photo: bool = False  # img2img: one edit of the whole photo at ``strength``
     captions: str | None = None  # captions.parquet from `kadr hotels caption`
     mask_ops: MaskOps = field(default_factory=MaskOps)
     prompt_writer: PromptWriter = field(default_factory=PromptWriter)
@@ -206,9 +207,16 @@ class Restyler:
         s, a = self.s, self.audience
         stem = _slug(Path(row["key"]).stem) + "-" + (row["photo_id"] or "")[:8]
         caption = self.captions.get(row["key"]) or self.captions.get(row["path"])
-        probs = self.segmenter.segment(image, [r.find for r in a.rules])
         found, missing, prompts, masks = [], [], {}, []
-        for rule, prob in zip(a.rules, probs, strict=True):
+        if s.whole_photo:
+            # img2img, the seed's own approach: the whole photo is the mask.
+            full = np.ones(image.size[::-1], bool)
+            rule = Rule("whole photo", a.style)
+            text, source = s.prompt_writer.write(rule, a, caption)
+            prompts["whole photo"] = {"prompt": text, "source": source, "mask": None}
+            masks.append((rule, full, full.astype(np.float32), text))
+        probs = [] if s.whole_photo else self.segmenter.segment(image, [r.find for r in a.rules])
+        for rule, prob in zip([] if s.whole_photo else a.rules, probs, strict=True):
             m = self._mask(image, rule.find, prob)
             if m is None:
                 missing.append(rule.find)

@@ -41,6 +41,9 @@ def run(
                                                "megadetector:PATH|MDV5A")] = "megadetector:MDV5A",
     classifier: Annotated[str, typer.Option(help="CLIP spec, or 'none' for detector labels")] = (
         "open_clip:ViT-B-32@laion2b_s34b_b79k"),
+    allow_detector_labels: Annotated[bool, typer.Option(
+        "--allow-detector-labels",
+        help="if the classifier's weights are missing, use the detector's labels")] = False,
     threshold: Annotated[float, typer.Option(help="detection confidence counted as an animal")] = 0.3,
     classify_on: Annotated[str, typer.Option(help="crops | photo | both")] = "both",
     gap: Annotated[str, typer.Option(help="pause that ends a registration, e.g. 30m, 1h")] = "30m",
@@ -73,6 +76,7 @@ def run(
         batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
         deployments=deployments, utc_offset=utc_offset,
+        allow_detector_labels=allow_detector_labels,
     )
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
     summary, regs = guarded(lambda: run_traps(photos, str(output), settings, eng))

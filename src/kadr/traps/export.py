@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kadr.core.store import atomic_write_text
@@ -88,6 +89,22 @@ def _file_uri(path: str) -> str:
     return path if "://" in path else Path(path).resolve().as_uri()
 
 
+def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
+    """MegaDetector has one animal class: overlapping boxes of different COCO animal labels
+    (a "horse" and an "elephant" on one elephant) become one, as kadr counts them."""
+    from kadr.core.models.detectors import nms
+
+    animals = [d for d in dets if d["category"] == "animal"]
+    if len(animals) < 2:
+        return dets
+    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in animals)],
+                    np.float32)
+    keep = set(nms(xyxy, np.array([d["conf"] for d in animals], np.float32),
+                   np.zeros(len(animals), np.int64), iou).tolist())
+    kept = [d for i, d in enumerate(animals) if i in keep]
+    return kept + [d for d in dets if d["category"] != "animal"]
+
+
 def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
     """MegaDetector batch output (format 1.4) with per-box classifications.
 
@@ -106,7 +123,7 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
             images.append(entry)
             continue
         dets = []
-        for d in json.loads(r["detections"] or "[]"):
+        for d in _one_box_per_animal(json.loads(r["detections"] or "[]")):
             cat = MD_CATEGORY_IDS.get(d["category"])
             if cat is None:
                 continue

@@ -19,7 +19,7 @@ from PIL import Image
 
 from kadr.core.collection import PhotoCollection
 from kadr.core.decode import DecodedPhoto
-from kadr.core.models import load_model
+from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
@@ -50,6 +50,7 @@ class TrapSettings:
     time_pattern: str | None = None
     trust_checkpoint: bool = False
     progress: bool = True
+    allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
     deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
     utc_offset: str = "Z"  # the cameras' clock offset, for Camtrap DP timestamps
     extra: dict = field(default_factory=dict)
@@ -90,9 +91,17 @@ class TrapJob:
                                    trust_checkpoint=settings.trust_checkpoint)
         self.model = None
         self.prompts: PromptSet | None = None
+        self.note = None
         if settings.classifier:
-            self.model = load_model(settings.classifier, kind="image-text",
-                                    trust_checkpoint=settings.trust_checkpoint)
+            try:
+                self.model = load_model(settings.classifier, kind="image-text",
+                                        trust_checkpoint=settings.trust_checkpoint)
+            except WeightsNotFoundError as e:
+                if not settings.allow_detector_labels:
+                    raise
+                self.note = ("classifier weights unavailable; classes are the detector's labels: "
+                             + str(e).splitlines()[0])
+        if self.model is not None:
             self.prompts = load_prompts(settings.prompts or _default_prompts())
             self.class_emb = self.prompts.class_embeddings(self.model)
 

@@ -84,8 +84,15 @@ def read_photo_table(path: str) -> pd.DataFrame:
     return normalise_photo_table(_read_any(path))
 
 
-def megadetector_to_frame(data: dict, threshold: float = 0.2) -> pd.DataFrame:
-    """MegaDetector batch output -> one row per image (count of animal boxes, top class)."""
+def megadetector_to_frame(data: dict, threshold: float | None = None) -> pd.DataFrame:
+    """MegaDetector batch output -> one row per image (count of animal boxes, top class).
+
+    The counting threshold is the file's own ``typical_detection_threshold``
+    when it states one, else 0.2 (MegaDetector v5's usual value).
+    """
+    if threshold is None:
+        meta = (data.get("info") or {}).get("detector_metadata") or {}
+        threshold = float(meta.get("typical_detection_threshold") or 0.2)
     cats = data.get("detection_categories", {})
     ccats = data.get("classification_categories", {})
     rows = []
