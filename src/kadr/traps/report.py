@@ -22,7 +22,7 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}
 .cam{margin:1.5em 0} .tl{background:#f6f6f6;border:1px solid #ddd}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{border:1px solid #ddd;padding:6px;width:""" + str(THUMB) + """px;font-size:13px}
-.card img{width:100%} .bad{color:#b00}
+.card img{width:100%} .bad{color:#b00} .card{overflow-wrap:anywhere}
 """
 
 
@@ -45,6 +45,16 @@ def _thumb_with_boxes(path: str, top_bbox: str | None, detections: str | None) -
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _duration(delta: pd.Timedelta) -> str:
+    """'12 s', '4 min 05 s', '2 h 10 min'."""
+    s = int(delta.total_seconds())
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _timeline(regs: pd.DataFrame, photos: pd.DataFrame) -> str:
@@ -70,8 +80,9 @@ def _timeline(regs: pd.DataFrame, photos: pd.DataFrame) -> str:
                             f"{r['date_registration_end']}")
         parts.append(f'<rect x="{a:.1f}" y="6" width="{max(b - a, 3):.1f}" height="20" '
                      f'fill="{color}"><title>{label}</title></rect>')
-    parts.append(f'<text x="10" y="45" font-size="9">{t0}</text>')
-    parts.append(f'<text x="{width - 10}" y="45" font-size="9" text-anchor="end">{t1}</text>')
+    parts.append(f'<text x="10" y="45" font-size="9">{t0:%Y-%m-%d %H:%M:%S}</text>')
+    parts.append(f'<text x="{width - 10}" y="45" font-size="9" text-anchor="end">'
+                 f'{t1:%Y-%m-%d %H:%M:%S}</text>')
     return "".join(parts) + "</svg>"
 
 
@@ -96,7 +107,7 @@ def render(table: pd.DataFrame, regs: pd.DataFrame, summary, settings) -> str:
         out.append("<div class='cards'>")
         for r in cam_regs.to_dict("records"):
             start, end = r["date_registration_start"], r["date_registration_end"]
-            duration = "no time" if pd.isna(start) else str(pd.Timestamp(end) - pd.Timestamp(start))
+            duration = "no time" if pd.isna(start) else _duration(pd.Timestamp(end) - pd.Timestamp(start))
             img = ""
             best = r.get("best_key")
             if shown < MAX_GALLERY and isinstance(best, str) and best in by_key.index:
@@ -106,7 +117,9 @@ def render(table: pd.DataFrame, regs: pd.DataFrame, summary, settings) -> str:
                 prob = p.get("class_prob")
                 prob_text = "" if prob is None or pd.isna(prob) else f", p={prob:.2f}"
                 if src:
-                    img = f"<img src='{src}' alt='{esc(best)}'><br>{esc(best)}{prob_text}<br>"
+                    name = best.rsplit("/", 1)[-1]
+                    img = (f"<img src='{src}' alt='{esc(best)}' title='{esc(best)}'><br>"
+                           f"{esc(name)}{prob_text}<br>")
                     shown += 1
             out.append(f"<div class='card'>{img}<b>{esc(r['class'])}</b> &times; {r['count']}<br>"
                        f"{esc(str(start))} &rarr; {esc(str(end))} ({esc(duration)})</div>")
