@@ -29,6 +29,9 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/caption.py
+	$(BIN)/python bench/restyle.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) demo-out
