@@ -90,3 +90,21 @@ def test_hash_pairs_finds_all_within_distance():
     pairs = hash_pairs(base, flipped, 4)
     assert {(i, i) for i in range(500)} <= pairs
     assert not {(i, i) for i in range(500)} & hash_pairs(base, flipped, 2)
+
+
+def test_fix_rotation_writes_upright_copies(tmp_path):
+    folder = shared_path("data", "interiors", "bathroom")
+    out = tmp_path / "p"
+    # Threshold 0: every photo the (random) model would turn gets an upright copy.
+    s = run_profile(str(folder), str(out), ProfileSettings(
+        clip=TINY_CLIP, fix_rotation=True, rotation_threshold=0.0, progress=False))
+    photos = pd.read_parquet(out / "photos.parquet")
+    turned = photos[photos["rotation_needed"] != 0]
+    copies = sorted((out / "upright").glob("*.jpg")) if (out / "upright").exists() else []
+    assert len(copies) == len(turned) == s["rotated"]["flagged"]
+    if len(turned):
+        r = turned.iloc[0]
+        original = Image.open(r["path"])
+        copy = Image.open(out / "upright" / f"{r['key'].rsplit('.', 1)[0]}.jpg")
+        if r["rotation_needed"] in (90, 270):
+            assert copy.size == original.size[::-1]
