@@ -53,16 +53,35 @@ def init_ray(address: str | None) -> None:
 def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_size: int, engine,
                        workers: int, max_pixels: int, time_pattern: str | None,
                        extra_columns: bool) -> Iterator[list[dict]]:
-    """Yield lists of finished rows as the actor pool produces them."""
+    """Yield lists of finished rows as the actor pool produces them.
+
+    References go to Ray ``engine.chunk`` at a time, so the driver's memory stays
+    bounded however large the collection (each chunk starts its actor pool,
+    i.e. one model load per actor per chunk).
+    """
     import ray.data
 
     init_ray(engine.ray_address)
-    items = [{"key": r.key, "path": r.path, "group": r.group,
-              "extra": json.dumps(r.extra, default=str)} for r in refs]
-    if not items:
-        return
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    chunk = max(1, getattr(engine, "chunk", 50_000))
+    items: list[dict] = []
+    for r in refs:
+        items.append({"key": r.key, "path": r.path, "group": r.group,
+                      "extra": json.dumps(r.extra, default=str)})
+        if len(items) >= chunk:
+            yield from _run_chunk(items, job_factory, batch_size, engine, workers, max_pixels,
+                                  time_pattern, extra_columns)
+            items = []
+    if items:
+        yield from _run_chunk(items, job_factory, batch_size, engine, workers, max_pixels,
+                              time_pattern, extra_columns)
+
+
+def _run_chunk(items: list[dict], job_factory, batch_size, engine, workers, max_pixels,
+               time_pattern, extra_columns) -> Iterator[list[dict]]:
+    import ray.data
+
     ds = ray.data.from_items(items).map_batches(
         _JobActor,
         fn_constructor_kwargs={"job_factory": job_factory, "workers": workers,
