@@ -143,3 +143,15 @@ def test_no_animal_at_all_gives_no_registration():
     for method in ("sessions", "window", "simple"):
         r = form_registrations(p, method)
         assert len(r) == 0 and list(r.columns)[:5] == REGISTRATION_COLUMNS
+
+
+def test_reads_real_megadetector_output():
+    path = shared_path("data", "camera_traps", "cameratraps_repo", "test_images",
+                       "expected_output_DRAFT.json")
+    p = read_photo_table(str(path))
+    assert len(p) == 31
+    assert (p["row_status"] == "no_time").all(), "this file carries no datetime field"
+    assert p["count"].max() >= 1 and set(p["class"]) <= {"animal", ""}
+    r = form_registrations(p)
+    assert len(r) == int(((p["count"] > 0) & (p["class"] == "animal")).sum()), (
+        "untimed photos are kept, each its own registration")
