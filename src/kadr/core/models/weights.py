@@ -62,7 +62,8 @@ def missing_weights_message(what: str, looked: list[str], how: str) -> str:
     return (
         f"weights for {what} are not available on this machine and the model hub cannot be "
         f"reached.\nLooked in:\n{places}\nTo provide them: {how}\n"
-        "Any model can still be run end to end with random weights: append @random to the spec."
+        "To try a command end to end without weights, use a spec that `kadr models` lists with "
+        "@random (same architecture, seeded random weights)."
     )
 
 
