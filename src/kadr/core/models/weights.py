@@ -24,15 +24,20 @@ def hf_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
-@lru_cache(maxsize=1)
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """True when downloads may be attempted: not offline by setting, and the hub answers.
 
-    Checked once per process with a short timeout so that a machine without
-    the internet gets its error in seconds, never a hang.
+    The settings are read on every call; the network is probed once per
+    process and host with a short timeout, so that a machine without the
+    internet gets its error in seconds, never a hang.
     """
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("KADR_OFFLINE") == "1":
         return False
+    return _host_answers(host, timeout)
+
+
+@lru_cache(maxsize=8)
+def _host_answers(host: str, timeout: float) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
