@@ -235,8 +235,9 @@ def run_job(
     """
     summary = RunSummary()
     done = store.done_keys()
-    summary.total = sum(1 for _ in collection)
-    summary.already_done = sum(1 for r in collection if r.key in done)
+    for r in collection:  # one counting pass (for the progress bar), then the work pass
+        summary.total += 1
+        summary.already_done += r.key in done
     todo = (r for r in collection if r.key not in done)
 
     def record(rows: list[dict]) -> None:
