@@ -14,7 +14,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -160,9 +160,3 @@ def read_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> 
         return pa.table({})
     tables = [pq.read_table(p, columns=columns) for p in paths]
     return pa.concat_tables(tables, promote_options="permissive")
-
-
-def iter_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """Shard by shard, for streaming consumers."""
-    for p in sorted(Path(folder).glob("part-*.parquet")):
-        yield pq.read_table(p, columns=columns)

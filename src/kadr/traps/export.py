@@ -64,12 +64,6 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     return regs, table
 
 
-def attach_event_ids(regs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    regs, linked = link_events(regs, table)
-    table["event_id"] = linked["event_id"]
-    return regs
-
-
 def _iso(t, offset: str = "Z") -> str | None:
     """ISO 8601 with a UTC offset, as Camtrap DP requires.
 
@@ -258,10 +252,9 @@ def write_camtrap_dp(
     observations = pd.DataFrame(obs)
     if "count" in observations:
         observations["count"] = observations["count"].astype("Int64")
-    schema_fields = _schema_fields()
     for name, frame in (("deployments", deployments), ("media", media),
                         ("observations", observations)):
-        cols = schema_fields[name]
+        cols = CAMTRAP_COLUMNS[name]
         frame = frame.reindex(columns=cols)
         atomic_write_text(folder / f"{name}.csv", frame.to_csv(index=False))
     times = ok["time"]
@@ -308,8 +301,8 @@ def _bbox_polygon(deployments: pd.DataFrame) -> dict:
                                                  [a[0], b[1]], [a[0], a[1]]]]}
 
 
-SCHEMA_DIR_ENV = "KADR_CAMTRAP_SCHEMAS"
-_FALLBACK_FIELDS = {
+# Column order of the three tables, as the 1.0.2 schemas list them.
+CAMTRAP_COLUMNS = {
     "deployments": ["deploymentID", "locationID", "locationName", "latitude", "longitude",
                     "coordinateUncertainty", "deploymentStart", "deploymentEnd", "setupBy",
                     "cameraID", "cameraModel", "cameraDelay", "cameraHeight", "cameraDepth",
@@ -326,11 +319,6 @@ _FALLBACK_FIELDS = {
                      "classifiedBy", "classificationTimestamp", "classificationProbability",
                      "observationTags", "observationComments"],
 }
-
-
-def _schema_fields() -> dict[str, list[str]]:
-    """Column order of the three tables, as the 1.0.2 schemas list them."""
-    return _FALLBACK_FIELDS
 
 
 def validate_camtrap_dp(folder: str | Path, schema_dir: str | Path) -> list[str]:

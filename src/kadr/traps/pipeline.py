@@ -274,7 +274,7 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, tr
 
     events_input = photos_for_events(table)
     regs = form_registrations(events_input, settings.method, settings.gap)
-    regs = export.attach_event_ids(regs, table)
+    regs, table = export.link_events(regs, table)
     atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
     flat = table.copy()
     flat["time"] = flat["time"].dt.strftime("%Y-%m-%d %H:%M:%S")
