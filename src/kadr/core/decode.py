@@ -167,22 +167,13 @@ def decode_photo(
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize the short side to ``size`` (bicubic) and crop the centre square.
 
-    The same geometry as CLIP's preprocessing, done once on an already
-    DCT-reduced image.
+    The same geometry as CLIP's preprocessing (resize, then centre crop), done
+    as one resize of the centre square so that no pixel outside the crop is
+    resampled: about 25% less work on a 4:3 photo.
     """
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def to_normalised_array(
-    img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]
-) -> np.ndarray:
-    """HWC uint8 RGB -> CHW float32, normalised with the model's mean and std."""
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    if (w, h) == (size, size):
+        return img
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))

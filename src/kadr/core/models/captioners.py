@@ -60,7 +60,8 @@ class CocaBackend:
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> Captioner:
         import open_clip
 
-        from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD
+        from kadr.core.decode import resize_center_crop
+        from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, images_to_tensor
         from kadr.core.models.openclip_backend import OpenClipBackend
 
         model, _ = OpenClipBackend().build(ModelSpec("open_clip", spec.name, spec.weights),
@@ -73,11 +74,7 @@ class CocaBackend:
         sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
 
         def prepare(images: list[Image.Image]) -> torch.Tensor:
-            from kadr.core.decode import resize_center_crop, to_normalised_array
-
-            arrays = [to_normalised_array(resize_center_crop(im, size), OPENAI_MEAN, OPENAI_STD)
-                      for im in images]
-            return torch.from_numpy(__import__("numpy").stack(arrays))
+            return images_to_tensor([resize_center_crop(im, size) for im in images], OPENAI_MEAN, OPENAI_STD)
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             # Greedy decoding written here: open_clip's own generate() needs

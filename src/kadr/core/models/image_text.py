@@ -13,11 +13,31 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kadr.core.decode import DecodedPhoto, resize_center_crop, to_normalised_array
+from kadr.core.decode import DecodedPhoto, resize_center_crop
 from kadr.core.models.spec import ModelSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def images_to_tensor(
+    batch: np.ndarray | list, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """A model's input batch: float32 [N, 3, H, W], normalised with ``mean`` and ``std``.
+
+    ``batch`` holds uint8 RGB crops ([H, W, 3] arrays or PIL images, as
+    :meth:`ImageTextModel.prepare_image` makes them); normalising the whole
+    batch here in torch is several times cheaper than per photo in NumPy.
+    A float [N, 3, H, W] batch is taken as already normalised and passed through.
+    """
+    if isinstance(batch, list):
+        batch = np.stack([np.asarray(x) for x in batch])
+    x = torch.from_numpy(np.ascontiguousarray(batch))
+    if x.dtype != torch.uint8:
+        return x.float()
+    scale = torch.tensor(std, dtype=torch.float32) * 255.0
+    shift = torch.tensor(mean, dtype=torch.float32) * 255.0
+    return ((x.float() - shift) / scale).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass
@@ -40,7 +60,7 @@ class ImageTextModel:
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
-            "resize": "shortest-bicubic-centercrop",
+            "resize": "centre-square-bicubic",
         }
 
     def prepare(self, photo: DecodedPhoto) -> np.ndarray:
@@ -48,12 +68,13 @@ class ImageTextModel:
         return self.prepare_image(photo.image)
 
     def prepare_image(self, image) -> np.ndarray:
-        return to_normalised_array(resize_center_crop(image, self.image_size), self.mean, self.std)
+        """The centre crop at the model's size, uint8 [H, W, 3]; normalised batch-wise later."""
+        return np.asarray(resize_center_crop(image, self.image_size))
 
     @torch.inference_mode()
     def encode_images(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """L2-normalised image embeddings, float32 [N, D]."""
-        x = torch.from_numpy(np.stack(batch) if isinstance(batch, list) else batch)
+        """L2-normalised image embeddings, float32 [N, D], of a batch as :func:`images_to_tensor` takes."""
+        x = images_to_tensor(batch, self.mean, self.std)
         feats = self.encode_image_fn(x).float()
         return torch.nn.functional.normalize(feats, dim=-1).numpy()
 
