@@ -58,6 +58,30 @@ def test_resume_skips_done_and_refuses_other_settings(photo_folder, tmp_path):
         embed_photos(str(photo_folder), str(out), "hf:kadr/tiny-clip@random", progress=False)
 
 
+def test_collection_is_listed_once_and_every_photo_processed_once(photo_folder, tmp_path):
+    # A bucket listing of a million objects takes minutes: the runner must not list twice.
+    from kadr.core.collection import PhotoCollection
+    from kadr.core.models import load_model
+    from kadr.core.runner import run_job
+    from kadr.embed import image_embedding_job
+
+    class CountedListing:
+        def __init__(self):
+            self.inner, self.listings = PhotoCollection(photo_folder), 0
+
+        def __iter__(self):
+            self.listings += 1
+            return iter(self.inner)
+
+    listing = CountedListing()
+    job = image_embedding_job(load_model(TINY_CLIP), batch_size=4)
+    with ShardStore(tmp_path / "o", {"t": 1}) as store:
+        summary = run_job(listing, job, store, progress=False)
+    assert listing.listings == 1
+    keys = read_shards(tmp_path / "o").column("key").to_pylist()
+    assert summary.total == summary.ok == 10 and sorted(keys) == sorted(r.key for r in listing.inner)
+
+
 def test_second_run_on_same_output_is_refused(tmp_path):
     with ShardStore(tmp_path / "o", {"a": 1}):
         with pytest.raises(StoreLockedError, match="in use"):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -159,6 +161,33 @@ def _ordered_prefetch(
         yield pending.popleft().result()
 
 
+def _count_and_spool(refs: Iterable[PhotoRef], done: set[str], summary: RunSummary) -> Iterator[PhotoRef]:
+    """Count the collection (for the progress bar) and return the photos still to do.
+
+    The collection is listed once: the photos to do are spooled to a temporary
+    file and replayed from it, because listing a bucket of a million objects
+    takes minutes and keeping their references in memory would grow with the
+    collection.
+    """
+    spool = tempfile.TemporaryFile(prefix="kadr-refs-")
+    pending = 0
+    for ref in refs:
+        summary.total += 1
+        if ref.key in done:
+            summary.already_done += 1
+        else:
+            pickle.dump(ref, spool, protocol=pickle.HIGHEST_PROTOCOL)
+            pending += 1
+    spool.seek(0)
+
+    def replay() -> Iterator[PhotoRef]:
+        with spool:
+            for _ in range(pending):
+                yield pickle.load(spool)  # noqa: S301 - kadr's own spool file, written above
+
+    return replay()
+
+
 def load_ref(ref: PhotoRef, job: Job, max_pixels: int, time_pattern: str | None,
              extra_columns: bool = True) -> tuple[dict, Any]:
     """:func:`load_photo` plus the manifest's extra columns (``extra_<name>``)."""
@@ -234,11 +263,7 @@ def run_job(
     process, which writes the store exactly as the local engine does.
     """
     summary = RunSummary()
-    done = store.done_keys()
-    for r in collection:  # one counting pass (for the progress bar), then the work pass
-        summary.total += 1
-        summary.already_done += r.key in done
-    todo = (r for r in collection if r.key not in done)
+    todo = _count_and_spool(collection, store.done_keys(), summary)
 
     def record(rows: list[dict]) -> None:
         for row in rows:
