@@ -71,6 +71,31 @@ def test_local_checkpoint_and_pickle_refusal(tmp_path):
     assert "visual.conv1.weight" in load_state_dict(bad, trust_pickle=True)
 
 
+def test_device_setting(monkeypatch):
+    from kadr.core.models.device import torch_device
+
+    monkeypatch.setenv("KADR_DEVICE", "cpu")
+    model = load_model(TINY_CLIP)
+    assert model.device == torch.device("cpu") and torch_device() == torch.device("cpu")
+    assert model.encode_images(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 64)
+    monkeypatch.setenv("KADR_DEVICE", "gpu-please")
+    with pytest.raises(SpecError, match="not a device"):
+        load_model(TINY_CLIP)
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("KADR_DEVICE", "cuda")
+        with pytest.raises(SpecError, match="sees no GPU"):
+            load_model(TINY_CLIP)
+
+
+def test_uint8_crops_and_normalised_tensors_give_the_same_embeddings():
+    model = load_model(TINY_CLIP)
+    crops = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    mean, std = np.asarray(model.mean, np.float32), np.asarray(model.std, np.float32)
+    normalised = ((crops / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(model.encode_images(list(crops)), model.encode_images(normalised),
+                               atol=1e-5)
+
+
 def test_models_command_lists_backends_and_test_models():
     from tests.test_embed import kadr
 
@@ -80,3 +105,4 @@ def test_models_command_lists_backends_and_test_models():
                     "diffusers:", "clipseg:", "sam:", "boxes:"):
         assert backend in r.stdout
     assert "kadr-tiny-clip@random" in r.stdout and "kadr/tiny-sd@random" in r.stdout
+    assert "models run on: " in r.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,6 +48,7 @@ def models(
 ) -> None:
     """List model backends and known model names, and whether their weights are here."""
     from kadr.core.models import known_models
+    from kadr.core.models.device import DEVICE_ENV, torch_device
     from kadr.core.models.factory import backends
 
     for b in backends().values():
@@ -59,6 +61,8 @@ def models(
     out.print(table)
     if len(shown) < len(rows):
         out.print(f"{len(rows) - len(shown)} more pretrained tags: kadr models --all")
+    out.print(f"models run on: {guarded(lambda: str(torch_device()))} "
+              f"({DEVICE_ENV}={os.environ.get(DEVICE_ENV, 'auto')}; auto picks a GPU when torch sees one)")
 
 
 @app.command()

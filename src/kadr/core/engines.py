@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,10 +45,16 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    from kadr.core.models.device import DEVICE_ENV
+
+    # Actors choose their device as the driver would (a GPU actor finds its GPU by itself).
+    env = {DEVICE_ENV: os.environ[DEVICE_ENV]} if DEVICE_ENV in os.environ else {}
+    runtime_env = {"env_vars": env} if env else None
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env=runtime_env)
 
 
 def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_size: int, engine,

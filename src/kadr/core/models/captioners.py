@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
@@ -74,15 +75,16 @@ class CocaBackend:
         sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
 
         def prepare(images: list[Image.Image]) -> torch.Tensor:
-            return images_to_tensor([resize_center_crop(im, size) for im in images], OPENAI_MEAN, OPENAI_STD)
+            crops = [resize_center_crop(im, size) for im in images]
+            return images_to_tensor(crops, OPENAI_MEAN, OPENAI_STD, module_device(model))
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             # Greedy decoding written here: open_clip's own generate() needs
             # transformers APIs that newer transformers releases no longer have.
             x = prepare(images)
             latent, embs = model._encode_image(x)
-            seq = torch.full((len(images), 1), sot, dtype=torch.long)
-            done = torch.zeros(len(images), dtype=torch.bool)
+            seq = torch.full((len(images), 1), sot, dtype=torch.long, device=x.device)
+            done = torch.zeros(len(images), dtype=torch.bool, device=x.device)
             for _ in range(max_tokens):
                 logits = model(x, seq, image_latent=latent, image_embs=embs,
                                output_labels=False)["logits"][:, -1]
@@ -92,7 +94,7 @@ class CocaBackend:
                 done |= nxt == eot
                 if done.all():
                     break
-            texts = [open_clip.decode(s) for s in seq]
+            texts = [open_clip.decode(s) for s in seq.cpu()]
             return [t.replace("<start_of_text>", "").split("<end_of_text>")[0].strip(" .")
                     for t in texts]
 
@@ -172,10 +174,11 @@ class HFCaptionBackend:
             model, processor, size = self._pretrained(spec, trust_checkpoint)
             if "florence" in spec.name.lower():
                 prompt = "<CAPTION>"
+        model.to(torch_device())
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             kwargs = {"text": [prompt] * len(images)} if prompt else {}
-            inputs = processor(images=images, return_tensors="pt", **kwargs)
+            inputs = processor(images=images, return_tensors="pt", **kwargs).to(module_device(model))
             out = model.generate(**inputs, max_new_tokens=max_tokens, num_beams=1,
                                  do_sample=False)
             texts = processor.batch_decode(out, skip_special_tokens=True)

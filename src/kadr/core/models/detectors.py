@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
+from kadr.core.models.device import onnx_providers
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
@@ -85,7 +86,7 @@ class YoloxDetector:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(path, opts, providers=onnx_providers())
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 640

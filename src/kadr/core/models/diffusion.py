@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kadr.core.models.device import torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import hf_source, hub_known
@@ -81,10 +82,13 @@ class Painter:
     pipe: object
     resolution: int
 
+    def __post_init__(self):
+        self.pipe.to(torch_device())
+
     @property
     def fingerprint(self) -> dict:
         return {"pipeline": str(self.spec), "scheduler": type(self.pipe.scheduler).__name__,
-                "resolution": self.resolution}
+                "resolution": self.resolution, "dtype": str(self.pipe.unet.dtype)}
 
     def set_scheduler(self, name: str) -> None:
         import diffusers
@@ -109,7 +113,7 @@ class Painter:
         w, h = self.model_size(image.size)
         # A low strength runs only strength x steps denoising steps; keep at least one.
         steps = max(steps, int(np.ceil(1 / max(strength, 1e-3))))
-        gen = torch.Generator("cpu").manual_seed(seed)
+        gen = torch.Generator("cpu").manual_seed(seed)  # the same noise on any device
         out = self.pipe(prompt=prompt, negative_prompt=negative or None,
                         image=image.resize((w, h), Image.Resampling.LANCZOS),
                         mask_image=mask.resize((w, h), Image.Resampling.BILINEAR),
@@ -154,8 +158,10 @@ class DiffusersBackend:
         from diffusers import AutoPipelineForInpainting
 
         source, offline = hf_source("diffusers", spec, ("model_index.json",))
+        # Half precision on a GPU, as the checkpoints are published; full on the CPU.
+        dtype = torch.float16 if torch_device().type == "cuda" else torch.float32
         pipe = AutoPipelineForInpainting.from_pretrained(
-            source, local_files_only=offline, torch_dtype=torch.float32,
+            source, local_files_only=offline, torch_dtype=dtype,
             use_safetensors=None if trust_checkpoint else True)
         pipe.set_progress_bar_config(disable=True)
         res = int(getattr(pipe, "default_sample_size", 64) or 64) * int(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, ImageTextModel
 from kadr.core.models.spec import ModelSpec, SpecError
@@ -75,7 +76,7 @@ class HFClipBackend:
 
         def encode_text(texts: list[str]) -> torch.Tensor:
             enc = tok(texts, padding="max_length" if is_siglip else True, truncation=True,
-                      return_tensors="pt")
+                      return_tensors="pt").to(module_device(model))
             return model.get_text_features(**enc)
 
         return self._wrap(spec, model, int(size), tuple(ip.image_mean), tuple(ip.image_std),
@@ -98,7 +99,7 @@ class HFClipBackend:
         tokenizer = open_clip.get_tokenizer("ViT-B-32")
 
         def encode_text(texts: list[str]) -> torch.Tensor:
-            ids = tokenizer(texts)
+            ids = tokenizer(texts).to(module_device(model))
             return model.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
 
         size = cfg["vision"]["image_size"]
@@ -106,6 +107,8 @@ class HFClipBackend:
 
     @staticmethod
     def _wrap(spec, model, size, mean, std, encode_text) -> ImageTextModel:
+        model.to(torch_device())  # in place; the encoders find it through module_device
+
         def encode_image(x: torch.Tensor) -> torch.Tensor:
             return model.get_image_features(pixel_values=x)
 

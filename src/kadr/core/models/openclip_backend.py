@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import ImageTextModel
 from kadr.core.models.spec import ModelSpec, SpecError
@@ -99,7 +100,7 @@ class OpenClipBackend:
             model.load_state_dict(load_state_dict(weights, trust_checkpoint))
         else:
             model = self._load_tag(oc, arch, weights)
-        return model.eval(), weights
+        return model.eval().to(torch_device()), weights
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
         oc = _open_clip()
@@ -111,16 +112,20 @@ class OpenClipBackend:
         mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
         std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
         tokenizer = oc.get_tokenizer(arch)
+
+        def encode_text(texts: list[str]) -> torch.Tensor:
+            return model.encode_text(tokenizer(texts).to(module_device(model)))
+
         return ImageTextModel(
             spec=ModelSpec(spec.backend, arch, weights),
             image_size=int(size),
             mean=mean,
             std=std,
             encode_image_fn=model.encode_image,
-            encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
+            encode_text_fn=encode_text,
             embed_dim=int(model.text_projection.shape[-1])
             if getattr(model, "text_projection", None) is not None
-            else int(model.encode_text(tokenizer(["a"])).shape[-1]),
+            else int(encode_text(["a"]).shape[-1]),
             modules=[model],
             logit_scale=float(model.logit_scale.detach().exp()),
         )

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
+from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, load_model, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import hf_source, hub_known
@@ -78,6 +79,9 @@ class ClipSegSegmenter:
     model: object
     processor: object
 
+    def __post_init__(self):
+        self.model.to(torch_device())
+
     @property
     def fingerprint(self) -> dict:
         return {"segmenter": str(self.spec)}
@@ -85,8 +89,8 @@ class ClipSegSegmenter:
     @torch.inference_mode()
     def segment(self, image: Image.Image, queries: list[str]) -> list[np.ndarray | None]:
         inputs = self.processor(text=queries, images=[image] * len(queries), padding=True,
-                                return_tensors="pt")
-        logits = self.model(**inputs).logits
+                                return_tensors="pt").to(module_device(self.model))
+        logits = self.model(**inputs).logits.float().cpu()
         if logits.ndim == 2:
             logits = logits[None]
         probs = torch.sigmoid(logits)[:, None]
@@ -102,6 +106,9 @@ class SamRefiner:
     model: object
     processor: object
 
+    def __post_init__(self):
+        self.model.to(torch_device())
+
     @torch.inference_mode()
     def refine(self, image: Image.Image, mask: np.ndarray) -> np.ndarray:
         ys, xs = np.nonzero(mask > 0.5)
@@ -109,9 +116,9 @@ class SamRefiner:
             return mask
         box = [[[float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]]]
         inputs = self.processor(images=image, input_boxes=box, return_tensors="pt")
-        out = self.model(**inputs, multimask_output=False)
+        out = self.model(**inputs.to(module_device(self.model)), multimask_output=False)
         masks = self.processor.image_processor.post_process_masks(
-            out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
+            out.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())
         return masks[0][0, 0].numpy().astype(np.float32)
 
 
