@@ -9,6 +9,7 @@ import typer
 
 from kadr.cli_common import (
     Actors,
+    Batch,
     CpusPerActor,
     Engine,
     GpusPerActor,
@@ -16,6 +17,8 @@ from kadr.cli_common import (
     PathColumn,
     Quiet,
     RayAddress,
+    Trust,
+    Workers,
     engine_options,
     finish,
     guarded,
@@ -36,8 +39,8 @@ def profile(
                                                help="write upright copies of rotated photos")] = False,
     path_column: PathColumn = None,
     group_column: GroupColumn = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    workers: Annotated[int, typer.Option(help="decode threads")] = 2,
+    batch_size: Batch = 32,
+    workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Rows vs unique photos, imbalance per hotel/chain/source, sizes, duplicates, rotated and
@@ -75,9 +78,9 @@ def caption(
     txt: Annotated[bool, typer.Option("--txt", help="also write a .txt beside each photo")] = False,
     path_column: PathColumn = None,
     group_column: GroupColumn = None,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    workers: Annotated[int, typer.Option(help="decode threads")] = 2,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+    batch_size: Batch = 16,
+    workers: Workers = 2,
+    trust_checkpoint: Trust = False,
     engine: Engine = "local",
     ray_address: RayAddress = None,
     actors: Actors = 2,

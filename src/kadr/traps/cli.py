@@ -10,6 +10,7 @@ import typer
 
 from kadr.cli_common import (
     Actors,
+    Batch,
     CpusPerActor,
     Engine,
     GpusPerActor,
@@ -19,6 +20,7 @@ from kadr.cli_common import (
     RayAddress,
     TimePattern,
     Trust,
+    Workers,
     engine_options,
     err,
     fail,
@@ -52,8 +54,8 @@ def run(
         help="CSV with deploymentID (camera), latitude, longitude for Camtrap DP")] = None,
     utc_offset: Annotated[str, typer.Option(help="the cameras' clock offset for Camtrap DP, "
                                                  "e.g. +03:00")] = "Z",
-    batch_size: Annotated[int, typer.Option()] = 16,
-    workers: Annotated[int, typer.Option(help="decode threads")] = 2,
+    batch_size: Batch = 16,
+    workers: Workers = 2,
     group_level: GroupLevel = None,
     group_column: GroupColumn = None,
     time_pattern: TimePattern = None,
