@@ -36,6 +36,23 @@ def yolox_boxes() -> str:
     return f"boxes:yolox:{shared_path('models', 'yolox_nano.onnx')}"
 
 
+def assert_only_masked_pixels_changed(row: dict, settings: RestyleSettings) -> None:
+    from scipy import ndimage
+
+    original = np.asarray(Image.open(row["path"]).convert("RGB"), dtype=np.int16)
+    union = np.zeros(original.shape[:2], bool)
+    for p in json.loads(row["prompts"]).values():
+        union |= np.asarray(Image.open(p["mask"])) > 0
+    assert union.any()
+    feathered = ndimage.binary_dilation(union, iterations=settings.mask_ops.feather * 2)
+    for o in json.loads(row["outputs"]):
+        after = np.asarray(Image.open(o["edited"]).convert("RGB"), dtype=np.int16)
+        assert after.shape == original.shape, "the result is at the photo's own size"
+        # JPEG re-encoding of the saved result: allow its small differences outside.
+        assert np.percentile(np.abs(after - original)[~feathered], 99) <= 12
+        assert np.abs(after - original)[union].mean() > 5, "inside the mask it changed"
+
+
 def test_restyle_end_to_end_changes_only_masked_pixels(room_photos, tmp_path):
     out = tmp_path / "out"
     settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), steps=2, variants=2,
@@ -52,22 +69,7 @@ def test_restyle_end_to_end_changes_only_masked_pixels(room_photos, tmp_path):
         if not found:
             continue
         edited_any = True
-        original = np.asarray(Image.open(r["path"]).convert("RGB"), dtype=np.int16)
-        union = np.zeros(original.shape[:2], bool)
-        for p in json.loads(r["prompts"]).values():
-            union |= np.asarray(Image.open(p["mask"])) > 0
-        ops = settings.mask_ops
-        from scipy import ndimage
-
-        feathered = ndimage.binary_dilation(union, iterations=ops.feather * 2)
-        for o in outputs:
-            after = np.asarray(Image.open(o["edited"]).convert("RGB"), dtype=np.int16)
-            assert after.shape == original.shape, "the result is at the photo's own size"
-            outside = ~feathered
-            # JPEG re-encoding of the saved result: compare against the input re-encoded too.
-            diff = np.abs(after - original)[outside]
-            assert np.percentile(diff, 99) <= 12
-            assert np.abs(after - original)[union].mean() > 5, "inside the mask it changed"
+        assert_only_masked_pixels_changed(r, settings)
         assert Path(outputs[0]["before_after"]).exists()
     assert edited_any, "YOLOX finds a bed or a couch in at least one room"
     html = (out / "gallery.html").read_text()
@@ -91,6 +93,28 @@ def test_outside_the_mask_pixels_are_exactly_the_input():
     assert zero.sum() > 1000
     assert np.array_equal(out[zero], np.asarray(photo)[zero])
     assert not np.array_equal(out[binary], np.asarray(photo)[binary])
+
+
+def test_sam_refines_a_box_into_an_outline_inside_it(room_photos, tmp_path):
+    from kadr.core.models import load_model
+
+    refiner = load_model("sam:kadr/tiny-sam@random", kind="mask-refiner")
+    image = Image.open(sorted(room_photos.glob("bedroom_*"))[0]).convert("RGB")
+    coarse = np.zeros(image.size[::-1], np.float32)
+    coarse[40:120, 60:200] = 1.0
+    outline = refiner.refine(image, coarse)
+    assert outline.shape == coarse.shape and set(np.unique(outline)) <= {0.0, 1.0}
+    assert outline.any() and not outline[coarse == 0].any(), "the outline stays inside the box"
+    assert refiner.refine(image, np.zeros_like(coarse)).sum() == 0
+    # In the restyle pipeline: refined masks, and pixels far outside them untouched.
+    settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), progress=False, steps=2,
+                               refine_masks="sam:kadr/tiny-sam@random")
+    summary, table = run_restyle(str(room_photos), str(tmp_path / "out"), settings)
+    assert summary.ok == 4
+    edited = [r for r in table[table["status"] == "ok"].to_dict("records") if json.loads(r["found"])]
+    assert edited, "YOLOX finds a bed or a couch in at least one room"
+    for r in edited:
+        assert_only_masked_pixels_changed(r, settings)
 
 
 def test_mask_ops_drop_small_blobs_and_report_nothing_found():

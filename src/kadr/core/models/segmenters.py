@@ -111,15 +111,23 @@ class SamRefiner:
 
     @torch.inference_mode()
     def refine(self, image: Image.Image, mask: np.ndarray) -> np.ndarray:
+        """The outline SAM finds inside the coarse mask's bounding box.
+
+        The outline is kept within that box (SAM can spill onto a neighbouring
+        object of the same texture); an empty outline keeps the coarse mask.
+        """
         ys, xs = np.nonzero(mask > 0.5)
         if len(xs) == 0:
             return mask
-        box = [[[float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]]]
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        box = [[[float(x0), float(y0), float(x1), float(y1)]]]
         inputs = self.processor(images=image, input_boxes=box, return_tensors="pt")
         out = self.model(**inputs.to(module_device(self.model)), multimask_output=False)
         masks = self.processor.image_processor.post_process_masks(
             out.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())
-        return masks[0][0, 0].numpy().astype(np.float32)
+        outline = np.zeros(mask.shape, np.float32)
+        outline[y0:y1 + 1, x0:x1 + 1] = masks[0][0, 0].numpy()[y0:y1 + 1, x0:x1 + 1]
+        return outline if outline.any() else mask
 
 
 MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
@@ -178,20 +186,44 @@ class ClipSegBackend:
 class SamBackend:
     name = "sam"
     kind = "mask-refiner"
-    help = "Segment Anything (transformers SamModel), refining a box into an outline"
+    help = "Segment Anything (transformers SamModel), refining a box into an outline; @random for tests"
 
     def known(self) -> list[KnownModel]:
-        return [hub_known("sam", self.kind, "facebook/sam-vit-base", MODEL_FILES)]
+        return [hub_known("sam", self.kind, "facebook/sam-vit-base", MODEL_FILES),
+                KnownModel("sam:kadr/tiny-sam@random", self.kind, "tiny, for tests",
+                           "built from config", True)]
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> SamRefiner:
         from transformers import SamModel, SamProcessor
 
         if spec.is_random:
-            raise SpecError("sam: random weights are not offered; give a SAM checkpoint")
+            return self._tiny(spec)
         source, offline = hf_source("sam", spec, MODEL_FILES)
         model = SamModel.from_pretrained(source, local_files_only=offline).eval()
         processor = SamProcessor.from_pretrained(source, local_files_only=offline)
         return SamRefiner(spec, model, processor)
+
+    @staticmethod
+    def _tiny(spec: ModelSpec) -> SamRefiner:
+        """SAM's three parts (image encoder, prompt encoder, mask decoder) at 128 px, 32 wide."""
+        from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+        if spec.name != "kadr/tiny-sam":
+            raise SpecError("sam: @random is available for kadr/tiny-sam")
+        torch.manual_seed(spec.seed())
+        size, width = 128, 32
+        config = SamConfig(
+            vision_config=dict(hidden_size=width, output_channels=width, num_hidden_layers=2,
+                               num_attention_heads=2, image_size=size, patch_size=16, window_size=4,
+                               global_attn_indexes=[1], num_pos_feats=16, mlp_dim=2 * width),
+            prompt_encoder_config=dict(hidden_size=width, image_size=size, patch_size=16,
+                                       mask_input_channels=4),
+            mask_decoder_config=dict(hidden_size=width, mlp_dim=2 * width, num_hidden_layers=2,
+                                     num_attention_heads=2, iou_head_hidden_dim=width))
+        processor = SamProcessor(image_processor=SamImageProcessor(
+            size={"longest_edge": size}, pad_size={"height": size, "width": size},
+            mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4}))
+        return SamRefiner(spec, SamModel(config).eval(), processor)
 
 
 register_backend(BoxesBackend())
