@@ -42,3 +42,29 @@ def test_manifest_on_object_storage(tmp_path, monkeypatch):
     s = embed_photos("memory://b2/list.csv", str(tmp_path / "out"), TINY_CLIP,
                      group_column="hotel", progress=False)
     assert s.ok == 1
+
+
+def test_a_second_run_on_the_same_bucket_output_is_refused(tmp_path, monkeypatch):
+    # Two machines have separate staging folders; only the lease in the bucket can stop the second.
+    import json
+    import time
+
+    import pytest
+
+    from kadr.core.remote import LEASE_NAME, staged_output
+    from kadr.core.store import StoreLockedError
+
+    monkeypatch.setenv("KADR_CACHE", str(tmp_path / "machine-a"))
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/b3/photos/a.jpg", jpeg_bytes(seed=1))
+    with staged_output("memory://b3/out"):
+        assert fs.exists(f"/b3/out/{LEASE_NAME}")
+        monkeypatch.setenv("KADR_CACHE", str(tmp_path / "machine-b"))
+        with pytest.raises(StoreLockedError, match="in use by another kadr run"):
+            embed_photos("memory://b3/photos", "memory://b3/out", TINY_CLIP, progress=False)
+    assert not fs.exists(f"/b3/out/{LEASE_NAME}"), "the lease is released at the end"
+    # A lease left by a run that died long ago does not block.
+    stale = {"owner": "gone:1:x", "started": 0, "renewed": time.time() - 3600}
+    fs.pipe(f"/b3/out/{LEASE_NAME}", json.dumps(stale).encode())
+    s = embed_photos("memory://b3/photos", "memory://b3/out", TINY_CLIP, progress=False)
+    assert s.ok == 1 and not fs.exists(f"/b3/out/{LEASE_NAME}")

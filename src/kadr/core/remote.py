@@ -7,18 +7,27 @@ Outputs: an output URL is mirrored by a local staging folder. Existing
 results are downloaded first (so a run resumes), every result shard is
 uploaded as soon as it is written, and the remaining files (tables, reports)
 are uploaded when the command ends. Objects are uploaded whole, so readers
-never see half a shard.
+never see half a shard. A lease object in the output (``.kadr-lease.json``,
+renewed by a heartbeat) keeps a second run, on any machine, from writing
+into the same output at the same time.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+
+LEASE_NAME = ".kadr-lease.json"
 
 # Set while a command writes into a staging folder: uploads each finished shard at once.
 _UPLOADER: ContextVar[Callable | None] = ContextVar("kadr_uploader", default=None)
@@ -72,6 +81,68 @@ def staging_dir(url: str) -> Path:
     return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+class Lease:
+    """A run's claim on an output URL: an object renewed every ``ttl / 3`` seconds.
+
+    Object stores have no locks; this is the usual lease instead. A run finding
+    another run's lease renewed less than ``ttl`` seconds ago stops; a lease
+    left by a run that died expires after ``ttl`` (``KADR_LEASE_SECONDS``, 600).
+    """
+
+    def __init__(self, fs, root: str, ttl: float | None = None):
+        self.fs, self.path = fs, f"{root}/{LEASE_NAME}"
+        self.ttl = ttl or float(os.environ.get("KADR_LEASE_SECONDS", "600"))
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            with self.fs.open(self.path, "rb") as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _write(self) -> None:
+        record = {"owner": self.owner, "started": self.started, "renewed": time.time()}
+        with self.fs.open(self.path, "wb") as f:
+            f.write(json.dumps(record).encode())
+
+    def acquire(self) -> None:
+        from kadr.core.store import StoreLockedError
+
+        held = self._read()
+        if held and held.get("owner") != self.owner and time.time() - held.get("renewed", 0) < self.ttl:
+            age = time.time() - held.get("renewed", 0)
+            raise StoreLockedError(
+                f"{self.path.rsplit('/', 1)[0]} is in use by another kadr run ({held.get('owner')}, "
+                f"lease renewed {age:.0f} s ago); wait for it to finish or choose another output. "
+                f"A lease of a run that died expires after {self.ttl:.0f} s (KADR_LEASE_SECONDS)"
+            )
+        self._write()
+        time.sleep(min(1.0, self.ttl / 10))  # two runs that wrote at once: the last writer wins
+        if (self._read() or {}).get("owner") != self.owner:
+            raise StoreLockedError(f"{self.path.rsplit('/', 1)[0]} was claimed by another kadr run "
+                                   "at the same moment; choose another output")
+        self._thread = threading.Thread(target=self._renew, name="kadr-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self._write()
+            except Exception:  # noqa: BLE001 - a missed renewal is retried; the run goes on
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if (self._read() or {}).get("owner") == self.owner:
+            self.fs.rm(self.path)
+
+
 @contextmanager
 def staged_output(out: str) -> Iterator[tuple[str, callable]]:
     """A local folder for ``out`` and an ``upload(local_file)`` function.
@@ -82,30 +153,35 @@ def staged_output(out: str) -> Iterator[tuple[str, callable]]:
         yield out, lambda _path: None
         return
     fs, root = url_fs(out)
-    local = staging_dir(out)
-    local.mkdir(parents=True, exist_ok=True)
     root = root.rstrip("/")
-    if fs.exists(root):
-        for path in fs.find(root):
-            rel = path[len(root):].lstrip("/")
-            target = local / rel
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fs.get(path, str(target))
-
-    sent: dict[str, float] = {}
-
-    def upload(path: str | os.PathLike) -> None:
-        p = Path(path)
-        rel = p.resolve().relative_to(local.resolve()).as_posix()
-        fs.put(str(p), f"{root}/{rel}")
-        sent[rel] = p.stat().st_mtime
-
+    lease = Lease(fs, root)
+    lease.acquire()
     try:
-        yield str(local), upload
+        local = staging_dir(out)
+        local.mkdir(parents=True, exist_ok=True)
+        if fs.exists(root):
+            for path in fs.find(root):
+                rel = path[len(root):].lstrip("/")
+                target = local / rel
+                if rel != LEASE_NAME and not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fs.get(path, str(target))
+
+        sent: dict[str, float] = {}
+
+        def upload(path: str | os.PathLike) -> None:
+            p = Path(path)
+            rel = p.resolve().relative_to(local.resolve()).as_posix()
+            fs.put(str(p), f"{root}/{rel}")
+            sent[rel] = p.stat().st_mtime
+
+        try:
+            yield str(local), upload
+        finally:
+            for p in sorted(local.rglob("*")):
+                rel = p.relative_to(local).as_posix()
+                if (p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")
+                        and sent.get(rel) != p.stat().st_mtime):
+                    upload(p)
     finally:
-        for p in sorted(local.rglob("*")):
-            rel = p.relative_to(local).as_posix()
-            if (p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")
-                    and sent.get(rel) != p.stat().st_mtime):
-                upload(p)
+        lease.release()
