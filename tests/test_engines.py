@@ -22,7 +22,7 @@ def local_ray():
     ray.shutdown()
 
 
-RAY = EngineOptions("ray", actors=2, cpus_per_actor=1, chunk=16)  # several chunks per run
+RAY = EngineOptions("ray", actors=2, cpus_per_actor=1, chunk=16)  # several blocks per run
 
 
 def by_key(folder) -> pd.DataFrame:
@@ -72,3 +72,29 @@ def test_traps_ray_equals_local(tmp_path):
                                b.filter(regex="^p_").to_numpy(float), atol=1e-3)
     pd.testing.assert_frame_equal(regs_local.drop(columns=["eventID", "best_key"]),
                                   regs_ray.drop(columns=["eventID", "best_key"]))
+
+
+def test_one_model_load_per_actor_for_the_whole_run(tmp_path):
+    from kadr.core.collection import PhotoCollection
+    from kadr.core.runner import run_job
+    from kadr.core.store import ShardStore
+    from kadr.embed import make_embedding_job
+    from tests.conftest import jpeg_bytes
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):  # 3 blocks of at most 16 references
+        (photos / f"p{i:02d}.jpg").write_bytes(jpeg_bytes(seed=i))
+    loads = tmp_path / "loads.txt"
+
+    def factory():  # runs inside each Ray actor
+        with open(loads, "a") as f:
+            f.write("load\n")
+        return make_embedding_job(TINY_CLIP, 8, False)
+
+    job = make_embedding_job(TINY_CLIP, 8, False)
+    with ShardStore(tmp_path / "out", {"t": 1}) as store:
+        summary = run_job(PhotoCollection(photos), job, store, engine=RAY, job_factory=factory,
+                          progress=False)
+    assert summary.ok == 40
+    assert 1 <= len(loads.read_text().splitlines()) <= RAY.actors

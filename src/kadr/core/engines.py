@@ -62,34 +62,29 @@ def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_si
                        extra_columns: bool) -> Iterator[list[dict]]:
     """Yield lists of finished rows as the actor pool produces them.
 
-    References go to Ray ``engine.chunk`` at a time, so the driver's memory stays
-    bounded however large the collection (each chunk starts its actor pool,
-    i.e. one model load per actor per chunk).
+    The references go into Ray's object store as Arrow blocks of
+    ``engine.chunk`` photos, built one at a time, so the driver's memory stays
+    bounded however large the collection; then one dataset over all blocks
+    runs on one actor pool (one model load per actor for the whole run).
     """
+    import pyarrow as pa
+    import ray
     import ray.data
 
     init_ray(engine.ray_address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    chunk = max(1, getattr(engine, "chunk", 50_000))
-    items: list[dict] = []
-    for r in refs:
-        items.append({"key": r.key, "path": r.path, "group": r.group,
-                      "extra": json.dumps(r.extra, default=str)})
-        if len(items) >= chunk:
-            yield from _run_chunk(items, job_factory, batch_size, engine, workers, max_pixels,
-                                  time_pattern, extra_columns)
-            items = []
-    if items:
-        yield from _run_chunk(items, job_factory, batch_size, engine, workers, max_pixels,
-                              time_pattern, extra_columns)
-
-
-def _run_chunk(items: list[dict], job_factory, batch_size, engine, workers, max_pixels,
-               time_pattern, extra_columns) -> Iterator[list[dict]]:
-    import ray.data
-
-    ds = ray.data.from_items(items).map_batches(
+    blocks = []
+    for chunk in _chunks(refs, max(1, engine.chunk)):
+        blocks.append(ray.put(pa.table({
+            "key": [r.key for r in chunk],
+            "path": [r.path for r in chunk],
+            "group": [r.group for r in chunk],
+            "extra": [json.dumps(r.extra, default=str) for r in chunk],
+        })))
+    if not blocks:
+        return
+    ds = ray.data.from_arrow_refs(blocks).map_batches(
         _JobActor,
         fn_constructor_kwargs={"job_factory": job_factory, "workers": workers,
                                "max_pixels": max_pixels, "time_pattern": time_pattern,
@@ -101,3 +96,14 @@ def _run_chunk(items: list[dict], job_factory, batch_size, engine, workers, max_
     )
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         yield [pickle.loads(b) for b in batch["row"]]
+
+
+def _chunks(refs: Iterable[PhotoRef], size: int) -> Iterator[list[PhotoRef]]:
+    chunk: list[PhotoRef] = []
+    for ref in refs:
+        chunk.append(ref)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -216,7 +216,7 @@ class EngineOptions:
     actors: int = 1  # actor pool size (one model load per actor)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    chunk: int = 50_000  # photo references handed to Ray at a time (bounds driver memory)
+    chunk: int = 2_000  # photo references per Ray block (the driver holds one block at a time)
 
 
 class _Progress:
