@@ -22,7 +22,7 @@ def local_ray():
     ray.shutdown()
 
 
-RAY = EngineOptions("ray", actors=2, cpus_per_actor=1, chunk=16)  # several blocks per run
+RAY = EngineOptions("ray", actors=2, cpus_per_actor=1, block_rows=16)  # several blocks per run
 
 
 def by_key(folder) -> pd.DataFrame:

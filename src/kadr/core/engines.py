@@ -63,7 +63,7 @@ def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_si
     """Yield lists of finished rows as the actor pool produces them.
 
     The references go into Ray's object store as Arrow blocks of
-    ``engine.chunk`` photos, built one at a time, so the driver's memory stays
+    ``engine.block_rows`` photos, built one at a time, so the driver's memory stays
     bounded however large the collection; then one dataset over all blocks
     runs on one actor pool (one model load per actor for the whole run).
     """
@@ -75,7 +75,7 @@ def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_si
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     blocks = []
-    for chunk in _chunks(refs, max(1, engine.chunk)):
+    for chunk in _chunks(refs, max(1, engine.block_rows or 2 * batch_size)):
         blocks.append(ray.put(pa.table({
             "key": [r.key for r in chunk],
             "path": [r.path for r in chunk],

@@ -216,7 +216,9 @@ class EngineOptions:
     actors: int = 1  # actor pool size (one model load per actor)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    chunk: int = 2_000  # photo references per Ray block (the driver holds one block at a time)
+    # Photo references per Ray block; None = 2 batches. Blocks are Ray's unit of
+    # work sharing: small ones spread photos evenly over the actors.
+    block_rows: int | None = None
 
 
 class _Progress:
