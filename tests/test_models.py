@@ -77,7 +77,7 @@ def test_device_setting(monkeypatch):
     monkeypatch.setenv("KADR_DEVICE", "cpu")
     model = load_model(TINY_CLIP)
     assert model.device == torch.device("cpu") and torch_device() == torch.device("cpu")
-    assert model.encode_images(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 64)
+    assert model.encode_images(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 64)
     monkeypatch.setenv("KADR_DEVICE", "gpu-please")
     with pytest.raises(SpecError, match="not a device"):
         load_model(TINY_CLIP)
@@ -87,15 +87,13 @@ def test_device_setting(monkeypatch):
             load_model(TINY_CLIP)
 
 
-def test_normalising_table_gives_the_arithmetic_values():
-    from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, normalised_array
-
-    crop = np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)
-    mean, std = np.asarray(OPENAI_MEAN, np.float32), np.asarray(OPENAI_STD, np.float32)
-    expected = ((crop.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
-    got = normalised_array(crop, OPENAI_MEAN, OPENAI_STD)
-    assert got.shape == (3, 64, 48) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+def test_uint8_crops_and_normalised_tensors_give_the_same_embeddings():
+    model = load_model(TINY_CLIP)
+    crops = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    mean, std = np.asarray(model.mean, np.float32), np.asarray(model.std, np.float32)
+    normalised = ((crops / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(model.encode_images(list(crops)), model.encode_images(normalised),
+                               atol=1e-5)
 
 
 def test_models_command_lists_backends_and_test_models():

@@ -31,8 +31,7 @@ def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
         if not inputs:
             return []
         vectors = model.encode_images(inputs)
-        # float32 arrays, not Python lists: Arrow takes their buffers whole (list<float>).
-        return [{"embedding": v} for v in vectors]
+        return [{"embedding": v.tolist()} for v in vectors]
 
     return Job(
         name="embed",
@@ -120,7 +119,7 @@ def embed_text_file(path: str, out: str, model_spec: str) -> int:
     table = pa.table({
         "label": [lbl for lbl, _ in pairs],
         "text": [t for _, t in pairs],
-        "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
+        "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32())),
     })
     atomic_write_table(out, table)
     return len(pairs)

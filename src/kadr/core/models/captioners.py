@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -63,7 +62,7 @@ class CocaBackend:
         import open_clip
 
         from kadr.core.decode import resize_center_crop
-        from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, normalised_array
+        from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, images_to_tensor
         from kadr.core.models.openclip_backend import OpenClipBackend
 
         model, _ = OpenClipBackend().build(ModelSpec("open_clip", spec.name, spec.weights),
@@ -76,9 +75,8 @@ class CocaBackend:
         sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
 
         def prepare(images: list[Image.Image]) -> torch.Tensor:
-            crops = [normalised_array(resize_center_crop(im, size), OPENAI_MEAN, OPENAI_STD)
-                     for im in images]
-            return torch.from_numpy(np.stack(crops)).to(module_device(model))
+            crops = [resize_center_crop(im, size) for im in images]
+            return images_to_tensor(crops, OPENAI_MEAN, OPENAI_STD, module_device(model))
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             # Greedy decoding written here: open_clip's own generate() needs

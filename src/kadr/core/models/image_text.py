@@ -7,7 +7,6 @@ for all of them, applied to photos already decoded at a reduced scale.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,25 +21,28 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def normalised_array(image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """An RGB crop (PIL image or uint8 [H, W, 3]) as the model's float32 [3, H, W] input.
+def images_to_tensor(
+    batch: np.ndarray | list,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """A model's input batch on ``device``: float32 [N, 3, H, W], normalised with ``mean`` and ``std``.
 
-    One lookup per value in a 256-entry table per channel, instead of three
-    arithmetic passes: the same numbers about five times faster, which matters
-    because it runs once per photo in the decode threads.
+    ``batch`` holds uint8 RGB crops ([H, W, 3] arrays or PIL images, as
+    :meth:`ImageTextModel.prepare_image` makes them); normalising the whole
+    batch here in torch is several times cheaper than per photo in NumPy, and
+    on a GPU the uint8 batch travels at a quarter of the float size.
+    A float [N, 3, H, W] batch is taken as already normalised and passed through.
     """
-    pixels = np.asarray(image)
-    table = _normalising_table(tuple(mean), tuple(std))
-    out = np.empty((3, *pixels.shape[:2]), np.float32)
-    for c in range(3):
-        np.take(table[c], pixels[..., c], out=out[c])
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    values = np.arange(256, dtype=np.float32)[:, None] * np.float32(1 / 255)
-    return ((values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T.copy()
+    if isinstance(batch, list):
+        batch = np.stack([np.asarray(x) for x in batch])
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device or "cpu")
+    if x.dtype != torch.uint8:
+        return x.float()
+    scale = torch.tensor(std, dtype=torch.float32, device=x.device) * 255.0
+    shift = torch.tensor(mean, dtype=torch.float32, device=x.device) * 255.0
+    return ((x.float() - shift) / scale).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass
@@ -75,14 +77,14 @@ class ImageTextModel:
         return self.prepare_image(photo.image)
 
     def prepare_image(self, image) -> np.ndarray:
-        """The centre crop at the model's size, normalised: float32 [3, H, W]."""
-        return normalised_array(resize_center_crop(image, self.image_size), self.mean, self.std)
+        """The centre crop at the model's size, uint8 [H, W, 3]; normalised batch-wise later."""
+        return np.asarray(resize_center_crop(image, self.image_size))
 
     @torch.inference_mode()
     def encode_images(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """L2-normalised image embeddings, float32 [N, D], of prepared inputs ([N, 3, H, W])."""
-        x = torch.from_numpy(np.stack(batch) if isinstance(batch, list) else batch).to(self.device)
-        feats = self.encode_image_fn(x.float()).float()
+        """L2-normalised image embeddings, float32 [N, D], of a batch as :func:`images_to_tensor` takes."""
+        x = images_to_tensor(batch, self.mean, self.std, self.device)
+        feats = self.encode_image_fn(x).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
     @torch.inference_mode()
