@@ -90,7 +90,7 @@ class Lease:
     """
 
     def __init__(self, fs, root: str, ttl: float | None = None):
-        self.fs, self.path = fs, f"{root}/{LEASE_NAME}"
+        self.fs, self.root, self.path = fs, root, f"{root}/{LEASE_NAME}"
         self.ttl = ttl or float(os.environ.get("KADR_LEASE_SECONDS", "600"))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.started = time.time()
@@ -109,24 +109,25 @@ class Lease:
         with self.fs.open(self.path, "wb") as f:
             f.write(json.dumps(record).encode())
 
-    def acquire(self) -> None:
+    def __enter__(self) -> Lease:
         from kadr.core.store import StoreLockedError
 
         held = self._read()
-        if held and held.get("owner") != self.owner and time.time() - held.get("renewed", 0) < self.ttl:
-            age = time.time() - held.get("renewed", 0)
+        age = time.time() - held.get("renewed", 0) if held else None
+        if held and held.get("owner") != self.owner and age < self.ttl:
             raise StoreLockedError(
-                f"{self.path.rsplit('/', 1)[0]} is in use by another kadr run ({held.get('owner')}, "
+                f"{self.root} is in use by another kadr run ({held.get('owner')}, "
                 f"lease renewed {age:.0f} s ago); wait for it to finish or choose another output. "
                 f"A lease of a run that died expires after {self.ttl:.0f} s (KADR_LEASE_SECONDS)"
             )
         self._write()
         time.sleep(min(1.0, self.ttl / 10))  # two runs that wrote at once: the last writer wins
         if (self._read() or {}).get("owner") != self.owner:
-            raise StoreLockedError(f"{self.path.rsplit('/', 1)[0]} was claimed by another kadr run "
-                                   "at the same moment; choose another output")
+            raise StoreLockedError(f"{self.root} was claimed by another kadr run at the same "
+                                   "moment; choose another output")
         self._thread = threading.Thread(target=self._renew, name="kadr-lease", daemon=True)
         self._thread.start()
+        return self
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -135,7 +136,7 @@ class Lease:
             except Exception:  # noqa: BLE001 - a missed renewal is retried; the run goes on
                 pass
 
-    def release(self) -> None:
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -154,9 +155,7 @@ def staged_output(out: str) -> Iterator[tuple[str, callable]]:
         return
     fs, root = url_fs(out)
     root = root.rstrip("/")
-    lease = Lease(fs, root)
-    lease.acquire()
-    try:
+    with Lease(fs, root):
         local = staging_dir(out)
         local.mkdir(parents=True, exist_ok=True)
         if fs.exists(root):
@@ -183,5 +182,3 @@ def staged_output(out: str) -> Iterator[tuple[str, callable]]:
                 if (p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")
                         and sent.get(rel) != p.stat().st_mtime):
                     upload(p)
-    finally:
-        lease.release()
