@@ -10,7 +10,7 @@ import torch
 
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
-from kadr.core.models.image_text import ImageTextModel
+from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, ImageTextModel
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
     WeightsNotFoundError,
@@ -109,8 +109,8 @@ class OpenClipBackend:
         visual = model.visual
         size = visual.image_size
         size = size[0] if isinstance(size, tuple | list) else size
-        mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
-        std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+        mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
+        std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
         tokenizer = oc.get_tokenizer(arch)
 
         def encode_text(texts: list[str]) -> torch.Tensor:
