@@ -146,3 +146,17 @@ def test_fast_path_matches_plain_preprocessing_on_real_photos():
         sims.append(float((fast * ref).sum()))
     assert np.mean(sims) > 0.99, sims
     assert torch  # the plain path is torchvision's
+
+
+def test_embed_text_on_the_shipped_extended_prompt_file(tmp_path):
+    from kadr.traps.prompts import EXAMPLE, load_prompts
+
+    out = tmp_path / "prompts.parquet"
+    r = kadr("embed-text", str(EXAMPLE), "-o", str(out), "--model", TINY_CLIP)
+    assert r.returncode == 0, r.stderr
+    t = pq.read_table(out).to_pandas()
+    prompts = load_prompts(EXAMPLE)
+    assert len(t) == sum(len(c.prompts) for c in prompts.classes)
+    assert set(t["label"]) == set(prompts.names), "every row is labelled with its class"
+    assert "a camera trap photo of a roe deer." in set(t["text"]), "templates are expanded"
+    assert len(t["embedding"].iloc[0]) == 64

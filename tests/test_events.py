@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,7 +48,7 @@ def test_sessions_default_one_visit_one_registration():
     rows = [("1", f"f{i}", T + f"{i:02d}:00", "Bear", 1 + (i == 2)) for i in range(6)]
     rows[4] = ("1", "f4", T + "04:00", "Wolf", np.nan)  # undetected photo: a guessed class
     rows.append(("1", "late", "2024-07-01 08:00:00", "Bear", 1))
-    rows.append(("1", "x", "not a time", "Bear", 1))
+    rows.append(("1", "x", "", "Bear", 1))  # an empty time: kept as an untimed photo
     rows.append(("1", "empty", T + "03:30", "empty", 0))
     r = form_registrations(photos(rows), "sessions")
     assert len(r) == 3, "two visits plus the untimed photo, empty photo forms none"
@@ -54,6 +57,37 @@ def test_sessions_default_one_visit_one_registration():
     assert str(first["date_registration_start"]) == "2024-07-01 06:00:00"
     assert str(first["date_registration_end"]) == "2024-07-01 06:05:00"
     assert pd.isna(r.iloc[2]["date_registration_start"]), "untimed photo kept, flagged by NaT"
+
+
+def test_exif_form_times_give_the_same_registrations_as_iso():
+    iso = [("1", f"f{i}", f"2009-04-21 0{i // 3}:{(i * 7) % 60:02d}:00", "Bear", 1) for i in range(9)]
+    exif = [(c, f, t.replace("-", ":", 2), k, n) for c, f, t, k, n in iso]
+    assert exif[0][2] == "2009:04:21 00:00:00"
+    a, b = form_registrations(photos(iso)), form_registrations(photos(exif))
+    pd.testing.assert_frame_equal(a, b)
+    assert a["date_registration_start"].dt.year.eq(2009).all()
+
+
+def test_a_time_that_cannot_be_read_is_an_error_naming_the_row():
+    rows = [("1", "a.jpg", T + "00:00", "Bear", 1), ("1", "b.jpg", "21.04.2009 00:40", "Bear", 1)]
+    with pytest.raises(ValueError, match=r"row 2 \(b.jpg\): '21.04.2009 00:40'"):
+        photos(rows)
+
+
+def test_events_cli_reads_exif_times(tmp_path):
+    src = tmp_path / "photos.csv"
+    src.write_text("camera,file,timestamp,class,count\n"
+                   "c1,a.jpg,2009:04:21 00:40:00,Bear,1\nc1,b.jpg,2009:04:21 00:41:00,Bear,2\n")
+    out = tmp_path / "regs.csv"
+    r = subprocess.run([sys.executable, "-m", "kadr.cli", "traps", "events", str(src), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().splitlines()[1] == "c1,Bear,2009-04-21 00:40:00,2009-04-21 00:41:00,2"
+    src.write_text("camera,file,timestamp,class,count\nc1,a.jpg,yesterday,Bear,1\n")
+    r = subprocess.run([sys.executable, "-m", "kadr.cli", "traps", "events", str(src), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "row 1 (a.jpg): 'yesterday'" in r.stderr.replace("\n", " ")
+    assert "Traceback" not in r.stderr
 
 
 def test_duplicates_and_shuffled_rows_do_not_change_the_result():

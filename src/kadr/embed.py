@@ -6,10 +6,6 @@ Importable and a command (``kadr embed``, ``kadr embed-text``).
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +15,8 @@ from kadr.core.collection import PhotoCollection
 from kadr.core.models import ImageTextModel, load_model
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
-from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_table
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KADR_CACHE", Path.home() / ".cache" / "kadr"))
+from kadr.core.store import ShardStore, atomic_write_table
+from kadr.core.text_cache import text_embeddings
 
 
 def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
@@ -80,26 +73,6 @@ def embed_photos(
                        progress=progress, engine=engine, job_factory=factory, **kwargs)
 
 
-def text_embeddings(model: ImageTextModel, texts: list[str]) -> np.ndarray:
-    """Embeddings of ``texts``, cached on disk by (model fingerprint, exact text list)."""
-    key = hashlib.sha256(
-        (json.dumps(model.fingerprint, sort_keys=True) + "\n" + "\n".join(texts)).encode()
-    ).hexdigest()
-    path = cache_dir() / "text" / f"{key}.npy"
-    if path.exists():
-        try:
-            cached = np.load(path)
-            if cached.shape[0] == len(texts):
-                return cached
-        except (OSError, ValueError):
-            pass  # a damaged cache file is recomputed
-    vectors = model.encode_texts(texts)
-    buf = io.BytesIO()
-    np.save(buf, vectors)
-    atomic_write_bytes(path, buf.getvalue())
-    return vectors
-
-
 def read_text_lines(path: str) -> list[str]:
     """One phrase per line; blank lines and lines starting with # are ignored."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -109,10 +82,10 @@ def read_text_lines(path: str) -> list[str]:
 def embed_text_file(path: str, out: str, model_spec: str) -> int:
     """``kadr embed-text``: a text file (one phrase per line) or a JSON prompt file."""
     model = load_model(model_spec, kind="image-text")
-    if path.endswith(".json"):
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        pairs = [(label, p) for label, prompts in data.items() for p in
-                 (prompts if isinstance(prompts, list) else [prompts])]
+    if path.endswith(".json"):  # a class prompt file, in either of its forms
+        from kadr.traps.prompts import load_prompts
+
+        pairs = [(c.name, p) for c in load_prompts(path).classes for p in c.prompts]
     else:
         pairs = [("", t) for t in read_text_lines(path)]
     vectors = text_embeddings(model, [t for _, t in pairs])

@@ -39,7 +39,8 @@ from kadr.core.models import load_model
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, run_job
 from kadr.core.store import ShardStore, atomic_write_text, read_shards
-from kadr.embed import read_text_lines, text_embeddings
+from kadr.core.text_cache import text_embeddings
+from kadr.embed import read_text_lines
 
 VOCAB_DIR = Path(__file__).parent / "vocab"
 GROUPS = {

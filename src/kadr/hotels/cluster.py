@@ -179,7 +179,7 @@ def _load_input(path: str) -> pd.DataFrame:
 def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path) -> np.ndarray:
     parts = []
     if settings.embed in ("caption", "both"):
-        from kadr.embed import text_embeddings
+        from kadr.core.text_cache import text_embeddings
 
         model = load_model(settings.clip, kind="image-text")
         parts.append(text_embeddings(model, df[settings.text_column].fillna("").tolist()))

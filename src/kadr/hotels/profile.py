@@ -70,7 +70,7 @@ class ProfileJob:
                 self.note = ("model-based checks (rotation, off-topic) skipped: "
                              + str(e).splitlines()[0])
         if self.model is not None:
-            from kadr.embed import text_embeddings
+            from kadr.core.text_cache import text_embeddings
 
             self.text = text_embeddings(self.model, ON_TOPIC + OFF_TOPIC)
 

@@ -61,7 +61,7 @@ class PromptSet:
 
     def class_embeddings(self, model) -> np.ndarray:
         """Mean of each class's normalised prompt embeddings, renormalised [C, D] (cached)."""
-        from kadr.embed import text_embeddings
+        from kadr.core.text_cache import text_embeddings
 
         texts = [p for c in self.classes for p in c.prompts]
         vectors = text_embeddings(model, texts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,45 @@ ALIASES = {
 }
 
 
+# EXIF's own date form (exiftool and many camera tools write it): 2009:04:21 00:40:00.
+_EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})(?=[ T]|$)")
+# A trailing UTC offset: the wall-clock time as written is kept (camera-local, like EXIF).
+_UTC_OFFSET = re.compile(r"(?<=\d)(Z|[+-]\d{2}:?\d{2})$")
+_NO_TIME = {"", "nan", "nat", "none", "null"}
+
+
+class TimeParseError(ValueError):
+    """Times that are present but cannot be read: never guessed."""
+
+
+def parse_times(raw: pd.Series, names: pd.Series | None = None, what: str = "time") -> pd.Series:
+    """Naive (camera-local) datetimes from ISO 8601 or EXIF-form strings.
+
+    Empty cells are missing times (NaT). Any other cell that is not one of
+    those two forms is an error naming the rows: a time read wrongly moves a
+    photo into another registration without a trace, so nothing is guessed.
+    """
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        t = pd.Series(raw)
+        return t.dt.tz_localize(None) if t.dt.tz is not None else t
+    text = pd.Series(raw, dtype="string").str.strip()
+    missing = text.isna() | text.str.lower().isin(_NO_TIME)
+    text = text.str.replace(_EXIF_DATE, r"\1-\2-\3", regex=True)
+    text = text.str.replace(_UTC_OFFSET, "", regex=True)
+    parsed = pd.to_datetime(text.where(~missing), errors="coerce", format="ISO8601")
+    bad = np.flatnonzero((parsed.isna() & ~missing).to_numpy())
+    if len(bad):
+        shown = []
+        for i in bad[:5]:
+            label = f" ({names.iloc[i]})" if names is not None else ""
+            shown.append(f"row {i + 1}{label}: {raw.iloc[i]!r}")
+        raise TimeParseError(
+            f"{len(bad)} {what} value(s) cannot be read as ISO 8601 (2024-07-01 06:00:00) or "
+            f"EXIF (2024:07:01 06:00:00) times: " + "; ".join(shown)
+            + ("; ..." if len(bad) > 5 else "") + ". Fix or empty those cells.")
+    return parsed
+
+
 def _read_any(path: str) -> pd.DataFrame:
     p = str(path)
     if p.endswith((".parquet", ".pq")) or os.path.isdir(p):
@@ -65,8 +105,7 @@ def normalise_photo_table(df: pd.DataFrame) -> pd.DataFrame:
         out["camera"] = out["file"].astype(str).map(lambda f: os.path.dirname(f) or ".")
     out["camera"] = out["camera"].astype(str).str.strip()
     out["file"] = out["file"].astype(str).str.strip()
-    raw_time = out["time"].astype(str).str.strip()
-    out["time"] = pd.to_datetime(raw_time, errors="coerce", format="mixed")
+    out["time"] = parse_times(out["time"], out["file"]).to_numpy()
     out["class"] = out["class"].fillna("").astype(str).str.strip()
     out["count"] = pd.to_numeric(out["count"], errors="coerce")
     out["confidence"] = pd.to_numeric(out["confidence"], errors="coerce").fillna(1.0)
@@ -141,8 +180,8 @@ def read_registrations(path: str) -> pd.DataFrame:
         raise ValueError(f"{path}: not a registrations table; missing columns {missing}")
     return _registrations_frame(
         df["name_folder"], df["class"],
-        pd.to_datetime(df["date_registration_start"], format="mixed"),
-        pd.to_datetime(df["date_registration_end"], format="mixed"),
+        parse_times(df["date_registration_start"], what="date_registration_start"),
+        parse_times(df["date_registration_end"], what="date_registration_end"),
         pd.to_numeric(df["count"], errors="coerce").fillna(1),
     )
 
