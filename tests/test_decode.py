@@ -5,7 +5,8 @@ from datetime import datetime
 import numpy as np
 from PIL import Image
 
-from kadr.core.decode import DecodeError, decode_photo, read_bytes, resize_center_crop
+from kadr.core.decode import DecodeError, decode_photo, read_bytes
+from kadr.core.models.preprocess import ImagePreprocess
 from tests.conftest import jpeg_bytes
 
 
@@ -59,7 +60,7 @@ def test_draft_decoding_reduces_but_keeps_enough_pixels():
     assert min(photo.image.size) >= 224
     assert photo.image.size[0] <= 512, "a 2048 px JPEG is DCT-scaled for a 224 px model"
     assert (photo.width, photo.height) == (2048, 1536), "original size is still reported"
-    assert resize_center_crop(photo.image, 224).size == (224, 224)
+    assert ImagePreprocess((224, 224)).apply(photo.image).shape == (224, 224, 3)
 
 
 def test_unreadable_and_missing(tmp_path):

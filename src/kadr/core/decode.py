@@ -162,18 +162,3 @@ def decode_photo(
     except Exception as e:  # noqa: BLE001
         raise DecodeError("decode_error", f"{type(e).__name__}: {e}") from e
     return DecodedPhoto(img, width, height, fmt, mode, exif)
-
-
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` (bicubic) and crop the centre square.
-
-    The same geometry as CLIP's preprocessing (resize, then centre crop), done
-    as one resize of the centre square so that no pixel outside the crop is
-    resampled: about 25% less work on a 4:3 photo.
-    """
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) / 2, (h - side) / 2
-    if (w, h) == (size, size):
-        return img
-    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))

@@ -61,22 +61,20 @@ class CocaBackend:
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> Captioner:
         import open_clip
 
-        from kadr.core.decode import resize_center_crop
-        from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, images_to_tensor
+        from kadr.core.models.image_text import images_to_tensor
         from kadr.core.models.openclip_backend import OpenClipBackend
 
-        model, _ = OpenClipBackend().build(ModelSpec("open_clip", spec.name, spec.weights),
-                                           trust_checkpoint)
+        model, _, preprocess, _ = OpenClipBackend().build(
+            ModelSpec("open_clip", spec.name, spec.weights), trust_checkpoint)
         if not hasattr(model, "text_decoder"):
             raise SpecError(f"{spec.name} is not a CoCa model (no text decoder)")
         tokenizer = open_clip.get_tokenizer(spec.name)
-        size = model.visual.image_size
-        size = int(size[0] if isinstance(size, tuple | list) else size)
+        size = preprocess.side
         sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
 
         def prepare(images: list[Image.Image]) -> torch.Tensor:
-            crops = [resize_center_crop(im, size) for im in images]
-            return images_to_tensor(crops, OPENAI_MEAN, OPENAI_STD, module_device(model))
+            crops = [preprocess.apply(im) for im in images]
+            return images_to_tensor(crops, preprocess.mean, preprocess.std, module_device(model))
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             # Greedy decoding written here: open_clip's own generate() needs

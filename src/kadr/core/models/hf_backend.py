@@ -6,7 +6,8 @@ import torch
 
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
-from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, ImageTextModel
+from kadr.core.models.image_text import ImageTextModel
+from kadr.core.models.preprocess import ImagePreprocess, from_hf_image_processor
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
     hf_cache_dir,
@@ -66,21 +67,22 @@ class HFClipBackend:
 
         source, offline = hf_source("hf", spec, WEIGHT_FILES)
         # transformers loads .bin checkpoints with torch.load(weights_only=True) itself.
-        model = AutoModel.from_pretrained(source, local_files_only=offline).eval()
-        processor = AutoProcessor.from_pretrained(source, local_files_only=offline)
-        ip = processor.image_processor
-        size = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size.get(
-            "shortest_edge", ip.size.get("height"))
+        kwargs = {"local_files_only": offline, "cache_dir": str(hf_cache_dir())}
+        model = AutoModel.from_pretrained(source, **kwargs).eval()
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
         tok = processor.tokenizer
+        # SigLIP was trained on text padded to its full length; CLIP masks its padding.
         is_siglip = "siglip" in type(model).__name__.lower()
+        context = int(getattr(model.config.text_config, "max_position_embeddings", 0)
+                      or tok.model_max_length)
 
         def encode_text(texts: list[str]) -> torch.Tensor:
             enc = tok(texts, padding="max_length" if is_siglip else True, truncation=True,
-                      return_tensors="pt").to(module_device(model))
+                      max_length=context, return_tensors="pt").to(module_device(model))
             return model.get_text_features(**enc)
 
-        return self._wrap(spec, model, int(size), tuple(ip.image_mean), tuple(ip.image_std),
-                          encode_text)
+        return self._wrap(spec, model, from_hf_image_processor(processor.image_processor),
+                          encode_text, context)
 
     def _random(self, spec: ModelSpec) -> ImageTextModel:
         from transformers import CLIPConfig, CLIPModel
@@ -103,10 +105,10 @@ class HFClipBackend:
             return model.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
 
         size = cfg["vision"]["image_size"]
-        return self._wrap(spec, model, size, OPENAI_MEAN, OPENAI_STD, encode_text)
+        return self._wrap(spec, model, ImagePreprocess(size=(size, size)), encode_text, 77)
 
     @staticmethod
-    def _wrap(spec, model, size, mean, std, encode_text) -> ImageTextModel:
+    def _wrap(spec, model, preprocess: ImagePreprocess, encode_text, context: int) -> ImageTextModel:
         model.to(torch_device())  # in place; the encoders find it through module_device
 
         def encode_image(x: torch.Tensor) -> torch.Tensor:
@@ -119,14 +121,13 @@ class HFClipBackend:
         dim = model.config.projection_dim if hasattr(model.config, "projection_dim") else None
         return ImageTextModel(
             spec=spec,
-            image_size=size,
-            mean=mean,
-            std=std,
+            preprocess=preprocess,
             encode_image_fn=lambda x: features(encode_image(x)),
             encode_text_fn=lambda t: features(encode_text(t)),
             embed_dim=int(dim or model.config.text_config.hidden_size),
             modules=[model],
             logit_scale=float(model.logit_scale.detach().exp()),
+            context_length=context,
         )
 
 

@@ -1,8 +1,8 @@
 """CLIP-family image-text models behind one small interface, whatever the backend.
 
-Backends build an :class:`ImageTextModel` from two encoder callables; the
-preprocessing (resize short side, centre crop, normalise) is the same code
-for all of them, applied to photos already decoded at a reduced scale.
+Backends build an :class:`ImageTextModel` from two encoder callables and the
+model's own :class:`ImagePreprocess` (read from its configuration), applied
+to photos already decoded at a reduced scale.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kadr.core.decode import DecodedPhoto, resize_center_crop
+from kadr.core.decode import DecodedPhoto
 from kadr.core.models.device import module_device
+from kadr.core.models.preprocess import OPENAI_MEAN, OPENAI_STD, ImagePreprocess
 from kadr.core.models.spec import ModelSpec
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "ImagePreprocess", "ImageTextModel", "images_to_tensor"]
 
 
 def images_to_tensor(
@@ -49,14 +49,27 @@ def images_to_tensor(
 @dataclass
 class ImageTextModel:
     spec: ModelSpec
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocess: ImagePreprocess
     encode_image_fn: Callable[[torch.Tensor], torch.Tensor]
     encode_text_fn: Callable[[list[str]], torch.Tensor]
     embed_dim: int
     modules: list[torch.nn.Module] = field(default_factory=list)
     logit_scale: float = 100.0
+    context_length: int = 77  # text tokens the model reads (its tokenizer truncates there)
+    notes: tuple[str, ...] = ()  # how the weights were loaded, for `kadr models` and run.json
+
+    @property
+    def image_size(self) -> int:
+        """The larger side of the model's input (what decoding must keep)."""
+        return self.preprocess.side
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocess.std
 
     @property
     def device(self) -> torch.device:
@@ -65,21 +78,16 @@ class ImageTextModel:
     @property
     def fingerprint(self) -> dict:
         """What determines the numbers: the spec and the preprocessing."""
-        return {
-            "model": str(self.spec),
-            "image_size": self.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "resize": "centre-square-bicubic",
-        }
+        return {"model": str(self.spec), "preprocess": self.preprocess.as_dict(),
+                "context_length": self.context_length}
 
     def prepare(self, photo: DecodedPhoto) -> np.ndarray:
         """The model's input for one photo (runs in decode worker threads)."""
         return self.prepare_image(photo.image)
 
     def prepare_image(self, image) -> np.ndarray:
-        """The centre crop at the model's size, uint8 [H, W, 3]; normalised batch-wise later."""
-        return np.asarray(resize_center_crop(image, self.image_size))
+        """The model's input geometry, uint8 [H, W, 3]; normalised batch-wise later."""
+        return self.preprocess.apply(image)
 
     @torch.inference_mode()
     def encode_images(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""``open_clip:ARCH[@TAG|@PATH|@random]``: any open_clip architecture."""
+"""``open_clip:ARCH[@TAG|@PATH|@random]``: any open_clip architecture.
+
+A pretrained tag loads through open_clip's own ``create_model(arch,
+pretrained=tag)``, so the tag's configuration applies exactly as upstream:
+its preprocessing (resize mode, interpolation, mean/std) and, for OpenAI's
+weights, QuickGELU (what open_clip's ``ARCH-quickgelu`` variants do). Found in
+the cache or just downloaded, the same spec gives the same model and the same
+fingerprint.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,14 @@ import torch
 
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
-from kadr.core.models.image_text import OPENAI_MEAN, OPENAI_STD, ImageTextModel
+from kadr.core.models.image_text import ImageTextModel
+from kadr.core.models.preprocess import from_open_clip
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
     WeightsNotFoundError,
     hf_cache_dir,
     hf_cached_file,
+    hub_offline,
     hub_reachable,
     load_state_dict,
     missing_weights_message,
@@ -40,15 +50,24 @@ def _open_clip():
     return open_clip
 
 
-def _create(oc, arch: str):
-    """The architecture with fresh weights; kadr loads weights itself, safely."""
+def _quiet_create(oc, arch: str, **kwargs):
     log = logging.getLogger()
     level = log.level
     log.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" on purpose here
     try:
-        return oc.create_model(arch, pretrained=None)
+        return oc.create_model(arch, pretrained=None, **kwargs)
     finally:
         log.setLevel(level)
+
+
+def quick_gelu_note(oc, arch: str, tag: str) -> str | None:
+    """Why QuickGELU is switched on for a tag, or None when the architecture already matches it."""
+    wants = bool((oc.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu"))
+    has = bool((oc.get_model_config(arch) or {}).get("quick_gelu"))
+    if wants and not has:
+        return (f"QuickGELU on: the {tag} weights were trained with it (same as open_clip's "
+                f"{arch}-quickgelu)")
+    return None
 
 
 class OpenClipBackend:
@@ -72,7 +91,9 @@ class OpenClipBackend:
             hub, where = self._hub_location(arch, tag)
             present = bool(hub and hf_cached_file(hub, HUB_FILES))
             spec = f"open_clip:{arch}@{tag}"
-            out.append(KnownModel(spec, self.kind, "pretrained", where, present))
+            note = quick_gelu_note(oc, arch, tag)
+            out.append(KnownModel(spec, self.kind, "pretrained" + (f"; {note}" if note else ""),
+                                  where, present))
         out.append(
             KnownModel("open_clip:ARCH@random", self.kind,
                        f"any of {len(oc.list_models())} architectures at seeded random weights",
@@ -81,7 +102,7 @@ class OpenClipBackend:
         return out
 
     def build(self, spec: ModelSpec, trust_checkpoint: bool = False):
-        """The open_clip module a spec names, weights loaded; and the resolved weights."""
+        """The open_clip module a spec names, weights loaded: (model, weights, preprocess, notes)."""
         oc = _open_clip()
         arch = spec.name
         if arch not in oc.list_models():
@@ -92,42 +113,41 @@ class OpenClipBackend:
             if not tags:
                 raise SpecError(f"{arch} has no pretrained tags; give @PATH or @random")
             weights = tags[0]
+        notes: tuple[str, ...] = ()
         if weights == "random":
             torch.manual_seed(ModelSpec(spec.backend, arch, weights).seed())
-            model = _create(oc, arch)
+            model = _quiet_create(oc, arch)
         elif os.path.exists(weights):
-            model = _create(oc, arch)
+            model = _quiet_create(oc, arch)
             model.load_state_dict(load_state_dict(weights, trust_checkpoint))
         else:
-            model = self._load_tag(oc, arch, weights)
-        return model.eval().to(torch_device()), weights
+            model, notes = self._load_tag(oc, arch, weights)
+        preprocess = from_open_clip(getattr(model.visual, "preprocess_cfg", None) or {
+            "size": model.visual.image_size})
+        return model.eval().to(torch_device()), weights, preprocess, notes
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
         oc = _open_clip()
-        model, weights = self.build(spec, trust_checkpoint)
+        model, weights, preprocess, notes = self.build(spec, trust_checkpoint)
         arch = spec.name
-        visual = model.visual
-        size = visual.image_size
-        size = size[0] if isinstance(size, tuple | list) else size
-        mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
-        std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
         tokenizer = oc.get_tokenizer(arch)
+        context = int(getattr(tokenizer, "context_length", None) or model.context_length)
 
         def encode_text(texts: list[str]) -> torch.Tensor:
             return model.encode_text(tokenizer(texts).to(module_device(model)))
 
         return ImageTextModel(
             spec=ModelSpec(spec.backend, arch, weights),
-            image_size=int(size),
-            mean=mean,
-            std=std,
+            preprocess=preprocess,
             encode_image_fn=model.encode_image,
             encode_text_fn=encode_text,
             embed_dim=int(model.text_projection.shape[-1])
-            if getattr(model, "text_projection", None) is not None
+            if isinstance(getattr(model, "text_projection", None), torch.Tensor)
             else int(encode_text(["a"]).shape[-1]),
             modules=[model],
             logit_scale=float(model.logit_scale.detach().exp()),
+            context_length=context,
+            notes=notes,
         )
 
     def _load_tag(self, oc, arch: str, tag: str):
@@ -138,11 +158,8 @@ class OpenClipBackend:
             )
         hub, where = self._hub_location(arch, tag)
         cached = hf_cached_file(hub, HUB_FILES) if hub else None
-        if cached:
-            model = _create(oc, arch)
-            model.load_state_dict(load_state_dict(cached))
-            return model
-        if not hub_reachable():
+        online = hub_reachable()
+        if not cached and not online:
             raise WeightsNotFoundError(
                 missing_weights_message(
                     f"open_clip {arch}@{tag}",
@@ -153,7 +170,11 @@ class OpenClipBackend:
                     "open_clip_model.safetensors",
                 )
             )
-        return oc.create_model(arch, pretrained=tag)
+        note = quick_gelu_note(oc, arch, tag)
+        with hub_offline(not online):
+            model = oc.create_model(arch, pretrained=tag, force_quick_gelu=bool(note),
+                                    cache_dir=str(hf_cache_dir()), weights_only=True)
+        return model, (note,) if note else ()
 
 
 register_backend(OpenClipBackend())

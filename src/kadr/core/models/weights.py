@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +45,27 @@ def _host_answers(host: str, timeout: float) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def hub_offline(active: bool = True) -> Iterator[None]:
+    """huggingface_hub answers from its cache only while this is active (as with HF_HUB_OFFLINE=1).
+
+    Used around an upstream library's own loader (open_clip's tag download) when
+    the hub cannot be reached, so that a cached model loads at once instead of
+    waiting on the network.
+    """
+    if not active:
+        yield
+        return
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
 
 
 def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
