@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from kadr.core.models import load_model
 from kadr.hotels.caption import (
     CaptionSettings,
     Interrogator,
     load_vocabulary,
     run_caption,
-    token_count,
 )
 from kadr.hotels.cluster import (
     ClusterSettings,
@@ -43,16 +43,28 @@ def test_caption_every_mode_end_to_end(rooms, tmp_path, mode):
                                batch_size=8)
     summary, table = run_caption(str(rooms), str(out), settings)
     ok = table[table["status"] == "ok"]
+    clip = load_model(TINY_CLIP)
     assert len(ok) == 24 + 7, "24 rooms and the broken corpus's decodable files"
     assert set(table[table["status"] != "ok"]["status"]) >= {"empty_file", "truncated"}
     for r in ok.to_dict("records"):
         phrases = json.loads(r["phrases"])
         assert phrases, "every photo gets ranked phrases"
-        assert token_count(r["prompt"]) <= 77
+        assert clip.count_tokens(r["prompt"]) <= clip.context_length
         if mode != "negative":
             assert r["prompt"].startswith(r["caption"])
             assert all(p in r["prompt"] for p, _ in phrases)
     assert (out / "captions.csv").exists()
+
+
+def test_phrases_are_appended_within_the_models_own_context_length():
+    import dataclasses
+
+    clip = dataclasses.replace(load_model(TINY_CLIP), context_length=12)
+    it = Interrogator(clip=clip, vocab=load_vocabulary("hotel"), mode="fast")
+    prompt, kept = it._fit("a bedroom", [("warm light", 1.0), ("wooden floor", 0.9),
+                                         ("a very large window with a view of the sea", 0.8)])
+    assert clip.count_tokens(prompt) <= 12 and prompt == "a bedroom, warm light, wooden floor"
+    assert [p for p, _ in kept] == ["warm light", "wooden floor"]
 
 
 def test_classic_takes_one_phrase_per_table_and_vocab_filters():

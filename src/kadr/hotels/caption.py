@@ -28,7 +28,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,6 @@ GROUPS["all"] = GROUPS["hotel"] + GROUPS["generic"]
 FAULTS = "faults"
 FAULT_ANCHOR = "a sharp, well exposed, upright photo"
 MODES = ("fast", "classic", "best", "negative")
-TOKEN_LIMIT = 77
 
 
 @dataclass
@@ -85,18 +83,6 @@ def load_vocabulary(spec: str = "hotel", include: str | None = None,
     if not tables:
         raise ValueError(f"vocabulary {spec!r} with the given filters holds no phrases")
     return Vocabulary(tables)
-
-
-def token_count(text: str) -> int:
-    """CLIP BPE tokens including start/end (the same BPE for every CLIP here)."""
-    return len(_tokenizer().encode(text)) + 2
-
-
-@lru_cache(maxsize=1)
-def _tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
 
 
 @dataclass
@@ -135,7 +121,7 @@ class Interrogator:
         prompt, kept = caption, []
         for p, s in phrases:
             candidate = f"{prompt}, {p}" if prompt else p
-            if token_count(candidate) > TOKEN_LIMIT:
+            if self.clip.count_tokens(candidate) > self.clip.context_length:
                 break
             prompt, kept = candidate, [*kept, (p, s)]
         return prompt, kept
@@ -192,7 +178,7 @@ class Interrogator:
             for i in sorted(active):
                 for c in cands[i]:
                     text = f"{prompts[i]}, {c}"
-                    if token_count(text) <= TOKEN_LIMIT:
+                    if self.clip.count_tokens(text) <= self.clip.context_length:
                         batch.append((i, c, text))
                         owner.append(i)
             if not batch:
@@ -225,7 +211,8 @@ class Interrogator:
         chain = []
         for _ in range(self.max_phrases):
             scored = [(float(self.clip.encode_texts([f"{prompt}, {c}"])[0] @ img), c)
-                      for c in cands if token_count(f"{prompt}, {c}") <= TOKEN_LIMIT]
+                      for c in cands
+                      if self.clip.count_tokens(f"{prompt}, {c}") <= self.clip.context_length]
             if not scored:
                 break
             top, c = max(scored)

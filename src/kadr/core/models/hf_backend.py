@@ -81,8 +81,10 @@ class HFClipBackend:
                       max_length=context, return_tensors="pt").to(module_device(model))
             return model.get_text_features(**enc)
 
-        return self._wrap(spec, model, from_hf_image_processor(processor.image_processor),
-                          encode_text, context)
+        wrapped = self._wrap(spec, model, from_hf_image_processor(processor.image_processor),
+                             encode_text, context)
+        wrapped.token_count_fn = lambda text: len(tok(text)["input_ids"])
+        return wrapped
 
     def _random(self, spec: ModelSpec) -> ImageTextModel:
         from transformers import CLIPConfig, CLIPModel

@@ -7,6 +7,7 @@ to photos already decoded at a reduced scale.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,6 +47,11 @@ def images_to_tensor(
     return ((x.float() - shift) / scale).permute(0, 3, 1, 2).contiguous()
 
 
+@functools.lru_cache(maxsize=1)
+def _clip_bpe(cls):
+    return cls()
+
+
 @dataclass
 class ImageTextModel:
     spec: ModelSpec
@@ -57,6 +63,15 @@ class ImageTextModel:
     logit_scale: float = 100.0
     context_length: int = 77  # text tokens the model reads (its tokenizer truncates there)
     notes: tuple[str, ...] = ()  # how the weights were loaded, for `kadr models` and run.json
+    token_count_fn: Callable[[str], int] | None = None  # the model's own tokenizer, specials included
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model's tokenizer makes of ``text`` (what ``context_length`` limits)."""
+        if self.token_count_fn is not None:
+            return self.token_count_fn(text)
+        from open_clip.tokenizer import SimpleTokenizer  # OpenAI's CLIP BPE
+
+        return len(_clip_bpe(SimpleTokenizer).encode(text)) + 2
 
     @property
     def image_size(self) -> int:

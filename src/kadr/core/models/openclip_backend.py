@@ -136,6 +136,11 @@ class OpenClipBackend:
         def encode_text(texts: list[str]) -> torch.Tensor:
             return model.encode_text(tokenizer(texts).to(module_device(model)))
 
+        def count_tokens(text: str) -> int:
+            if hasattr(tokenizer, "encode"):  # open_clip's CLIP BPE: start and end added
+                return len(tokenizer.encode(text)) + 2
+            return len(tokenizer.tokenizer(text)["input_ids"])  # a transformers tokenizer
+
         return ImageTextModel(
             spec=ModelSpec(spec.backend, arch, weights),
             preprocess=preprocess,
@@ -148,6 +153,7 @@ class OpenClipBackend:
             logit_scale=float(model.logit_scale.detach().exp()),
             context_length=context,
             notes=notes,
+            token_count_fn=count_tokens,
         )
 
     def _load_tag(self, oc, arch: str, tag: str):
