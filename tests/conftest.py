@@ -16,11 +16,19 @@ SHARED = Path(os.environ.get("KADR_SHARED", ROOT.parent / "shared"))
 TINY_CLIP = "open_clip:kadr-tiny-clip@random"
 
 
+def missing_shared(p: Path) -> None:
+    """Skip a test whose shared data is absent; in CI (CI=true) that is a failure instead."""
+    reason = f"needs {p} (the shared data beside the repository), which is absent"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; CI runs with ../shared beside the clone, so nothing may skip")
+    pytest.skip(reason)
+
+
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or skip the test with the reason."""
+    """A path under ../shared, or skip the test with the reason (fail in CI)."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"needs {p} (the shared data beside the repository), which is absent")
+        missing_shared(p)
     return p
 
 

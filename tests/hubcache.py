@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.conftest import SHARED, missing_shared
 
 
 def put_in_hub_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes | str]) -> Path:
@@ -66,7 +66,7 @@ def parity_photos() -> list[Path]:
     """Real photos of several shapes: square rooms, 3:2 and portrait scenes, 2048x1536 trap frames."""
     data = SHARED / "data"
     if not data.exists():
-        pytest.skip(f"needs {data} (the shared data beside the repository), which is absent")
+        missing_shared(data)
     rooms = sorted((data / "interiors" / "bedroom").glob("*.jpg"))[:4]
     misc = sorted((data / "misc").glob("*"))
     traps = sorted((data / "camera_traps/cameratraps_repo/api/synchronous/sample_input/test_images")

@@ -63,3 +63,13 @@ def test_subsec_and_offset():
     Image.new("RGB", (4, 4)).save(buf, "JPEG", exif=exif.tobytes())
     t = exif_time(Image.open(buf).getexif())
     assert t.microsecond == 250000 and t.utcoffset().total_seconds() == 3 * 3600
+
+
+def test_a_single_photo_is_a_collection_of_one(tmp_path):
+    from kadr.core.collection import PhotoCollection
+    from tests.conftest import jpeg_bytes
+
+    photo = tmp_path / "room.JPG"
+    photo.write_bytes(jpeg_bytes())
+    refs = list(PhotoCollection(str(photo)))
+    assert [(r.key, r.path, r.group) for r in refs] == [("room.JPG", str(photo), ".")]

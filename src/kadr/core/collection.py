@@ -66,16 +66,22 @@ class PhotoCollection:
             fs, root = url_fs(self.source)
             if not fs.exists(root):
                 raise FileNotFoundError(f"source not found: {self.source}")
-            self.is_manifest = fs.isfile(root)
+            is_file = fs.isfile(root)
         elif not os.path.exists(self.source):
             raise FileNotFoundError(f"source not found: {self.source}")
         else:
-            self.is_manifest = os.path.isfile(self.source)
+            is_file = os.path.isfile(self.source)
+        # A file is a manifest, unless it is a photo: then the collection is that one photo.
+        self.is_single_photo = is_file and os.path.splitext(self.source)[1].lower() in IMAGE_EXTENSIONS
+        self.is_manifest = is_file and not self.is_single_photo
 
     def __iter__(self) -> Iterator[PhotoRef]:
         self.report = ScanReport()  # each pass reports afresh
         if self.is_manifest:
             yield from self._iter_manifest()
+        elif self.is_single_photo:
+            name = self.source.rstrip("/").rsplit("/", 1)[-1]
+            yield PhotoRef(key=name, path=self.source, group=".")
         else:
             yield from self._iter_folder()
 

@@ -1,0 +1,81 @@
+"""Helpers shared by the command modules: consoles, error handling, common options."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kadr.core.models import SpecError, UnsafeCheckpointError, WeightsNotFoundError
+from kadr.core.store import StoreLockedError, StoreMismatchError
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+USER_ERRORS = (
+    SpecError,
+    WeightsNotFoundError,
+    UnsafeCheckpointError,
+    StoreLockedError,
+    StoreMismatchError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def guarded(fn):
+    """Run a command body; user errors become one clear message and exit code 2."""
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        fail(str(e))
+
+
+def finish(summary) -> None:
+    summary.print()
+    if summary.nothing_processed:
+        fail("no photo could be processed", code=1)
+
+
+Workers = Annotated[int, typer.Option(help="decode threads")]
+Batch = Annotated[int, typer.Option(help="photos per model batch")]
+GroupLevel = Annotated[
+    int | None, typer.Option(help="folder levels below the root that name a camera/group")
+]
+GroupColumn = Annotated[str | None, typer.Option(help="manifest column naming the group")]
+PathColumn = Annotated[str | None, typer.Option(help="manifest column with paths or URLs")]
+MaxPixels = Annotated[
+    int | None, typer.Option(help="refuse images above this many pixels (decompression bombs)")
+]
+TimePattern = Annotated[
+    str | None,
+    typer.Option(help="strptime pattern for times in file names, e.g. %Y%m%d_%H%M%S"),
+]
+Trust = Annotated[
+    bool, typer.Option("--trust-checkpoint", help="allow pickled checkpoints that run code")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+Engine = Annotated[str, typer.Option(help="local, or ray (Ray Data actor pools)")]
+RayAddress = Annotated[str | None, typer.Option(
+    help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local one")]
+Actors = Annotated[int, typer.Option(help="Ray actors (one model load each)")]
+CpusPerActor = Annotated[float, typer.Option(help="CPUs per Ray actor")]
+GpusPerActor = Annotated[float, typer.Option(help="GPUs per Ray actor")]
+
+
+def engine_options(engine: str, ray_address: str | None, actors: int, cpus_per_actor: float,
+                   gpus_per_actor: float):
+    from kadr.core.runner import EngineOptions
+
+    if engine not in ("local", "ray"):
+        fail("--engine must be local or ray")
+    return EngineOptions(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)

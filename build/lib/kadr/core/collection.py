@@ -1,0 +1,162 @@
+"""Photo collections: folder trees and manifests, streamed as :class:`PhotoRef`.
+
+A collection says *which* photos there are, in a stable order, without
+opening them. Content ids, sizes and times come later, from the decoder,
+inside the batch runner's worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kadr.core.decode import IMAGE_EXTENSIONS
+
+PATH_COLUMNS = ("path", "file", "filepath", "file_path", "image_path", "url", "image_url")
+
+
+@dataclass
+class PhotoRef:
+    """One photo a user gave: where it is, which group (camera) it belongs to, extras."""
+
+    key: str  # unique within the collection; the resume key
+    path: str  # local path or URL
+    group: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScanReport:
+    """What a scan passed over, so nothing is dropped silently."""
+
+    skipped_files: list[str] = field(default_factory=list)  # files without an image extension
+    empty_groups: list[str] = field(default_factory=list)  # folders with no photos at all
+
+
+class PhotoCollection:
+    """A folder tree (recursive) or a manifest (CSV/Parquet with a path/URL column).
+
+    ``group_level``: for folders, how many directory levels below the root name
+    the group (camera); ``None`` means the whole parent directory. For
+    manifests, ``group_column`` names the group column.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        *,
+        group_level: int | None = None,
+        group_column: str | None = None,
+        path_column: str | None = None,
+    ):
+        self.source = str(source)
+        self.group_level = group_level
+        self.group_column = group_column
+        self.path_column = path_column
+        self.report = ScanReport()
+        if "://" in self.source:
+            from kadr.core.remote import url_fs
+
+            fs, root = url_fs(self.source)
+            if not fs.exists(root):
+                raise FileNotFoundError(f"source not found: {self.source}")
+            is_file = fs.isfile(root)
+        elif not os.path.exists(self.source):
+            raise FileNotFoundError(f"source not found: {self.source}")
+        else:
+            is_file = os.path.isfile(self.source)
+        # A file is a manifest, unless it is a photo: then the collection is that one photo.
+        self.is_single_photo = is_file and os.path.splitext(self.source)[1].lower() in IMAGE_EXTENSIONS
+        self.is_manifest = is_file and not self.is_single_photo
+
+    def __iter__(self) -> Iterator[PhotoRef]:
+        self.report = ScanReport()  # each pass reports afresh
+        if self.is_manifest:
+            yield from self._iter_manifest()
+        elif self.is_single_photo:
+            name = self.source.rstrip("/").rsplit("/", 1)[-1]
+            yield PhotoRef(key=name, path=self.source, group=".")
+        else:
+            yield from self._iter_folder()
+
+    # -- folders ---------------------------------------------------------
+    def _group_for(self, rel_dir: str) -> str:
+        parts = [p for p in Path(rel_dir).parts if p not in (".", "")]
+        if self.group_level is not None:
+            parts = parts[: self.group_level]
+        return "/".join(parts) if parts else "."
+
+    def _iter_folder(self) -> Iterator[PhotoRef]:
+        if "://" in self.source:
+            from kadr.core.remote import list_photo_urls
+
+            for rel, url in list_photo_urls(self.source, IMAGE_EXTENSIONS):
+                yield PhotoRef(key=rel, path=url, group=self._group_for(os.path.dirname(rel)))
+            return
+        root = self.source
+        # os.walk with sorted names: a stable order that streams directory by directory.
+        for dirpath, dirnames, filenames in os.walk(root, onerror=None):
+            dirnames.sort()
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel_dir = os.path.relpath(dirpath, root)
+            found = False
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                full = os.path.join(dirpath, name)
+                rel = os.path.normpath(os.path.join(rel_dir, name))
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                    self.report.skipped_files.append(rel)
+                    continue
+                found = True
+                yield PhotoRef(key=rel, path=full, group=self._group_for(rel_dir))
+            if not found and not dirnames and rel_dir != ".":
+                self.report.empty_groups.append(rel_dir)
+
+    # -- manifests ---------------------------------------------------------
+    def read_manifest(self) -> pa.Table:
+        if "://" in self.source:
+            import fsspec
+
+            with fsspec.open(self.source, "rb") as f:
+                data = pa.BufferReader(f.read())
+        else:
+            data = self.source
+        if self.source.lower().endswith((".parquet", ".pq")):
+            return pq.read_table(data)
+        opts = pacsv.ConvertOptions(strings_can_be_null=False)
+        table = pacsv.read_csv(data, convert_options=opts)
+        # Tolerate stray spaces around header names.
+        return table.rename_columns([c.strip() for c in table.column_names])
+
+    def _iter_manifest(self) -> Iterator[PhotoRef]:
+        table = self.read_manifest()
+        col = self.path_column or next((c for c in PATH_COLUMNS if c in table.column_names), None)
+        if col is None or col not in table.column_names:
+            raise ValueError(
+                f"manifest {self.source} has no path column; columns: {table.column_names}. "
+                f"Name one with --path-column (looked for {', '.join(PATH_COLUMNS)})."
+            )
+        if self.group_column and self.group_column not in table.column_names:
+            raise ValueError(f"group column {self.group_column!r} not in {table.column_names}")
+        base = self.source.rsplit("/", 1)[0] if "://" in self.source else os.path.dirname(
+            os.path.abspath(self.source))
+        seen: dict[str, int] = {}
+        for batch in table.to_batches(10_000):
+            for row in batch.to_pylist():
+                raw = str(row[col]).strip()
+                path = raw if ("://" in raw or os.path.isabs(raw)) else (
+                    f"{base}/{raw}" if "://" in base else os.path.join(base, raw))
+                # The same path listed twice is two rows the user gave: keep both.
+                n = seen.get(raw, 0)
+                seen[raw] = n + 1
+                key = raw if n == 0 else f"{raw}#{n}"
+                group = str(row[self.group_column]) if self.group_column else ""
+                extra = {k: v for k, v in row.items() if k != col}
+                yield PhotoRef(key=key, path=path, group=group, extra=extra)

@@ -1,0 +1,239 @@
+"""Object detectors: ``yolox:PATH.onnx`` (ONNX Runtime) and ``megadetector:PATH``.
+
+Detections follow the MegaDetector convention: ``bbox`` is [x, y, width,
+height] normalised to the upright photo, ``category`` is animal, person,
+vehicle or other, and ``label`` keeps the detector's own class name (for a
+COCO detector: "elephant", "bed", "potted plant"...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from kadr.core.decode import DecodedPhoto
+from kadr.core.models.device import onnx_providers
+from kadr.core.models.factory import KnownModel, register_backend
+from kadr.core.models.spec import ModelSpec, SpecError
+from kadr.core.models.weights import (
+    WeightsNotFoundError,
+    hub_reachable,
+    missing_weights_message,
+)
+
+COCO80 = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
+    "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe "
+    "backpack umbrella handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat "
+    "baseball_glove skateboard surfboard tennis_racket bottle wine_glass cup fork knife spoon bowl "
+    "banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch "
+    "potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave "
+    "oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).split()
+COCO80 = tuple(c.replace("_", " ") for c in COCO80)
+COCO_CATEGORY = {
+    **{c: "animal" for c in COCO80[14:24]},
+    "person": "person",
+    **{c: "vehicle" for c in ("bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+                              "boat")},
+}
+MD_CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}
+
+
+@dataclass
+class Detection:
+    label: str
+    category: str  # animal / person / vehicle / other
+    conf: float
+    bbox: tuple[float, float, float, float]  # x, y, w, h, normalised
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "category": self.category, "conf": round(self.conf, 4),
+                "bbox": [round(v, 4) for v in self.bbox]}
+
+
+def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
+    """YOLOX input: BGR float32 CHW, image at top-left, padded with 114."""
+    w, h = image.size
+    r = min(size / w, size / h)
+    resized = image.resize((max(1, round(w * r)), max(1, round(h * r))), Image.Resampling.BILINEAR)
+    canvas = np.full((size, size, 3), 114, np.uint8)
+    arr = np.asarray(resized)
+    canvas[: arr.shape[0], : arr.shape[1]] = arr
+    return np.ascontiguousarray(canvas[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32), r
+
+
+def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> np.ndarray:
+    """Per-class non-maximum suppression (torchvision's batched_nms)."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(torch.from_numpy(boxes_xyxy).float(), torch.from_numpy(scores).float(),
+                       torch.from_numpy(labels).long(), iou)
+    return keep.numpy()
+
+
+class YoloxDetector:
+    """A YOLOX ONNX export with raw per-anchor output [1, N, 5 + classes]."""
+
+    def __init__(self, spec: ModelSpec, path: str, labels=COCO80, min_conf: float = 0.05,
+                 nms_iou: float = 0.45, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, opts, providers=onnx_providers())
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 640
+        self.labels = labels
+        self.spec = spec
+        self.min_conf = min_conf
+        self.nms_iou = nms_iou
+        self.grids = self._grids(self.size)
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"detector": str(self.spec), "input": self.size, "min_conf": self.min_conf,
+                "nms_iou": self.nms_iou}
+
+    @staticmethod
+    def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
+        cells, strides = [], []
+        for s in (8, 16, 32):
+            n = size // s
+            yy, xx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+            cells.append(np.stack([xx, yy], -1).reshape(-1, 2))
+            strides.append(np.full((n * n, 1), s))
+        return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
+
+    def prepare(self, photo: DecodedPhoto) -> tuple[np.ndarray, float, tuple[int, int]]:
+        arr, r = letterbox(photo.image, self.size)
+        return arr, r, photo.image.size
+
+    def detect(self, inputs: list) -> list[list[Detection]]:
+        return [self._one(*x) for x in inputs]
+
+    def _one(self, arr: np.ndarray, r: float, wh: tuple[int, int]) -> list[Detection]:
+        raw = self.session.run(None, {self.input_name: arr[None]})[0][0]
+        cells, strides = self.grids
+        xy = (raw[:, :2] + cells) * strides
+        half = np.exp(raw[:, 2:4]) * strides / 2
+        scores_all = raw[:, 4:5] * raw[:, 5:]
+        labels = scores_all.argmax(1)
+        scores = scores_all[np.arange(len(labels)), labels]
+        m = scores >= self.min_conf
+        if not m.any():
+            return []
+        boxes = np.concatenate([xy[m] - half[m], xy[m] + half[m]], 1) / r
+        keep = nms(boxes, scores[m], labels[m], self.nms_iou)
+        w, h = wh
+        out = []
+        for k in keep:
+            x1, y1, x2, y2 = boxes[k]
+            x1, y1 = max(0.0, x1), max(0.0, y1)
+            x2, y2 = min(float(w), x2), min(float(h), y2)
+            if x2 <= x1 or y2 <= y1:
+                continue
+            label = self.labels[labels[m][k]]
+            box = (x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h)
+            out.append(Detection(label, COCO_CATEGORY.get(label, "other"), float(scores[m][k]),
+                                 tuple(float(v) for v in box)))
+        return sorted(out, key=lambda d: -d.conf)
+
+
+class MegaDetector:
+    """MegaDetector v5 through the ``megadetector`` package (imported only when used)."""
+
+    def __init__(self, spec: ModelSpec, path: str, min_conf: float = 0.05):
+        try:
+            from megadetector.detection import run_detector
+        except ImportError as e:
+            raise SpecError(
+                "megadetector: specs need the megadetector package: pip install 'kadr[megadetector]'"
+            ) from e
+        self.model = run_detector.load_detector(path)
+        self.spec = spec
+        self.min_conf = min_conf
+        self.size = 1280
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"detector": str(self.spec), "min_conf": self.min_conf}
+
+    def prepare(self, photo: DecodedPhoto) -> Image.Image:
+        return photo.image
+
+    def detect(self, inputs: list) -> list[list[Detection]]:
+        out = []
+        for i, image in enumerate(inputs):
+            res = self.model.generate_detections_one_image(image, str(i),
+                                                           detection_threshold=self.min_conf)
+            dets = []
+            for d in res.get("detections") or []:
+                cat = MD_CATEGORIES.get(str(d["category"]), "other")
+                dets.append(Detection(cat, cat, float(d["conf"]), tuple(d["bbox"])))
+            out.append(sorted(dets, key=lambda d: -d.conf))
+        return out
+
+
+def _require_file(spec: ModelSpec, how: str) -> str:
+    path = os.path.expanduser(spec.name)
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"{spec.backend} weights not found at {path}. {how}")
+    return path
+
+
+class YoloxBackend:
+    name = "yolox"
+    kind = "detector"
+    help = "YOLOX ONNX exports (COCO-80 labels); NAME is the .onnx path"
+
+    def known(self) -> list[KnownModel]:
+        shared = os.path.normpath(os.path.join(os.getcwd(), "..", "shared", "models",
+                                               "yolox_nano.onnx"))
+        return [KnownModel(f"yolox:{shared}", self.kind, "YOLOX-Nano, COCO-80, 416 px", shared,
+                           os.path.isfile(shared))]
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> YoloxDetector:
+        path = _require_file(spec, "Export a YOLOX model to ONNX (YOLOX's tools/export_onnx.py) "
+                                   "or download yolox_nano.onnx from the YOLOX releases.")
+        return YoloxDetector(spec, path)
+
+
+class MegaDetectorBackend:
+    name = "megadetector"
+    kind = "detector"
+    help = "MegaDetector v5 checkpoints (md_v5a.0.0.pt) via the megadetector package"
+
+    def known(self) -> list[KnownModel]:
+        env = os.environ.get("MDV5A", "")
+        return [KnownModel("megadetector:PATH/md_v5a.0.0.pt", self.kind,
+                           "MegaDetector v5a (animal/person/vehicle)", env or "$MDV5A",
+                           bool(env) and os.path.isfile(env))]
+
+    def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> MegaDetector:
+        if spec.name.upper() in ("MDV5A", "MDV5B"):
+            # The megadetector package resolves these names itself: $MDV5A, or a download.
+            env = os.environ.get(spec.name.upper())
+            if env and os.path.isfile(env):
+                return MegaDetector(spec, env)
+            if not hub_reachable("github.com"):
+                raise WeightsNotFoundError(missing_weights_message(
+                    f"megadetector:{spec.name}", [f"${spec.name.upper()} (not set)",
+                                                  "the MegaDetector release download (no network)"],
+                    "download md_v5a.0.0.pt from the MegaDetector releases and pass "
+                    "megadetector:/path/md_v5a.0.0.pt (or set $MDV5A), or use another detector, "
+                    "e.g. yolox:/path/yolox_nano.onnx"))
+            return MegaDetector(spec, spec.name.upper())
+        path = _require_file(spec, "Download md_v5a.0.0.pt from the MegaDetector releases and "
+                                   "pass its path: megadetector:/path/md_v5a.0.0.pt")
+        return MegaDetector(spec, path)
+
+
+register_backend(YoloxBackend())
+register_backend(MegaDetectorBackend())

@@ -1,0 +1,43 @@
+"""Model specs: ``BACKEND:NAME[@WEIGHTS]``, e.g. ``open_clip:ViT-B-32@laion2b_s34b_b79k``."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be parsed or names an unknown backend/model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    backend: str
+    name: str
+    weights: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        text = text.strip()
+        backend, sep, rest = text.partition(":")
+        if not sep or not backend or not rest:
+            raise SpecError(
+                f"model spec {text!r} is not BACKEND:NAME[@WEIGHTS] "
+                "(e.g. open_clip:ViT-B-32@laion2b_s34b_b79k, yolox:models/yolox_nano.onnx)"
+            )
+        # A path may contain '@' only in the weights part; split on the last '@'.
+        name, at, weights = rest.rpartition("@")
+        if not at:
+            name, weights = rest, None
+        return cls(backend.strip(), name.strip(), (weights or "").strip() or None)
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.name}" + (f"@{self.weights}" if self.weights else "")
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == "random"
+
+    def seed(self) -> int:
+        """A stable seed for ``@random`` weights: same spec, same numbers, every run."""
+        return int(hashlib.sha256(str(self).encode()).hexdigest()[:8], 16)

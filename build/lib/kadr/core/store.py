@@ -1,0 +1,162 @@
+"""Result stores: a folder of Parquet shards written atomically, with a run lock.
+
+A store is the cache and the resume point of a batch job. Rows are buffered
+and written as whole shards (write to a temporary name, fsync, rename), so a
+run killed at any moment leaves only complete shards; the rows of the lost
+buffer are simply computed again on resume. Each row carries its input key,
+so a resumed run skips exactly the photos already stored: none is lost and
+none is written twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kadr.core.remote import upload_now
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class StoreLockedError(RuntimeError):
+    pass
+
+
+class StoreMismatchError(RuntimeError):
+    pass
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see either the old content or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_table(path: str | os.PathLike, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+class ShardStore:
+    """``OUT/<name>/part-NNNNNN.parquet`` plus ``run.json`` describing what made them.
+
+    ``fingerprint``: everything that changes the numbers (model spec,
+    preprocessing, thresholds). Resuming with a different fingerprint is
+    refused rather than mixing results of two settings in one table.
+    """
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: dict, shard_rows: int | None = None):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        # Smaller shards lose less work to a kill; larger ones read faster.
+        self.shard_rows = shard_rows or int(os.environ.get("KADR_SHARD_ROWS", "2048"))
+        self._buffer: list[dict] = []
+        self._lock_fd: int | None = None
+        self._next_index = 0
+        self.schema: pa.Schema | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    def __enter__(self) -> ShardStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(flush=exc[0] is None or exc[0] is KeyboardInterrupt)
+
+    def open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.folder} is in use by another kadr run (lock {self.folder / '.lock'}); "
+                "wait for it to finish or choose another output folder"
+            ) from None
+        self._lock_fd = fd
+        meta_path = self.folder / "run.json"
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text())
+            if old.get("fingerprint") != self.fingerprint and self.shard_paths():
+                self.close(flush=False)
+                raise StoreMismatchError(
+                    f"{self.folder} holds results made with different settings:\n"
+                    f"  stored: {json.dumps(old.get('fingerprint'), sort_keys=True)}\n"
+                    f"  now:    {json.dumps(self.fingerprint, sort_keys=True)}\n"
+                    "use another output folder, or delete it to start over"
+                )
+        atomic_write_text(meta_path, json.dumps({"fingerprint": self.fingerprint}, indent=2))
+        existing = self.shard_paths()
+        self._next_index = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+
+    def close(self, flush: bool = True) -> None:
+        if flush:
+            self.flush()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- reading ----------------------------------------------------------------
+    def shard_paths(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def done_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for p in self.shard_paths():
+            keys.update(pq.read_table(p, columns=["key"]).column("key").to_pylist())
+        return keys
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return read_shards(self.folder, columns)
+
+    # -- writing ----------------------------------------------------------------
+    def add(self, rows: Iterable[dict]) -> None:
+        self._buffer.extend(rows)
+        if len(self._buffer) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        path = self.folder / f"part-{self._next_index:06d}.parquet"
+        atomic_write_table(path, table)
+        upload_now(path)
+        self._next_index += 1
+        self._buffer = []
+
+
+def read_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """All shards of a store as one table (an empty table when there are none)."""
+    paths = sorted(Path(folder).glob("part-*.parquet"))
+    if not paths:
+        return pa.table({})
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    return pa.concat_tables(tables, promote_options="permissive")

@@ -1,0 +1,98 @@
+"""Image and text embeddings with any CLIP-family model; resumable, cached.
+
+Importable and a command (``kadr embed``, ``kadr embed-text``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from kadr.core.collection import PhotoCollection
+from kadr.core.models import ImageTextModel, load_model
+from kadr.core.remote import staged
+from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
+from kadr.core.store import ShardStore, atomic_write_table
+from kadr.core.text_cache import text_embeddings
+
+
+def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
+    def process(inputs: list[np.ndarray], rows: list[dict]) -> list[dict]:
+        if not inputs:
+            return []
+        vectors = model.encode_images(inputs)
+        return [{"embedding": v.tolist()} for v in vectors]
+
+    return Job(
+        name="embed",
+        prepare=model.prepare,
+        process=process,
+        # Decode JPEGs at the coarsest DCT scale that keeps the short side >= the model's input.
+        min_side=model.image_size,
+        batch_size=batch_size,
+        empty_result={"embedding": None},
+    )
+
+
+def make_embedding_job(model_spec: str, batch_size: int, trust_checkpoint: bool) -> Job:
+    """Builds the model and the job: what each Ray actor runs once."""
+    return image_embedding_job(load_model(model_spec, kind="image-text",
+                                          trust_checkpoint=trust_checkpoint), batch_size)
+
+
+@staged
+def embed_photos(
+    source: str,
+    out: str,
+    model_spec: str,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    group_level: int | None = None,
+    group_column: str | None = None,
+    path_column: str | None = None,
+    max_pixels: int | None = None,
+    time_pattern: str | None = None,
+    trust_checkpoint: bool = False,
+    progress: bool = True,
+    engine: EngineOptions | None = None,
+) -> RunSummary:
+    """Embed every photo of ``source`` into Parquet shards under ``out``."""
+    model = load_model(model_spec, kind="image-text", trust_checkpoint=trust_checkpoint)
+    collection = PhotoCollection(
+        source, group_level=group_level, group_column=group_column, path_column=path_column
+    )
+    job = image_embedding_job(model, batch_size)
+    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint}) as store:
+        factory = functools.partial(make_embedding_job, model_spec, batch_size, trust_checkpoint)
+        return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
+                       progress=progress, engine=engine, job_factory=factory, **kwargs)
+
+
+def read_text_lines(path: str) -> list[str]:
+    """One phrase per line; blank lines and lines starting with # are ignored."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def embed_text_file(path: str, out: str, model_spec: str) -> int:
+    """``kadr embed-text``: a text file (one phrase per line) or a JSON prompt file."""
+    model = load_model(model_spec, kind="image-text")
+    if path.endswith(".json"):  # a class prompt file, in either of its forms
+        from kadr.traps.prompts import load_prompts
+
+        pairs = [(c.name, p) for c in load_prompts(path).classes for p in c.prompts]
+    else:
+        pairs = [("", t) for t in read_text_lines(path)]
+    vectors = text_embeddings(model, [t for _, t in pairs])
+    table = pa.table({
+        "label": [lbl for lbl, _ in pairs],
+        "text": [t for _, t in pairs],
+        "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+    })
+    atomic_write_table(out, table)
+    return len(pairs)

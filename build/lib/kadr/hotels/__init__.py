@@ -1,0 +1,1 @@
+"""Hotel photos: profile a collection, caption it CLIP-Interrogator style, group it into themes."""

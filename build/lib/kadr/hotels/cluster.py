@@ -1,0 +1,290 @@
+"""``kadr hotels cluster``: group photos into themes, label each theme, draw an interactive map.
+
+The seed's recipe: embed the captions with the CLIP text tower, reduce with
+t-SNE, cluster with DBSCAN (eps 3, min_samples 3 on 1,000 photos), and label
+each cluster with the caption whose embedding is nearest the cluster's mean.
+Image embeddings (or both, concatenated), UMAP and HDBSCAN are options;
+``--eps auto`` reads eps off the k-distance curve.
+
+Large collections: t-SNE is fitted on at most ``max_fit`` points (after PCA
+to 50 dimensions); the remaining points are placed at the mean position of
+their nearest fitted neighbours in embedding space. The summary says when
+this happened.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import DBSCAN, HDBSCAN
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.neighbors import NearestNeighbors
+
+from kadr.core.models import load_model
+from kadr.core.remote import staged
+from kadr.core.store import atomic_write_table, atomic_write_text
+
+
+@dataclass
+class ClusterSettings:
+    embed: str = "caption"  # caption | image | both
+    clip: str = "open_clip:ViT-L-14@openai"
+    text_column: str = "caption"
+    reduce: str = "tsne"  # tsne | umap | none
+    cluster: str = "dbscan"  # dbscan | hdbscan
+    eps: str = "auto"
+    min_samples: int = 3
+    max_fit: int = 50_000
+    seed: int = 0
+    progress: bool = True
+
+
+def knee_eps(points: np.ndarray, k: int) -> float:
+    """eps at the knee of the sorted k-distance curve (farthest point from its chord)."""
+    nn = NearestNeighbors(n_neighbors=min(k + 1, len(points))).fit(points)
+    d = np.sort(nn.kneighbors(points)[0][:, -1])
+    x = np.linspace(0, 1, len(d))
+    y = (d - d[0]) / max(d[-1] - d[0], 1e-12)
+    knee = int(np.argmax(x - y))  # the curve is convex: its knee lies farthest below the chord
+    return float(d[knee]) if d[knee] > 0 else float(d[d > 0].min(initial=1e-6))
+
+
+def reduce_embeddings(x: np.ndarray, method: str, max_fit: int, seed: int) -> tuple[np.ndarray, str]:
+    """2-D coordinates, and a sentence saying what was done."""
+    coords, note, _ = reduce_with_sample(x, method, max_fit, seed)
+    return coords, note
+
+
+def reduce_with_sample(x: np.ndarray, method: str, max_fit: int, seed: int
+                       ) -> tuple[np.ndarray, str, np.ndarray]:
+    """Coordinates, a note, and the indices the reduction was fitted on (all, or a sample)."""
+    n = len(x)
+    if method == "none":
+        return x, "no reduction: clustered in embedding space", np.arange(n)
+    xp = PCA(n_components=min(50, x.shape[1], n), random_state=seed).fit_transform(x) \
+        if x.shape[1] > 50 and n > 50 else x
+    fit_idx = np.arange(n)
+    if n > max_fit:
+        fit_idx = np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
+    if method == "umap":
+        import umap
+
+        reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, n - 1))
+        reducer.fit(xp[fit_idx])
+        coords = reducer.transform(xp) if n > max_fit else reducer.embedding_
+        note = f"UMAP on {len(fit_idx):,} of {n:,} points"
+        return np.asarray(coords, np.float32), note, fit_idx
+    if method != "tsne":
+        raise ValueError("reduce must be tsne, umap or none")
+    perplexity = float(min(30, max(2, (len(fit_idx) - 1) / 3)))
+    fitted = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
+                  ).fit_transform(xp[fit_idx])
+    if n <= max_fit:
+        return (fitted.astype(np.float32),
+                f"t-SNE on all {n:,} points (PCA to {xp.shape[1]} dims)", fit_idx)
+    coords = np.zeros((n, 2), np.float32)
+    coords[fit_idx] = fitted
+    rest = np.setdiff1d(np.arange(n), fit_idx)
+    nn = NearestNeighbors(n_neighbors=5).fit(xp[fit_idx])
+    idx = nn.kneighbors(xp[rest], return_distance=False)
+    coords[rest] = fitted[idx].mean(1)
+    return coords, (f"t-SNE fitted on a sample of {max_fit:,} of {n:,} points; the others placed "
+                    "at the mean of their 5 nearest sampled neighbours and given their "
+                    "majority cluster"), fit_idx
+
+
+def propagate_labels(x: np.ndarray, fit_idx: np.ndarray, fit_labels: np.ndarray,
+                     k: int = 5) -> np.ndarray:
+    """Labels for all points: the sample's own, the rest by majority of k nearest sampled."""
+    labels = np.full(len(x), -1)
+    labels[fit_idx] = fit_labels
+    rest = np.setdiff1d(np.arange(len(x)), fit_idx)
+    if len(rest):
+        idx = NearestNeighbors(n_neighbors=min(k, len(fit_idx))).fit(x[fit_idx]).kneighbors(
+            x[rest], return_distance=False)
+        votes = fit_labels[idx]
+        labels[rest] = [np.bincount(v + 1).argmax() - 1 for v in votes]
+    return labels
+
+
+def cluster_points(points: np.ndarray, method: str, eps: str | float, min_samples: int
+                   ) -> tuple[np.ndarray, dict]:
+    if method == "hdbscan":
+        labels = HDBSCAN(min_cluster_size=max(2, min_samples)).fit_predict(points)
+        return labels, {"method": "hdbscan", "min_cluster_size": max(2, min_samples)}
+    if method != "dbscan":
+        raise ValueError("cluster must be dbscan or hdbscan")
+    e = knee_eps(points, min_samples) if str(eps) == "auto" else float(eps)
+    labels = DBSCAN(eps=e, min_samples=min_samples).fit_predict(points)
+    return labels, {"method": "dbscan", "eps": round(e, 4), "eps_from": "auto" if str(eps) == "auto"
+                    else "user", "min_samples": min_samples}
+
+
+def label_clusters(labels: np.ndarray, emb: np.ndarray, texts: list[str], keys: list[str],
+                   phrases: list[list[str]] | None) -> pd.DataFrame:
+    """Per cluster: size, the caption nearest the mean embedding, representatives, phrases."""
+    rows = []
+    overall: dict[str, float] = {}
+    if phrases:
+        for ps in phrases:
+            for p in set(ps):
+                overall[p] = overall.get(p, 0) + 1
+    n = len(labels)
+    for c in sorted(set(labels) - {-1}):
+        idx = np.flatnonzero(labels == c)
+        mean = emb[idx].mean(0)
+        d = np.linalg.norm(emb[idx] - mean, axis=1)
+        order = idx[np.argsort(d)]
+        row = {"cluster": int(c), "size": len(idx), "label": texts[order[0]],
+               "representatives": json.dumps([keys[i] for i in order[:5]])}
+        if phrases:
+            counts: dict[str, int] = {}
+            for i in idx:
+                for p in set(phrases[i]):
+                    counts[p] = counts.get(p, 0) + 1
+            lift = {p: (k / len(idx)) / (overall[p] / n) for p, k in counts.items() if k >= 2}
+            row["phrases"] = json.dumps(sorted(lift, key=lambda p: -lift[p])[:5])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["cluster", "size", "label", "representatives", "phrases"])
+
+
+def themes(emb: np.ndarray, settings: ClusterSettings):
+    """Reduce, cluster (on the fitted sample when the input is large), propagate labels."""
+    coords, note, fit_idx = reduce_with_sample(emb, settings.reduce, settings.max_fit,
+                                               settings.seed)
+    fit_labels, params = cluster_points(coords[fit_idx], settings.cluster, settings.eps,
+                                        settings.min_samples)
+    labels = propagate_labels(emb, fit_idx, fit_labels)
+    return labels, coords, note, params
+
+
+def _load_input(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if p.is_dir():
+        for name in ("captions.parquet", "assignments.parquet"):
+            if (p / name).exists():
+                return pd.read_parquet(p / name)
+        from kadr.core.store import read_shards
+
+        return read_shards(p).to_pandas()
+    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+
+
+def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path) -> np.ndarray:
+    parts = []
+    if settings.embed in ("caption", "both"):
+        from kadr.core.text_cache import text_embeddings
+
+        model = load_model(settings.clip, kind="image-text")
+        parts.append(text_embeddings(model, df[settings.text_column].fillna("").tolist()))
+    if settings.embed in ("image", "both"):
+        if "embedding" in df and df["embedding"].notna().all():
+            parts.append(np.stack(df["embedding"].to_numpy()).astype(np.float32))
+        else:
+            from kadr.core.store import read_shards
+            from kadr.embed import embed_photos
+
+            manifest = out_dir / "image_manifest.csv"
+            atomic_write_text(manifest, df[["path"]].to_csv(index=False))
+            embed_photos(str(manifest), str(out_dir / "image.store"), settings.clip,
+                         progress=settings.progress)
+            img = read_shards(out_dir / "image.store").to_pandas().set_index("path")
+            parts.append(np.stack(img.loc[df["path"], "embedding"].to_numpy()).astype(np.float32))
+    if not parts:
+        raise ValueError("--embed must be caption, image or both")
+    return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
+
+
+@staged
+def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> dict:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = _load_input(input_path)
+    if "status" in df:
+        skipped = df[df["status"] != "ok"]
+        df = df[df["status"] == "ok"].reset_index(drop=True)
+    else:
+        skipped = df.iloc[:0]
+    if len(df) < settings.min_samples + 1:
+        raise ValueError(f"{len(df)} usable rows: too few to cluster")
+    emb = embeddings_for(df, settings, out_dir)
+    labels, coords, reduce_note, params = themes(emb, settings)
+    phrases = None
+    if "phrases" in df:
+        phrases = [[p for p, _ in json.loads(s)] if isinstance(s, str) else [] for s in df["phrases"]]
+    texts = df[settings.text_column].fillna("").tolist() if settings.text_column in df \
+        else df["key"].tolist()
+    clusters = label_clusters(labels, emb, texts, df["key"].tolist(), phrases)
+    xy = coords[:, :2] if coords.shape[1] >= 2 else np.c_[coords, np.zeros(len(coords))]
+    assign = pd.DataFrame({"key": df["key"], "path": df.get("path", df["key"]), "x": xy[:, 0],
+                           "y": xy[:, 1], "cluster": labels, "text": texts})
+    import pyarrow as pa
+
+    atomic_write_table(out_dir / "assignments.parquet", pa.Table.from_pandas(assign, preserve_index=False))
+    atomic_write_table(out_dir / "clusters.parquet", pa.Table.from_pandas(clusters, preserve_index=False))
+    atomic_write_text(out_dir / "clusters.csv", clusters.to_csv(index=False))
+    atomic_write_text(out_dir / "noise.csv", assign[assign["cluster"] == -1].to_csv(index=False))
+    summary = {"photos": len(df), "skipped_not_ok": len(skipped), "clusters": len(clusters),
+               "noise": int((labels == -1).sum()), "reduction": reduce_note, **params,
+               "embed": settings.embed}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "map.html", render_map(assign, clusters, summary))
+    return summary
+
+
+def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
+               max_thumbs: int = 3000, gallery_size: int = 24) -> str:
+    """Plotly scatter (inlined), hover shows caption and thumbnail, click opens the gallery."""
+    import plotly.graph_objects as go
+
+    from kadr.hotels.report import page, thumbnail
+
+    rng = np.random.default_rng(0)
+    thumb_idx = set(rng.choice(len(assign), min(len(assign), max_thumbs), replace=False).tolist())
+    labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
+    fig = go.Figure()
+    thumbs: dict[str, str] = {}
+    for c in sorted(assign["cluster"].unique()):
+        part = assign[assign["cluster"] == c]
+        name = "noise" if c == -1 else f"{c}: {labels.get(c, '')[:40]}"
+        fig.add_trace(go.Scattergl(
+            x=part["x"], y=part["y"], mode="markers", name=name,
+            marker={"size": 6, "opacity": 0.8, "color": "#bbb" if c == -1 else None},
+            customdata=np.c_[part["key"], np.full(len(part), c)],
+            hovertext=[html.escape(t[:200]) for t in part["text"]], hoverinfo="text"))
+        for i in part.index:
+            if i in thumb_idx:
+                src = thumbnail(part.at[i, "path"], 120)
+                if src:
+                    thumbs[part.at[i, "key"]] = src
+    fig.update_layout(height=700, legend={"itemsizing": "constant"},
+                      title=f"{summary['clusters']} themes, {summary['noise']} noise points "
+                            f"({html.escape(summary['reduction'])})")
+    galleries = []
+    for c in clusters.to_dict("records"):
+        members = assign[assign["cluster"] == c["cluster"]].head(gallery_size)
+        imgs = "".join(f"<figure><img src='{thumbnail(p, 160) or ''}'><figcaption>"
+                       f"{html.escape(t[:80])}</figcaption></figure>"
+                       for p, t in zip(members["path"], members["text"], strict=True))
+        galleries.append(f"<div class='gal' id='gal{c['cluster']}' style='display:none'>"
+                         f"<h2>Theme {c['cluster']} ({c['size']} photos): "
+                         f"{html.escape(c['label'])}</h2><div class='grid'>{imgs}</div></div>")
+    table = clusters[["cluster", "size", "label", "phrases"]].to_html(index=False)
+    body = (fig.to_html(full_html=False, include_plotlyjs=False, div_id="map")
+            + "<div id='hover' style='position:fixed;right:10px;top:10px'></div>"
+            + "".join(galleries) + "<h2>Themes</h2>" + table
+            + f"<script>const THUMBS={json.dumps(thumbs)};"
+            + """const m=document.getElementById('map');
+m.on('plotly_hover',e=>{const k=e.points[0].customdata[0];const s=THUMBS[k];
+ document.getElementById('hover').innerHTML=s?`<img src="${s}">`:'';});
+m.on('plotly_click',e=>{const c=e.points[0].customdata[1];
+ document.querySelectorAll('.gal').forEach(g=>g.style.display='none');
+ const g=document.getElementById('gal'+c); if(g){g.style.display='block';g.scrollIntoView();}});
+</script>""")
+    return page("Photo themes", body)

@@ -1,0 +1,324 @@
+"""``kadr hotels profile``: what a hotel-photo collection holds, and what is wrong with it.
+
+One streamed pass over the photos (the core runner: resumable, broken files
+become status rows) computes per photo its size, format, colour mode,
+content id and perceptual hashes (upright and rotated), and, when a CLIP
+model is given, zero-shot scores for "which rotation looks upright" and
+"is this a hotel photo at all". Everything else is aggregation over that
+table: counts and imbalance per hotel/chain/source, duplicates, flags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from kadr.core.decode import DecodedPhoto
+from kadr.core.models import WeightsNotFoundError, load_model
+from kadr.core.remote import staged
+from kadr.core.runner import Job, run_job
+from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
+
+ROTATIONS = (0, 90, 180, 270)  # counter-clockwise degrees applied to the photo
+ON_TOPIC = [
+    "a photo of a hotel room with a bed", "a photo of a hotel bathroom",
+    "a photo of a hotel lobby", "a photo of a hotel restaurant", "a photo of a swimming pool",
+    "a photo of a hotel building exterior", "a photo of the view from a hotel window",
+    "a photo of a kitchen", "a photo of a living room", "a photo of a meeting room",
+]
+OFF_TOPIC = [
+    "a photo of a coin", "a photo of a medal", "a scanned document with text",
+    "a logo on a white background", "a portrait photo of a person", "a close-up photo of food",
+    "a map", "a screenshot", "a photo of a car", "a blank black image",
+]
+HASH_BITS = 64
+
+
+@dataclass
+class ProfileSettings:
+    clip: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"
+    batch_size: int = 32
+    workers: int = 2
+    near_distance: int = 4  # perceptual-hash bits that may differ for a near duplicate
+    rotation_threshold: float = 0.5
+    offtopic_threshold: float = 0.5
+    path_column: str | None = None
+    group_column: str | None = None
+    fix_rotation: bool = False
+    progress: bool = True
+
+
+def _phash(image: Image.Image) -> int:
+    return int(str(imagehash.phash(image)), 16)
+
+
+class ProfileJob:
+    def __init__(self, settings: ProfileSettings):
+        self.s = settings
+        self.model = None
+        self.note = None
+        if settings.clip:
+            try:
+                self.model = load_model(settings.clip, kind="image-text")
+            except WeightsNotFoundError as e:
+                self.note = ("model-based checks (rotation, off-topic) skipped: "
+                             + str(e).splitlines()[0])
+        if self.model is not None:
+            from kadr.core.text_cache import text_embeddings
+
+            self.text = text_embeddings(self.model, ON_TOPIC + OFF_TOPIC)
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"job": "hotels-profile", "hash": "phash64",
+                "clip": self.model.fingerprint if self.model else None}
+
+    def prepare(self, photo: DecodedPhoto):
+        img = photo.image
+        small = img.copy()
+        small.thumbnail((256, 256), Image.Resampling.BILINEAR)
+        rotated = [small if r == 0 else small.rotate(r, expand=True) for r in ROTATIONS]
+        hashes = [_phash(r) for r in rotated]
+        arrays = [self.model.prepare_image(r) for r in rotated] if self.model else None
+        return hashes, arrays
+
+    def process(self, inputs: list, rows: list[dict]) -> list[dict]:
+        out = []
+        for hashes, _ in inputs:
+            out.append({f"phash_{r}": f"{h:016x}" for r, h in zip(ROTATIONS, hashes, strict=True)})
+        if self.model is None or not inputs:
+            return out
+        arrays = [a for _, arrs in inputs for a in arrs]
+        emb = self.model.encode_images(arrays).reshape(len(inputs), len(ROTATIONS), -1)
+        sims = emb @ self.text.T  # [N, 4, P]
+        scale = self.model.logit_scale
+        # Rotation: which orientation best matches any on-topic scene.
+        best = sims[:, :, : len(ON_TOPIC)].max(-1) * scale
+        p_rot = np.exp(best - best.max(1, keepdims=True))
+        p_rot /= p_rot.sum(1, keepdims=True)
+        # Off-topic: the upright (or best-rotated) view against both prompt sets.
+        k = p_rot.argmax(1)
+        upright = sims[np.arange(len(inputs)), k] * scale
+        p_text = np.exp(upright - upright.max(1, keepdims=True))
+        p_text /= p_text.sum(1, keepdims=True)
+        p_off = p_text[:, len(ON_TOPIC):].sum(1)
+        for i, r in enumerate(out):
+            top = int(p_text[i].argmax())
+            r.update({
+                "rotation_needed": int(ROTATIONS[k[i]]),
+                "rotation_confidence": round(float(p_rot[i, k[i]]), 4),
+                "offtopic_prob": round(float(p_off[i]), 4),
+                "scene": (ON_TOPIC + OFF_TOPIC)[top],
+            })
+        return out
+
+
+# -- aggregation -----------------------------------------------------------------------
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of a count distribution (0 = perfectly even)."""
+    x = np.sort(np.asarray(counts, dtype=float))
+    if len(x) == 0 or x.sum() == 0:
+        return 0.0
+    n = len(x)
+    return float((2 * np.arange(1, n + 1) - n - 1).dot(x) / (n * x.sum()))
+
+
+def imbalance(counts: pd.Series) -> dict:
+    c = counts.sort_values(ascending=False).to_numpy()
+    n = len(c)
+    top = lambda frac: float(c[: max(1, int(np.ceil(n * frac)))].sum() / c.sum()) if n else 0.0  # noqa: E731
+    return {
+        "groups": int(n), "photos": int(c.sum()), "min": int(c.min()) if n else 0,
+        "median": float(np.median(c)) if n else 0.0, "mean": float(c.mean()) if n else 0.0,
+        "max": int(c.max()) if n else 0, "gini": round(gini(c), 4),
+        "top_1pct_share": round(top(0.01), 4), "top_10pct_share": round(top(0.10), 4),
+    }
+
+
+def hash_pairs(a: np.ndarray, b: np.ndarray, max_distance: int) -> set[tuple[int, int]]:
+    """Pairs (i, j) with popcount(a[i] ^ b[j]) <= ``max_distance`` (64-bit hashes).
+
+    Each hash is split into ``max_distance + 1`` chunks: two hashes that differ
+    in at most that many bits agree exactly on at least one chunk
+    (pigeonhole), so only hashes sharing a chunk are compared. That keeps a
+    million photos tractable without an all-pairs comparison.
+    """
+    chunks = max_distance + 1
+    widths = [HASH_BITS // chunks + (1 if i < HASH_BITS % chunks else 0) for i in range(chunks)]
+    a, b = a.astype(np.uint64), b.astype(np.uint64)
+    pairs: set[tuple[int, int]] = set()
+    shift = 0
+    for w in widths:
+        mask = np.uint64((1 << w) - 1)
+        ka, kb = (a >> np.uint64(shift)) & mask, (b >> np.uint64(shift)) & mask
+        shift += w
+        order_b = np.argsort(kb, kind="stable")
+        sorted_b = kb[order_b]
+        lo = np.searchsorted(sorted_b, ka, side="left")
+        hi = np.searchsorted(sorted_b, ka, side="right")
+        for i in np.flatnonzero(hi > lo):
+            js = order_b[lo[i]:hi[i]]
+            close = js[np.bitwise_count(a[i] ^ b[js]) <= max_distance]
+            pairs.update((int(i), int(j)) for j in close)
+    return pairs
+
+
+def _components(n: int, pairs) -> np.ndarray:
+    """Connected components (union-find) of ``n`` items linked by ``pairs``."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n)])
+
+
+def duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
+    """Duplicate photos: ``exact`` (same bytes), ``near`` (upright perceptual hashes
+    within ``max_distance`` bits) and ``rotated`` (a copy turned by 90/180/270 degrees).
+
+    ``group`` joins all photos linked by any of these; ``rotation`` says how far
+    a rotated copy must be turned (counter-clockwise) to match its group.
+    """
+    cols = ["key", "kind", "group", "rotation"]
+    ok = photos[photos["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    hashes = {r: ok[f"phash_{r}"].map(lambda s: int(s, 16)).to_numpy(np.uint64) for r in ROTATIONS}
+    pid = ok["photo_id"].to_numpy()
+    near = {(i, j) for i, j in hash_pairs(hashes[0], hashes[0], max_distance) if i < j}
+    rotated: dict[int, int] = {}
+    links = set(near)
+    for r in ROTATIONS[1:]:
+        for i, j in hash_pairs(hashes[r], hashes[0], max_distance):
+            if i != j and (min(i, j), max(i, j)) not in near:
+                rotated.setdefault(i, r)
+                links.add((min(i, j), max(i, j)))
+    exact_groups = ok.groupby("photo_id").size()
+    exact = set(ok.index[ok["photo_id"].map(exact_groups) > 1])
+    first = ok.reset_index().groupby("photo_id")["index"].min()
+    links |= {(int(first[pid[i]]), i) for i in exact if first[pid[i]] != i}
+    comp = _components(len(ok), links)
+    in_near = {i for p in near for i in p if pid[p[0]] != pid[p[1]]}
+    rows = []
+    for i in sorted(exact | in_near | set(rotated)):
+        kind = "rotated" if i in rotated else ("near" if i in in_near else "exact")
+        rows.append({"key": ok.at[i, "key"], "kind": kind, "group": pid[comp[i]],
+                     "rotation": rotated.get(i, 0)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def group_columns(photos: pd.DataFrame) -> dict[str, str]:
+    """Which columns say hotel, chain and source (Hotels-50K names or a manifest's)."""
+    found = {}
+    for what, names in (("hotel", ("extra_hotel_id", "group")),
+                        ("chain", ("extra_chain_id", "extra_chain_name")),
+                        ("source", ("extra_image_source", "extra_source"))):
+        col = next((c for c in names if c in photos.columns and photos[c].notna().any()), None)
+        if col and not (what == "hotel" and col == "group" and photos[col].nunique() <= 1):
+            found[what] = col
+    return found
+
+
+def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None) -> dict:
+    ok = photos[photos["status"] == "ok"]
+    summary: dict = {
+        "rows": len(photos),
+        "unique_paths": int(photos["path"].nunique()),
+        "unique_image_ids": int(photos["extra_image_id"].nunique())
+        if "extra_image_id" in photos else None,
+        "unique_contents": int(ok["photo_id"].nunique()),
+        "readable": len(ok),
+        "missing": int((photos["status"] == "missing").sum()),
+        "unreadable": int(((photos["status"] != "ok") & (photos["status"] != "missing")).sum()),
+        "status_counts": photos["status"].value_counts().to_dict(),
+        "formats": ok["format"].value_counts().to_dict(),
+        "colour_modes": ok["mode"].value_counts().to_dict(),
+        "width": ok["width"].describe().round(1).to_dict() if len(ok) else {},
+        "height": ok["height"].describe().round(1).to_dict() if len(ok) else {},
+        "aspect_ratio": (ok["width"] / ok["height"]).describe().round(3).to_dict()
+        if len(ok) else {},
+        "model_checks": note or f"done with {settings.clip}",
+    }
+    for what, col in group_columns(photos).items():
+        summary[f"per_{what}"] = imbalance(photos.groupby(col).size())
+        summary[f"per_{what}"]["column"] = col
+    if "rotation_needed" in photos and ok["rotation_needed"].notna().any():
+        rot = ok[(ok["rotation_needed"] != 0)
+                 & (ok["rotation_confidence"] >= settings.rotation_threshold)]
+        summary["rotated"] = {"flagged": len(rot),
+                              "by_angle": rot["rotation_needed"].value_counts().to_dict()}
+        off = ok[ok["offtopic_prob"] >= settings.offtopic_threshold]
+        summary["off_topic"] = {"flagged": len(off)}
+    return summary
+
+
+@staged
+def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
+    from kadr.hotels.report import render_profile
+    from kadr.hotels.sources import hotel_collection
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profile_job = ProfileJob(settings)
+    collection, kind = hotel_collection(source, out_dir, settings.path_column,
+                                        settings.group_column)
+    job = Job(name="profile", prepare=profile_job.prepare, process=profile_job.process,
+              min_side=256 if profile_job.model is None else max(256, profile_job.model.image_size),
+              batch_size=settings.batch_size)
+    with ShardStore(out_dir / "photos.store", profile_job.fingerprint) as store:
+        run_summary = run_job(collection, job, store, workers=settings.workers,
+                              progress=settings.progress)
+    photos = read_shards(out_dir / "photos.store").to_pandas()
+    dups = duplicates(photos, settings.near_distance)
+    summary = summarise(photos, settings, profile_job.note)
+    summary["source_kind"] = kind
+    summary["duplicates"] = {k: int(v) for k, v in dups["kind"].value_counts().items()}
+    summary["skipped_files"] = len(run_summary.skipped_files)
+    import pyarrow as pa
+
+    atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(photos, preserve_index=False))
+    atomic_write_table(out_dir / "duplicates.parquet", pa.Table.from_pandas(dups, preserve_index=False))
+    for what, col in group_columns(photos).items():
+        counts = photos.groupby(col).size().rename("photos").reset_index()
+        atomic_write_table(out_dir / f"per_{what}.parquet",
+                           pa.Table.from_pandas(counts, preserve_index=False))
+    atomic_write_text(out_dir / "profile.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out_dir / "profile.html", render_profile(photos, dups, summary, settings))
+    if settings.fix_rotation and "rotation_needed" in photos:
+        write_upright_copies(photos, out_dir / "upright", settings.rotation_threshold)
+    summary["_run"] = run_summary
+    return summary
+
+
+def write_upright_copies(photos: pd.DataFrame, folder: Path, threshold: float) -> int:
+    """Upright JPEG copies of the photos flagged as rotated (originals untouched)."""
+    from kadr.core.decode import decode_photo, read_bytes
+    from kadr.core.store import atomic_write_bytes
+
+    flagged = photos[(photos["status"] == "ok") & (photos["rotation_needed"] != 0)
+                     & (photos["rotation_confidence"] >= threshold)]
+    import io
+
+    for r in flagged.to_dict("records"):
+        img = decode_photo(read_bytes(r["path"])).image.rotate(int(r["rotation_needed"]), expand=True)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95)
+        name = r["key"].replace("/", "__").replace("#", "_")
+        atomic_write_bytes(folder / f"{Path(name).stem}.jpg", buf.getvalue())
+    return len(flagged)

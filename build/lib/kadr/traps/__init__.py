@@ -1,0 +1,1 @@
+"""Camera traps: detect and count animals, name species zero-shot, form registrations."""

@@ -1,0 +1,164 @@
+"""``kadr traps ...``: the camera-trap commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kadr.cli_common import (
+    Actors,
+    Batch,
+    CpusPerActor,
+    Engine,
+    GpusPerActor,
+    GroupColumn,
+    GroupLevel,
+    Quiet,
+    RayAddress,
+    TimePattern,
+    Trust,
+    Workers,
+    engine_options,
+    err,
+    fail,
+    finish,
+    guarded,
+    out,
+)
+
+app = typer.Typer(help="Camera traps: detect, count, name species zero-shot, registrations.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def run(
+    photos: Annotated[str, typer.Argument(help="folder of camera folders, or a manifest")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
+    prompts: Annotated[str | None, typer.Option(
+        help="class prompts JSON (default: the shipped 21-class example)")] = None,
+    detector: Annotated[str, typer.Option(help="detector spec: yolox:PATH.onnx, "
+                                               "megadetector:PATH|MDV5A")] = "megadetector:MDV5A",
+    classifier: Annotated[str, typer.Option(help="CLIP spec, or 'none' for detector labels")] = (
+        "open_clip:ViT-B-32@laion2b_s34b_b79k"),
+    allow_detector_labels: Annotated[bool, typer.Option(
+        "--allow-detector-labels",
+        help="if the classifier's weights are missing, use the detector's labels")] = False,
+    threshold: Annotated[float, typer.Option(help="detection confidence counted as an animal")] = 0.3,
+    classify_on: Annotated[str, typer.Option(help="crops | photo | both")] = "both",
+    gap: Annotated[str, typer.Option(help="pause that ends a registration, e.g. 30m, 1h")] = "30m",
+    method: Annotated[str, typer.Option(help="sessions (default) | window | simple")] = "sessions",
+    deployments: Annotated[str | None, typer.Option(
+        help="CSV with deploymentID (camera), latitude, longitude for Camtrap DP")] = None,
+    utc_offset: Annotated[str, typer.Option(help="the cameras' clock offset for Camtrap DP, "
+                                                 "e.g. +03:00")] = "Z",
+    batch_size: Batch = 16,
+    workers: Workers = 2,
+    group_level: GroupLevel = None,
+    group_column: GroupColumn = None,
+    time_pattern: TimePattern = None,
+    trust_checkpoint: Trust = False,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 2,
+    cpus_per_actor: CpusPerActor = 1.0,
+    gpus_per_actor: GpusPerActor = 0.0,
+    quiet: Quiet = False,
+) -> None:
+    """The whole job: detections, counts, species, registrations, exports and an HTML report."""
+    from kadr.traps.pipeline import TrapSettings, run_traps
+
+    if classify_on not in ("crops", "photo", "both"):
+        fail("--classify-on must be crops, photo or both")
+    settings = TrapSettings(
+        detector=detector, classifier=None if classifier.lower() == "none" else classifier,
+        prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
+        batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
+        time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
+        deployments=deployments, utc_offset=utc_offset,
+        allow_detector_labels=allow_detector_labels,
+    )
+    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
+    summary, regs = guarded(lambda: run_traps(photos, str(output), settings, eng))
+    finish(summary)
+    out.print(f"{len(regs)} registrations: {output / 'registrations.csv'}")
+    out.print(f"report: {output / 'report.html'}")
+    out.print(f"also: photos.parquet/csv, megadetector.json, camtrap-dp/ in {output}")
+
+
+@app.command()
+def events(
+    predictions: Annotated[str, typer.Argument(
+        help="per-photo table: the case's CSV, generic CSV/Parquet, kadr photos.parquet, MD JSON")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="registrations CSV")],
+    method: Annotated[str, typer.Option(help="sessions | window | simple")] = "sessions",
+    gap: Annotated[str, typer.Option(help="e.g. 30m")] = "30m",
+    count_rule: Annotated[str, typer.Option(help="max | confirmed")] = "max",
+    split_species: Annotated[bool, typer.Option(help="split visits on a sustained species "
+                                                     "change")] = False,
+) -> None:
+    """Turn a per-photo table into registrations (the case's CSV format)."""
+    from kadr.traps.events import form_registrations
+    from kadr.traps.tables import read_photo_table, write_registrations
+
+    def body():
+        photos = read_photo_table(predictions)
+        regs = form_registrations(photos, method, gap, count_rule=count_rule,
+                                  split_species=split_species)
+        write_registrations(regs, str(output))
+        return photos, regs
+
+    photos, regs = guarded(body)
+    untimed = int((photos["row_status"] == "no_time").sum())
+    if untimed:
+        err.print(f"[yellow]{untimed} photos have no usable time; each forms its own "
+                  "registration with empty times[/]")
+    out.print(f"{len(photos)} photos -> {len(regs)} registrations ({method}): {output}")
+
+
+@app.command()
+def score(
+    reference: Annotated[str, typer.Argument(help="registrations CSV, or per-photo table with "
+                                                  "registrations_id")],
+    predicted: Annotated[str, typer.Argument(help="registrations CSV")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    iou: Annotated[str, typer.Option(help="interval (true IoU) | hit (the worked example)")] = (
+        "interval"),
+) -> None:
+    """The case's metric, with a breakdown per class."""
+    from rich.table import Table
+
+    from kadr.traps.score import score_registrations
+    from kadr.traps.tables import read_registrations
+
+    s = guarded(lambda: score_registrations(read_registrations(reference),
+                                            read_registrations(predicted), iou=iou))
+    if as_json:
+        print(json.dumps(s.as_dict(), indent=2))
+        return
+    out.print(f"[bold]score {s.score:.4f}[/]  mean IoU {s.mean_iou:.4f}  count F1 "
+              f"{s.count_f1:.4f}  matched {s.matched}/{s.n_reference}  missed {s.missed}  "
+              f"false proposals {s.false_proposals}")
+    t = Table("class", "reference", "predicted", "matched", "mean IoU", "missed", "false")
+    for c, v in s.per_class.items():
+        t.add_row(c, str(v["reference"]), str(v["predicted"]), str(v["matched"]),
+                  f"{v['mean_iou']:.3f}", str(v["missed"]), str(v["false_proposals"]))
+    out.print(t)
+
+
+@app.command("validate-dp")
+def validate_dp(
+    package: Annotated[Path, typer.Argument(help="folder with datapackage.json")],
+    schemas: Annotated[Path, typer.Option(help="folder with the Camtrap DP 1.0.2 schemas")],
+) -> None:
+    """Validate a Camtrap DP package offline against local copies of the standard's schemas."""
+    from kadr.traps.export import validate_camtrap_dp
+
+    errors = guarded(lambda: validate_camtrap_dp(package, schemas))
+    for e in errors:
+        err.print(f"[red]{e}[/]")
+    if errors:
+        raise typer.Exit(1)
+    out.print(f"{package}: valid Camtrap DP")

@@ -1,0 +1,371 @@
+"""Exports ecologists' tools read: MegaDetector batch JSON and Camtrap DP 1.0 packages.
+
+Both are importable functions and run from ``kadr traps run``; the Camtrap
+DP package is checked by :func:`validate_camtrap_dp` (offline, against the
+standard's own schemas when a copy of them is given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kadr.core.store import atomic_write_text
+from kadr.traps.tables import BACKGROUND_CLASSES
+
+CAMTRAP_VERSION = "1.0.2"
+CAMTRAP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_VERSION}"
+MD_CATEGORY_IDS = {"animal": "1", "person": "2", "vehicle": "3"}
+MEDIATYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+              "TIFF": "image/tiff", "BMP": "image/bmp", "GIF": "image/gif", "HEIF": "image/heic"}
+
+
+def short_id(*parts) -> str:
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=6).hexdigest()
+
+
+def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Give each registration an eventID and each photo the event it falls in.
+
+    A photo belongs to the registration of its camera whose interval holds its
+    time (the class is used to choose when intervals of one camera overlap).
+    Also picks each registration's best photo: most animals, then the
+    highest class probability.
+    """
+    regs = regs.reset_index(drop=True).copy()
+    regs["eventID"] = [short_id(r["name_folder"], r["date_registration_start"], r["class"], i)
+                       for i, r in enumerate(regs.to_dict("records"))]
+    table = table.copy()
+    table["event_id"] = None
+    if table.empty or regs.empty:
+        regs["best_key"] = None
+        return regs, table
+    timed = regs[regs["date_registration_start"].notna()]
+    for cam, photos in table[table["status"] == "ok"].groupby("group", sort=False):
+        cand = timed[timed["name_folder"] == str(cam)]
+        for r in cand.to_dict("records"):
+            inside = photos[(photos["time"] >= r["date_registration_start"])
+                            & (photos["time"] <= r["date_registration_end"])
+                            & ~photos["class"].str.lower().isin(BACKGROUND_CLASSES)]
+            free = inside.index[table.loc[inside.index, "event_id"].isna()]
+            table.loc[free, "event_id"] = r["eventID"]
+    best = (table[table["event_id"].notna()]
+            .assign(_n=lambda d: d["n_animals"].fillna(0), _p=lambda d: d["class_prob"].fillna(0))
+            .sort_values(["event_id", "_n", "_p"], ascending=[True, False, False])
+            .drop_duplicates("event_id").set_index("event_id")["key"])
+    regs["best_key"] = regs["eventID"].map(best)
+    return regs, table
+
+
+def _iso(t, offset: str = "Z") -> str | None:
+    """ISO 8601 with a UTC offset, as Camtrap DP requires.
+
+    Camera clocks are local and rarely record their offset; times are written
+    as the camera's wall clock with ``offset`` (the user's ``--utc-offset``).
+    """
+    if t is None or pd.isna(t):
+        return None
+    t = pd.Timestamp(t)
+    if t.tzinfo is not None:
+        return t.isoformat()
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + offset
+
+
+def _file_uri(path: str) -> str:
+    """Camtrap DP wants a URL or a package-relative path: local photos become file:// URLs."""
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
+def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
+    """MegaDetector has one animal class: overlapping boxes of different COCO animal labels
+    (a "horse" and an "elephant" on one elephant) become one, as kadr counts them."""
+    from kadr.core.models.detectors import nms
+
+    animals = [d for d in dets if d["category"] == "animal"]
+    if len(animals) < 2:
+        return dets
+    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in animals)],
+                    np.float32)
+    keep = set(nms(xyxy, np.array([d["conf"] for d in animals], np.float32),
+                   np.zeros(len(animals), np.int64), iou).tolist())
+    kept = [d for i, d in enumerate(animals) if i in keep]
+    return kept + [d for d in dets if d["category"] != "animal"]
+
+
+def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
+    """MegaDetector batch output (format 1.4) with per-box classifications.
+
+    Timelapse and the MegaDetector postprocessing tools open it. Boxes of COCO
+    labels that are not animal/person/vehicle are left out (the per-photo
+    table keeps them).
+    """
+    class_names = sorted({c for c in table.get("class", pd.Series(dtype=str)).dropna()
+                          if c.lower() not in BACKGROUND_CLASSES})
+    class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
+    images = []
+    for r in table.to_dict("records"):
+        entry: dict = {"file": r["key"]}
+        if r["status"] != "ok":
+            entry["failure"] = f"{r['status']}: {r['reason']}"
+            images.append(entry)
+            continue
+        dets = []
+        for d in _one_box_per_animal(json.loads(r["detections"] or "[]")):
+            cat = MD_CATEGORY_IDS.get(d["category"])
+            if cat is None:
+                continue
+            det = {"category": cat, "conf": d["conf"], "bbox": d["bbox"]}
+            if cat == "1" and r.get("class") in class_ids:
+                prob = r.get("class_prob")
+                det["classifications"] = [[class_ids[r["class"]],
+                                           float(prob) if pd.notna(prob) else d["conf"]]]
+            dets.append(det)
+        entry["detections"] = dets
+        entry["max_detection_conf"] = max((d["conf"] for d in dets), default=0.0)
+        if pd.notna(r["time"]):
+            entry["datetime"] = pd.Timestamp(r["time"]).strftime("%Y:%m:%d %H:%M:%S")
+        images.append(entry)
+    doc = {
+        "images": images,
+        "detection_categories": {v: k for k, v in MD_CATEGORY_IDS.items()},
+        "classification_categories": {v: k for k, v in class_ids.items()},
+        "info": {
+            "format_version": "1.4",
+            "detector": fingerprint.get("detector"),
+            "classifier": (fingerprint.get("classifier") or {}).get("model"),
+            "detection_completion_time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            "detector_metadata": {"typical_detection_threshold": fingerprint.get("threshold")},
+        },
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1))
+
+
+def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str
+                 ) -> tuple[pd.DataFrame, list]:
+    notes = []
+    known = pd.DataFrame()
+    if deployments_csv:
+        known = pd.read_csv(deployments_csv, dtype={"deploymentID": str, "camera": str})
+        if "deploymentID" not in known and "camera" in known:
+            known = known.rename(columns={"camera": "deploymentID"})
+        known = known.set_index("deploymentID")
+    rows = []
+    for cam, photos in table.groupby("group", sort=True):
+        t = photos["time"].dropna()
+        row = {
+            "deploymentID": str(cam), "locationID": str(cam), "locationName": str(cam),
+            "latitude": None, "longitude": None,
+            "deploymentStart": _iso(t.min(), offset) if len(t) else None,
+            "deploymentEnd": _iso(t.max(), offset) if len(t) else None,
+            "timestampIssues": bool((photos["time_source"] != "exif").any()),
+            "deploymentComments": None,
+        }
+        if str(cam) in known.index:
+            for k, v in known.loc[str(cam)].items():
+                if k in row or k in ("coordinateUncertainty", "cameraModel", "habitat"):
+                    row[k] = v
+        if row["latitude"] is None or pd.isna(row["latitude"]):
+            row["latitude"], row["longitude"] = 0.0, 0.0
+            row["deploymentComments"] = ("coordinates unknown: 0,0 is a placeholder; give "
+                                         "--deployments with latitude/longitude")
+            notes.append(str(cam))
+        rows.append(row)
+    return pd.DataFrame(rows), notes
+
+
+def write_camtrap_dp(
+    table: pd.DataFrame,
+    regs: pd.DataFrame,
+    folder: str | Path,
+    scientific_names: dict | None = None,
+    deployments_csv: str | None = None,
+    utc_offset: str = "Z",
+) -> list[str]:
+    """A Camtrap DP 1.0 package: datapackage.json, deployments, media, observations.
+
+    Event-level observations come from registrations, media-level ones from
+    detections (with boxes). Returns warnings (e.g. placeholder coordinates).
+    """
+    folder = Path(folder)
+    names = scientific_names or {}
+    ok = table[(table["status"] == "ok") & table["time"].notna()].copy()
+    off = utc_offset
+    deployments, no_coords = _deployments(ok, deployments_csv, off)
+    warnings = ([f"{len(no_coords)} deployment(s) without coordinates: {', '.join(no_coords)}"]
+                if no_coords else [])
+    ok["mediaID"] = [short_id(k) for k in ok["key"]]
+    media = pd.DataFrame({
+        "mediaID": ok["mediaID"], "deploymentID": ok["group"].astype(str),
+        "captureMethod": "activityDetection", "timestamp": ok["time"].map(lambda t: _iso(t, off)),
+        "filePath": ok["path"].map(_file_uri), "filePublic": False,
+        "fileName": ok["key"].map(os.path.basename),
+        "fileMediatype": ok["format"].map(lambda f: MEDIATYPES.get(str(f), "image/jpeg")),
+    })
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    obs = []
+    for r in regs[regs["date_registration_start"].notna()].to_dict("records"):
+        cls = r["class"]
+        obs.append({
+            "observationID": r["eventID"], "deploymentID": str(r["name_folder"]), "mediaID": None,
+            "eventID": r["eventID"], "eventStart": _iso(r["date_registration_start"], off),
+            "eventEnd": _iso(r["date_registration_end"], off), "observationLevel": "event",
+            "observationType": "animal", "scientificName": names.get(cls, cls.replace("_", " ")),
+            "count": int(r["count"]), "classificationMethod": "machine", "classifiedBy": "kadr",
+            "classificationTimestamp": now, "classificationProbability": None,
+            "observationTags": f"class:{cls}",
+        })
+    probs = ok.groupby("event_id")["class_prob"].mean() if "event_id" in ok else {}
+    for o in obs:
+        p = probs.get(o["eventID"]) if len(probs) else None
+        o["classificationProbability"] = None if p is None or pd.isna(p) else round(float(p), 4)
+    for r in ok.to_dict("records"):
+        dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
+        cls = r.get("class") or ""
+        is_blank = cls.lower() in BACKGROUND_CLASSES or not dets
+        media_id = r["mediaID"]
+        event_id = r.get("event_id")
+        base = {
+            "deploymentID": str(r["group"]), "mediaID": media_id,
+            "eventID": event_id if isinstance(event_id, str) else None,
+            "eventStart": _iso(r["time"], off), "eventEnd": _iso(r["time"], off),
+            "observationLevel": "media",
+            "classificationMethod": "machine", "classifiedBy": "kadr",
+            "classificationTimestamp": now,
+        }
+        if is_blank:
+            obs.append({**base, "observationID": f"{media_id}_0", "observationType": "blank"})
+            continue
+        for i, d in enumerate(dets, 1):
+            x, y, w, h = d["bbox"]
+            prob = r.get("class_prob")
+            obs.append({**base, "observationID": f"{media_id}_{i}", "observationType": "animal",
+                        "scientificName": names.get(cls, cls.replace("_", " ")), "count": 1,
+                        "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
+                        "classificationProbability": float(prob) if pd.notna(prob) else d["conf"]})
+    observations = pd.DataFrame(obs)
+    if "count" in observations:
+        observations["count"] = observations["count"].astype("Int64")
+    for name, frame in (("deployments", deployments), ("media", media),
+                        ("observations", observations)):
+        cols = CAMTRAP_COLUMNS[name]
+        frame = frame.reindex(columns=cols)
+        atomic_write_text(folder / f"{name}.csv", frame.to_csv(index=False))
+    times = ok["time"]
+    taxa = sorted({o["scientificName"] for o in obs if o.get("scientificName")})
+    package = {
+        "profile": f"{CAMTRAP_BASE}/camtrap-dp-profile.json",
+        "name": "kadr-camera-trap-registrations",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(folder.resolve()))),
+        "created": now,
+        "title": "Camera-trap registrations made by kadr",
+        "contributors": [{"title": "kadr", "role": "contributor"}],
+        "version": "1.0",
+        "project": {
+            "title": "Camera-trap registrations", "samplingDesign": "opportunistic",
+            "captureMethod": ["activityDetection"], "individualAnimals": False,
+            "observationLevel": ["media", "event"],
+        },
+        "spatial": _bbox_polygon(deployments),
+        "temporal": {
+            "start": times.min().strftime("%Y-%m-%d") if len(times) else "1970-01-01",
+            "end": times.max().strftime("%Y-%m-%d") if len(times) else "1970-01-01",
+        },
+        "taxonomic": [{"scientificName": t} for t in taxa],
+        "resources": [
+            {"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource", "format": "csv",
+             "mediatype": "text/csv", "encoding": "utf-8",
+             "schema": f"{CAMTRAP_BASE}/{n}-table-schema.json"}
+            for n in ("deployments", "media", "observations")
+        ],
+    }
+    if warnings:
+        package["description"] = "Warnings: " + "; ".join(warnings)
+    atomic_write_text(folder / "datapackage.json", json.dumps(package, indent=2))
+    return warnings
+
+
+def _bbox_polygon(deployments: pd.DataFrame) -> dict:
+    lat = deployments["latitude"].astype(float)
+    lon = deployments["longitude"].astype(float)
+    a, b = (lon.min(), lat.min()), (lon.max(), lat.max())
+    if len(lat) == 0:
+        a = b = (0.0, 0.0)
+    return {"type": "Polygon", "coordinates": [[[a[0], a[1]], [b[0], a[1]], [b[0], b[1]],
+                                                 [a[0], b[1]], [a[0], a[1]]]]}
+
+
+# Column order of the three tables, as the 1.0.2 schemas list them.
+CAMTRAP_COLUMNS = {
+    "deployments": ["deploymentID", "locationID", "locationName", "latitude", "longitude",
+                    "coordinateUncertainty", "deploymentStart", "deploymentEnd", "setupBy",
+                    "cameraID", "cameraModel", "cameraDelay", "cameraHeight", "cameraDepth",
+                    "cameraTilt", "cameraHeading", "detectionDistance", "timestampIssues",
+                    "baitUse", "featureType", "habitat", "deploymentGroups", "deploymentTags",
+                    "deploymentComments"],
+    "media": ["mediaID", "deploymentID", "captureMethod", "timestamp", "filePath", "filePublic",
+              "fileName", "fileMediatype", "exifData", "favorite", "mediaComments"],
+    "observations": ["observationID", "deploymentID", "mediaID", "eventID", "eventStart",
+                     "eventEnd", "observationLevel", "observationType", "cameraSetupType",
+                     "scientificName", "count", "lifeStage", "sex", "behavior", "individualID",
+                     "individualPositionRadius", "individualPositionAngle", "individualSpeed",
+                     "bboxX", "bboxY", "bboxWidth", "bboxHeight", "classificationMethod",
+                     "classifiedBy", "classificationTimestamp", "classificationProbability",
+                     "observationTags", "observationComments"],
+}
+
+
+def validate_camtrap_dp(folder: str | Path, schema_dir: str | Path) -> list[str]:
+    """Errors of a Camtrap DP package ([] when valid), checked offline.
+
+    ``schema_dir`` holds the standard's files (camtrap-dp-profile.json, the
+    three table schemas, frictionless-data-package.json, geojson.json): the
+    package's public schema URLs are resolved to them, the tables are checked
+    by frictionless and the descriptor by the profile through jsonschema.
+    """
+    import frictionless
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT7
+
+    folder, schema_dir = Path(folder), Path(schema_dir)
+    descriptor = json.loads((folder / "datapackage.json").read_text())
+    errors: list[str] = []
+    # The descriptor against the Camtrap DP profile, with its two remote $refs served locally.
+    profile = json.loads((schema_dir / "camtrap-dp-profile.json").read_text())
+    remote = {
+        "https://specs.frictionlessdata.io/schemas/data-package.json":
+            "frictionless-data-package.json",
+        "http://json.schemastore.org/geojson.json": "geojson.json",
+    }
+    registry = Registry().with_resources(
+        (url, Resource.from_contents(json.loads((schema_dir / name).read_text()),
+                                     default_specification=DRAFT7))
+        for url, name in remote.items()
+    )
+    validator = jsonschema.validators.validator_for(profile)(profile, registry=registry)
+    errors += [f"datapackage.json: {e.json_path}: {e.message}"
+               for e in validator.iter_errors(descriptor)]
+    # The tables against their schemas, inlined for frictionless.
+    local = dict(descriptor)
+    local.pop("profile", None)
+    local["resources"] = []
+    for r in descriptor["resources"]:
+        r = dict(r)
+        local_schema = schema_dir / f"{r['name']}-table-schema.json"
+        if isinstance(r.get("schema"), str) and local_schema.exists():
+            r["schema"] = json.loads(local_schema.read_text())
+        local["resources"].append(r)
+    package = frictionless.Package(local, basepath=str(folder))
+    report = package.validate()
+    for task in report.tasks:
+        for err in task.errors:
+            errors.append(f"{task.name}: {err.message}")
+    errors += [f"{e.message}" for e in report.errors]
+    return errors

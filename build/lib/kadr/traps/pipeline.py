@@ -1,0 +1,304 @@
+"""``kadr traps run``: detect, count, classify, form registrations, export, report.
+
+Per-photo work is one batch job on the core runner (resumable, streamed);
+everything after it reads the per-photo store and is cheap to redo, so
+exports are rewritten whole (atomically) at the end of every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from kadr.core.collection import PhotoCollection
+from kadr.core.decode import DecodedPhoto
+from kadr.core.models import WeightsNotFoundError, load_model
+from kadr.core.models.detectors import Detection, nms
+from kadr.core.remote import staged
+from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
+from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
+from kadr.traps.events import form_registrations
+from kadr.traps.prompts import PromptSet, classify, load_prompts
+from kadr.traps.tables import normalise_photo_table, registrations_csv
+
+CROP_SOURCE_SIDE = 1024  # photos are kept at most this large for crops and report thumbnails
+EMPTY = "empty"
+
+
+@dataclass
+class TrapSettings:
+    detector: str = "megadetector:MDV5A"
+    classifier: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"  # None: detector labels
+    prompts: str | None = None
+    threshold: float = 0.3  # detection confidence that counts as an animal
+    classify_on: str = "both"  # crops | photo | both
+    crop_margin: float = 0.15
+    max_crops: int = 8
+    gap: str = "30m"
+    method: str = "sessions"
+    batch_size: int = 16
+    workers: int = 2
+    group_level: int | None = None
+    group_column: str | None = None  # for manifests: the column naming the camera
+    time_pattern: str | None = None
+    trust_checkpoint: bool = False
+    progress: bool = True
+    allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
+    deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
+    utc_offset: str = "Z"  # the cameras' clock offset, for Camtrap DP timestamps
+    extra: dict = field(default_factory=dict)
+
+
+def count_animals(dets: list[Detection], threshold: float, iou: float = 0.5) -> list[Detection]:
+    """Animal boxes above ``threshold`` after class-agnostic NMS: one box per animal.
+
+    Per-class NMS inside the detector keeps a "horse" and an "elephant" box on
+    the same elephant; for counting, an animal is an animal.
+    """
+    animals = [d for d in dets if d.category == "animal" and d.conf >= threshold]
+    if len(animals) < 2:
+        return animals
+    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d.bbox for d in animals)], np.float32)
+    keep = nms(xyxy, np.array([d.conf for d in animals], np.float32),
+               np.zeros(len(animals), np.int64), iou)
+    return [animals[i] for i in keep]
+
+
+def crop_with_margin(image: Image.Image, bbox, margin: float) -> Image.Image:
+    """The detection's box widened by ``margin`` of its size on each side (context helps CLIP)."""
+    w, h = image.size
+    x, y, bw, bh = bbox
+    x1, y1 = max(0.0, x - margin * bw), max(0.0, y - margin * bh)
+    x2, y2 = min(1.0, x + bw * (1 + margin)), min(1.0, y + bh * (1 + margin))
+    box = (int(x1 * w), int(y1 * h), max(int(x1 * w) + 1, int(x2 * w)),
+           max(int(y1 * h) + 1, int(y2 * h)))
+    return image.crop(box)
+
+
+class TrapJob:
+    """The per-photo work of ``traps run``, as a core :class:`Job`."""
+
+    def __init__(self, settings: TrapSettings):
+        self.s = settings
+        self.detector = load_model(settings.detector, kind="detector",
+                                   trust_checkpoint=settings.trust_checkpoint)
+        self.model = None
+        self.prompts: PromptSet | None = None
+        self.note = None
+        if settings.classifier:
+            try:
+                self.model = load_model(settings.classifier, kind="image-text",
+                                        trust_checkpoint=settings.trust_checkpoint)
+            except WeightsNotFoundError as e:
+                if not settings.allow_detector_labels:
+                    raise
+                self.note = ("classifier weights unavailable; classes are the detector's labels: "
+                             + str(e).splitlines()[0])
+        if self.model is not None:
+            self.prompts = load_prompts(settings.prompts or _default_prompts())
+            self.class_emb = self.prompts.class_embeddings(self.model)
+
+    @property
+    def fingerprint(self) -> dict:
+        s = self.s
+        fp = {"job": "traps", **self.detector.fingerprint, "threshold": s.threshold}
+        if self.model is not None:
+            prompts_text = json.dumps([c.__dict__ for c in self.prompts.classes], sort_keys=True)
+            fp.update(classifier=self.model.fingerprint, classify_on=s.classify_on,
+                      crop_margin=s.crop_margin, max_crops=s.max_crops,
+                      prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
+        return fp
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.prompts.names if self.prompts else []
+
+    def prepare(self, photo: DecodedPhoto):
+        image = photo.image
+        if max(image.size) > CROP_SOURCE_SIDE:
+            image = image.copy()
+            image.thumbnail((CROP_SOURCE_SIDE, CROP_SOURCE_SIDE), Image.Resampling.BILINEAR)
+        return self.detector.prepare(photo), image
+
+    def process(self, inputs: list, rows: list[dict]) -> list[dict]:
+        if not inputs:
+            return []
+        all_dets = self.detector.detect([x for x, _ in inputs])
+        results = []
+        for (_, image), dets in zip(inputs, all_dets, strict=True):
+            animals = count_animals(dets, self.s.threshold)
+            results.append({
+                "detections": json.dumps([d.as_dict() for d in dets if d.conf >= 0.05]),
+                "n_animals": len(animals),
+                "_animals": animals,
+                "_image": image,
+            })
+        if self.model is None:
+            for r in results:
+                top = r["_animals"][0] if r["_animals"] else None
+                r.update({"class": top.label if top else EMPTY,
+                          "class_prob": round(top.conf, 4) if top else None,
+                          "count": len(r["_animals"])})
+        else:
+            self._classify(results)
+        for r in results:
+            r["top_bbox"] = json.dumps(r["_animals"][0].as_dict()["bbox"]) if r["_animals"] else None
+            del r["_animals"], r["_image"]
+        return results
+
+    def _classify(self, results: list[dict]) -> None:
+        mode = self.s.classify_on
+        crops, owners, weights = [], [], []
+        for i, r in enumerate(results):
+            for d in r["_animals"][: self.s.max_crops] if mode in ("crops", "both") else []:
+                crops.append(self.model.prepare_image(crop_with_margin(r["_image"], d.bbox,
+                                                                       self.s.crop_margin)))
+                owners.append(i)
+                weights.append(d.conf)
+            if mode in ("photo", "both"):
+                crops.append(self.model.prepare_image(r["_image"]))
+                owners.append(i)
+                weights.append(0.5 if r["_animals"] else 1.0)
+        probs = np.zeros((len(results), len(self.class_names)), np.float32)
+        if crops:
+            emb = self.model.encode_images(crops)
+            p = classify(emb, self.prompts, self.class_emb, self.model.logit_scale)
+            np.add.at(probs, np.array(owners), p * np.array(weights, np.float32)[:, None])
+        background = self.prompts.background
+        names = self.class_names
+        for i, r in enumerate(results):
+            total = probs[i].sum()
+            if total <= 0:  # crops-only mode and nothing detected
+                r.update({"class": EMPTY, "class_prob": None, "count": 0})
+                r.update({f"p_{n}": None for n in names})
+                continue
+            p = probs[i] / total
+            k = int(p.argmax())
+            cls = names[k]
+            n = r["n_animals"]
+            if cls in background:
+                cls, count = EMPTY, (0 if n == 0 else n)
+            else:
+                # An animal the classifier sees but the detector did not count: count unknown.
+                count = n if n > 0 else None
+            r.update({"class": cls, "class_prob": round(float(p[k]), 4), "count": count})
+            r.update({f"p_{n_}": round(float(v), 4) for n_, v in zip(names, p, strict=True)})
+
+
+def _default_prompts() -> str:
+    from kadr.traps.prompts import EXAMPLE
+
+    return str(EXAMPLE)
+
+
+def per_photo_table(store_folder: str | Path) -> pd.DataFrame:
+    """The per-photo results as one frame, in camera/time order."""
+    df = read_shards(store_folder).to_pandas()
+    if df.empty:
+        return df
+    df["time"] = pd.to_datetime(df["time"])
+    return df.sort_values(["group", "time", "key"], kind="stable").reset_index(drop=True)
+
+
+def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
+    """Per camera: how often a photo's time is earlier than the previous photo's in file order.
+
+    Cameras number their files in shooting order, so a time going backwards
+    means the clock was reset or changed; registrations still use time order,
+    but the user should know.
+    """
+    out = {}
+    ok = table[(table["status"] == "ok") & table["time"].notna()]
+    for cam, g in ok.groupby("group"):
+        n = int((g.sort_values("key")["time"].diff() < pd.Timedelta(0)).sum())
+        if n:
+            out[str(cam)] = n
+    return out
+
+
+def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
+    """The per-photo table in the normalised schema that :mod:`events` reads."""
+    ok = df[df["status"] == "ok"]
+    frame = pd.DataFrame({
+        "camera": ok["group"], "file": ok["key"], "time": ok["time"], "class": ok["class"],
+        "count": ok["count"], "confidence": ok["class_prob"],
+    })
+    return normalise_photo_table(frame)
+
+
+def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
+    return Job(
+        name="traps",
+        prepare=trap.prepare,
+        process=trap.process,
+        min_side=max(trap.detector.size, trap.model.image_size * 2 if trap.model else 0),
+        batch_size=settings.batch_size,
+        empty_result={"detections": None, "n_animals": None, "class": None,
+                      "class_prob": None, "count": None, "top_bbox": None},
+    )
+
+
+def make_trap_job(settings: TrapSettings) -> Job:
+    """Builds the models and the job: what each Ray actor runs once."""
+    return trap_job(TrapJob(settings), settings)
+
+
+@staged
+def run_traps(photos: str, out: str, settings: TrapSettings,
+              engine: EngineOptions | None = None) -> tuple[RunSummary, pd.DataFrame]:
+    """The whole camera-trap job; returns the run summary and the registrations."""
+    out_dir = Path(out)
+    trap = TrapJob(settings)
+    collection = PhotoCollection(photos, group_level=settings.group_level,
+                                 group_column=settings.group_column)
+    job = trap_job(trap, settings)
+    with ShardStore(out_dir / "photos.store", trap.fingerprint) as store:
+        summary = run_job(collection, job, store, workers=settings.workers,
+                          time_pattern=settings.time_pattern, progress=settings.progress,
+                          engine=engine, job_factory=functools.partial(make_trap_job, settings))
+    table = per_photo_table(out_dir / "photos.store")
+    regs = write_outputs(table, out_dir, settings, trap, summary)
+    return summary, regs
+
+
+def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, trap: TrapJob,
+                  summary: RunSummary) -> pd.DataFrame:
+    from kadr.traps import export, report
+
+    events_input = photos_for_events(table)
+    regs = form_registrations(events_input, settings.method, settings.gap)
+    regs, table = export.link_events(regs, table)
+    atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
+    flat = table.copy()
+    flat["time"] = flat["time"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(out_dir / "photos.csv", flat.to_csv(index=False))
+    import pyarrow as pa
+
+    from kadr.core.store import atomic_write_table
+
+    atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(table, preserve_index=False))
+    names = trap.prompts.scientific_names() if trap.prompts else {}
+    export.write_megadetector_json(table, out_dir / "megadetector.json", trap.fingerprint)
+    export.write_camtrap_dp(table, regs, out_dir / "camtrap-dp", scientific_names=names,
+                            deployments_csv=settings.deployments, utc_offset=settings.utc_offset)
+    atomic_write_bytes(out_dir / "report.html",
+                       report.render(table, regs, summary, settings).encode("utf-8"))
+    failed = table[table["status"] != "ok"] if len(table) else table
+    atomic_write_text(out_dir / "summary.json", json.dumps({
+        "photos": len(table), "ok": len(table) - len(failed),
+        "failed": failed[["key", "status", "reason"]].to_dict("records") if len(failed) else [],
+        "skipped_files": summary.skipped_files, "empty_folders": summary.empty_groups,
+        "clock_jumps_back": clock_jumps(table),
+        "photos_without_exif_time": int((table["time_source"] != "exif").sum()) if len(table)
+        else 0,
+        "registrations": len(regs), "method": settings.method, "gap": settings.gap,
+        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
+    }, indent=2, default=str))
+    return regs
