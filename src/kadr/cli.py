@@ -22,6 +22,7 @@ from kadr.cli_common import (
     PathColumn,
     Quiet,
     RayAddress,
+    RetryFailed,
     TimePattern,
     Trust,
     Workers,
@@ -86,6 +87,7 @@ def embed(
     cpus_per_actor: CpusPerActor = 1.0,
     gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Image embeddings for every photo, as Parquet shards; re-runs resume."""
     from kadr.embed import embed_photos
@@ -94,7 +96,7 @@ def embed(
         source, str(output), model, batch_size=batch_size, workers=workers,
         group_level=group_level, group_column=group_column, path_column=path_column,
         max_pixels=max_pixels, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
-        progress=not quiet,
+        progress=not quiet, retry_failed=retry_failed,
         engine=engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor),
     ))
     finish(summary)

@@ -61,6 +61,9 @@ TimePattern = Annotated[
 Trust = Annotated[
     bool, typer.Option("--trust-checkpoint", help="allow pickled checkpoints that run code")
 ]
+RetryFailed = Annotated[bool, typer.Option(
+    "--retry-failed", help="try again every photo that failed before (by default only failures a "
+    "rerun may change are: I/O errors, missing files, model errors)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 

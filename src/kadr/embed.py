@@ -59,6 +59,7 @@ def embed_photos(
     trust_checkpoint: bool = False,
     progress: bool = True,
     engine: EngineOptions | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Embed every photo of ``source`` into Parquet shards under ``out``."""
     model = load_model(model_spec, kind="image-text", trust_checkpoint=trust_checkpoint)
@@ -70,7 +71,8 @@ def embed_photos(
     with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint}) as store:
         factory = functools.partial(make_embedding_job, model_spec, batch_size, trust_checkpoint)
         return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
-                       progress=progress, engine=engine, job_factory=factory, **kwargs)
+                       progress=progress, engine=engine, job_factory=factory,
+                       retry_failed=retry_failed, **kwargs)
 
 
 def read_text_lines(path: str) -> list[str]:

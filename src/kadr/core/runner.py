@@ -198,10 +198,23 @@ def load_ref(ref: PhotoRef, job: Job, max_pixels: int, time_pattern: str | None,
 
 
 def apply_batch(job: Job, rows: list[dict], inputs: list[Any]) -> list[dict]:
-    """The per-batch step both engines run: the job's results merged into the status rows."""
+    """The per-batch step both engines run: the job's results merged into the status rows.
+
+    When the model fails on a batch (out of memory, one odd photo), each photo
+    is tried alone; one that still fails gets the status ``process_error``,
+    which the next run tries again.
+    """
     ok_idx = [i for i, x in enumerate(inputs) if x is not None]
-    results = job.process([inputs[i] for i in ok_idx], [rows[i] for i in ok_idx])
-    by_idx = dict(zip(ok_idx, results, strict=True))
+    try:
+        results = job.process([inputs[i] for i in ok_idx], [rows[i] for i in ok_idx])
+        by_idx = dict(zip(ok_idx, results, strict=True))
+    except Exception:  # noqa: BLE001 - narrowed down photo by photo below
+        by_idx = {}
+        for i in ok_idx:
+            try:
+                by_idx[i] = job.process([inputs[i]], [rows[i]])[0]
+            except Exception as e:  # noqa: BLE001 - a per-photo status, retried on a rerun
+                rows[i]["status"], rows[i]["reason"] = "process_error", f"{type(e).__name__}: {e}"
     for i, row in enumerate(rows):
         row.update(by_idx.get(i, job.empty_result))
     return rows
@@ -256,6 +269,7 @@ def run_job(
     progress: bool = True,
     engine: EngineOptions | None = None,
     job_factory: Callable[[], Job] | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Run ``job`` over every photo not yet in ``store``; returns what happened.
 
@@ -263,9 +277,13 @@ def run_job(
     builds the job, models included) runs once per Ray actor, and the same
     :func:`load_ref` and :func:`apply_batch` run there; rows come back to this
     process, which writes the store exactly as the local engine does.
+
+    Photos that failed on an earlier run for a reason a rerun may change (an
+    I/O error, a missing file, a model error) are tried again; with
+    ``retry_failed`` every earlier failure is.
     """
     summary = RunSummary()
-    todo = _count_and_spool(collection, store.done_keys(), summary)
+    todo = _count_and_spool(collection, store.done_keys(retry_failed), summary)
 
     def record(rows: list[dict]) -> None:
         for row in rows:

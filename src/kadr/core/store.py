@@ -5,7 +5,9 @@ and written as whole shards (write to a temporary name, fsync, rename), so a
 run killed at any moment leaves only complete shards; the rows of the lost
 buffer are simply computed again on resume. Each row carries its input key,
 so a resumed run skips exactly the photos already stored: none is lost and
-none is written twice.
+none is written twice. A photo that is tried again (a failure on an earlier
+run) gets a new row in a new shard; the old row is then removed from its
+shard (rewritten atomically), so each key has one row, the newest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from kadr.core.remote import upload_now
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+# Failures that a rerun cannot change (the bytes themselves are bad). Any other
+# failure (an I/O error, a file not there yet, a model that ran out of memory) is
+# tried again on the next run; ``retry_failed`` tries these as well.
+PERMANENT_FAILURES = frozenset({"empty_file", "truncated", "not_an_image", "too_large",
+                                "decode_error"})
 
 
 class StoreLockedError(RuntimeError):
@@ -114,10 +123,12 @@ class ShardStore:
         atomic_write_text(meta_path, json.dumps({"fingerprint": self.fingerprint}, indent=2))
         existing = self.shard_paths()
         self._next_index = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+        self.drop_superseded_rows()  # a run killed between a retry and its clean-up
 
     def close(self, flush: bool = True) -> None:
         if flush:
             self.flush()
+            self.drop_superseded_rows()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -127,11 +138,45 @@ class ShardStore:
     def shard_paths(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
 
-    def done_keys(self) -> set[str]:
+    def _key_status(self, path: Path) -> tuple[list, list]:
+        names = pq.read_schema(path).names
+        t = pq.read_table(path, columns=["key", "status"] if "status" in names else ["key"])
+        keys = t.column("key").to_pylist()
+        return keys, t.column("status").to_pylist() if "status" in names else ["ok"] * len(keys)
+
+    def done_keys(self, retry_failed: bool = False) -> set[str]:
+        """Keys a run skips: stored ok, or failed for good (unless ``retry_failed``)."""
         keys: set[str] = set()
         for p in self.shard_paths():
-            keys.update(pq.read_table(p, columns=["key"]).column("key").to_pylist())
+            for key, status in zip(*self._key_status(p), strict=True):
+                if status == "ok" or (status in PERMANENT_FAILURES and not retry_failed):
+                    keys.add(key)
+                else:
+                    keys.discard(key)
         return keys
+
+    def drop_superseded_rows(self) -> int:
+        """Remove rows whose key has a newer row in a later shard; returns how many."""
+        latest: dict[str, int] = {}
+        stale: set[int] = set()
+        paths = self.shard_paths()
+        for i, p in enumerate(paths):
+            for key in self._key_status(p)[0]:
+                if key in latest:
+                    stale.add(latest[key])
+                latest[key] = i
+        dropped = 0
+        for i in sorted(stale):
+            table = pq.read_table(paths[i])
+            keep = pa.array([latest[k] == i for k in table.column("key").to_pylist()])
+            kept = table.filter(keep)
+            dropped += table.num_rows - kept.num_rows
+            if kept.num_rows:
+                atomic_write_table(paths[i], kept)
+                upload_now(paths[i])
+            else:
+                paths[i].unlink()
+        return dropped
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return read_shards(self.folder, columns)

@@ -239,6 +239,7 @@ class CaptionSettings:
     path_column: str | None = None
     group_column: str | None = None
     trust_checkpoint: bool = False
+    retry_failed: bool = False  # try every earlier failure again, not only transient ones
     progress: bool = True
 
 
@@ -299,7 +300,7 @@ def run_caption(source: str, out: str, settings: CaptionSettings,
     collection, _ = hotel_collection(source, out_dir, settings.path_column, settings.group_column)
     with ShardStore(out_dir / "captions.store", work.fingerprint) as store:
         summary = run_job(collection, work.job(), store, workers=settings.workers,
-                          progress=settings.progress, engine=engine,
+                          progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
                           job_factory=functools.partial(make_caption_job, settings))
     table = read_shards(out_dir / "captions.store").to_pandas()
     import pyarrow as pa

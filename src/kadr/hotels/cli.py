@@ -17,6 +17,7 @@ from kadr.cli_common import (
     PathColumn,
     Quiet,
     RayAddress,
+    RetryFailed,
     Trust,
     Workers,
     engine_options,
@@ -42,6 +43,7 @@ def profile(
     batch_size: Batch = 32,
     workers: Workers = 2,
     quiet: Quiet = False,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Rows vs unique photos, imbalance per hotel/chain/source, sizes, duplicates, rotated and
     off-topic photos: JSON, Parquet tables and a self-contained HTML page."""
@@ -50,7 +52,8 @@ def profile(
     settings = ProfileSettings(
         clip=None if clip.lower() == "none" else clip, near_distance=near_distance,
         fix_rotation=fix_rotation, path_column=path_column, group_column=group_column,
-        batch_size=batch_size, workers=workers, progress=not quiet)
+        batch_size=batch_size, workers=workers, progress=not quiet,
+        retry_failed=retry_failed)
     summary = guarded(lambda: run_profile(source, str(output), settings))
     finish(summary["_run"])
     if "skipped" in summary["model_checks"]:
@@ -87,6 +90,7 @@ def caption(
     cpus_per_actor: CpusPerActor = 1.0,
     gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Caption every photo CLIP-Interrogator style: a base caption plus ranked vocabulary."""
     from kadr.hotels.caption import CaptionSettings, run_caption
@@ -95,7 +99,7 @@ def caption(
         captioner=captioner, clip=clip, vocab=vocab, include=include, exclude=exclude, mode=mode,
         max_phrases=max_phrases, batch_size=batch_size, workers=workers, write_txt=txt,
         path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
-        progress=not quiet)
+        progress=not quiet, retry_failed=retry_failed)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
     summary, table = guarded(lambda: run_caption(source, str(output), settings, eng))
     finish(summary)
@@ -166,6 +170,7 @@ def restyle(
     cpus_per_actor: CpusPerActor = 1.0,
     gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Restyle rooms for an audience: text-prompted masks, inpainting, before/after pairs."""
     from kadr.core.masks import MaskOps
@@ -177,7 +182,8 @@ def restyle(
         guidance=guidance, refine=refine, composite=composite, whole_photo=whole_photo,
         captions=captions,
         mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
-        prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet)
+        prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet,
+        retry_failed=retry_failed)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
     summary, table = guarded(lambda: run_restyle(source, str(output), settings, eng))
     finish(summary)

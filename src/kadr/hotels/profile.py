@@ -51,6 +51,7 @@ class ProfileSettings:
     path_column: str | None = None
     group_column: str | None = None
     fix_rotation: bool = False
+    retry_failed: bool = False  # try every earlier failure again, not only transient ones
     progress: bool = True
 
 
@@ -283,7 +284,7 @@ def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
               batch_size=settings.batch_size)
     with ShardStore(out_dir / "photos.store", profile_job.fingerprint) as store:
         run_summary = run_job(collection, job, store, workers=settings.workers,
-                              progress=settings.progress)
+                              progress=settings.progress, retry_failed=settings.retry_failed)
     photos = read_shards(out_dir / "photos.store").to_pandas()
     dups = duplicates(photos, settings.near_distance)
     summary = summarise(photos, settings, profile_job.note)

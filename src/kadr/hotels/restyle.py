@@ -130,6 +130,7 @@ class RestyleSettings:
     mask_ops: MaskOps = field(default_factory=MaskOps)
     prompt_writer: PromptWriter = field(default_factory=PromptWriter)
     path_column: str | None = None
+    retry_failed: bool = False  # try every earlier failure again, not only transient ones
     progress: bool = True
 
 
@@ -293,7 +294,7 @@ def run_restyle(source: str, out: str, settings: RestyleSettings,
     collection, _ = hotel_collection(source, out_dir, settings.path_column)
     with ShardStore(out_dir / "restyle.store", restyler.fingerprint) as store:
         summary = run_job(collection, restyle_job(restyler), store, workers=1,
-                          progress=settings.progress, engine=engine,
+                          progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
                           job_factory=functools.partial(make_restyle_job, settings, out_dir))
     table = read_shards(out_dir / "restyle.store").to_pandas()
     atomic_write_text(out_dir / "restyle.csv", table.to_csv(index=False))

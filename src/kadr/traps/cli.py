@@ -18,6 +18,7 @@ from kadr.cli_common import (
     GroupLevel,
     Quiet,
     RayAddress,
+    RetryFailed,
     TimePattern,
     Trust,
     Workers,
@@ -66,6 +67,7 @@ def run(
     cpus_per_actor: CpusPerActor = 1.0,
     gpus_per_actor: GpusPerActor = 0.0,
     quiet: Quiet = False,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """The whole job: detections, counts, species, registrations, exports and an HTML report."""
     from kadr.traps.pipeline import TrapSettings, run_traps
@@ -77,6 +79,7 @@ def run(
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
         batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
+        retry_failed=retry_failed,
         deployments=deployments, utc_offset=utc_offset,
         allow_detector_labels=allow_detector_labels,
     )

@@ -49,6 +49,7 @@ class TrapSettings:
     group_column: str | None = None  # for manifests: the column naming the camera
     time_pattern: str | None = None
     trust_checkpoint: bool = False
+    retry_failed: bool = False  # try every earlier failure again, not only transient ones
     progress: bool = True
     allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
     deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
@@ -262,6 +263,7 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
     with ShardStore(out_dir / "photos.store", trap.fingerprint) as store:
         summary = run_job(collection, job, store, workers=settings.workers,
                           time_pattern=settings.time_pattern, progress=settings.progress,
+                          retry_failed=settings.retry_failed,
                           engine=engine, job_factory=functools.partial(make_trap_job, settings))
     table = per_photo_table(out_dir / "photos.store")
     regs = write_outputs(table, out_dir, settings, trap, summary)
