@@ -141,3 +141,49 @@ def test_cluster_command_on_real_caption_output(rooms, tmp_path):
         assert c["label"] in set(members["text"]), "the label is a member's caption"
     html = (out / "map.html").read_text()
     assert "plotly_click" in html and "<script src=" not in html
+
+
+def _caption_table(tmp_path, captions: list[str], extra_rows=()) -> str:
+    from tests.conftest import jpeg_bytes
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = []
+    for i, caption in enumerate(captions):
+        p = photos / f"p{i:02d}.jpg"
+        p.write_bytes(jpeg_bytes(size=(96, 72), seed=i))
+        rows.append({"key": f"p{i:02d}", "path": str(p), "caption": caption, "status": "ok"})
+    for key, path, caption in extra_rows:
+        rows.append({"key": key, "path": str(path), "caption": caption, "status": "ok"})
+    table = tmp_path / "captions.parquet"
+    pd.DataFrame(rows).to_parquet(table)
+    return str(table)
+
+
+@pytest.mark.parametrize("embed", ["image", "both"])
+def test_cluster_images_with_a_repeated_photo_and_a_broken_one(tmp_path, embed):
+    from tests.conftest import jpeg_bytes
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpeg_bytes(seed=99)[:200])
+    captions = [f"a {w} room" for w in ("red", "blue", "green", "white", "dark", "bright")] * 2
+    table = _caption_table(tmp_path, captions, [
+        ("p00-again", tmp_path / "photos" / "p00.jpg", "a red room"),  # one image id, two rows
+        ("broken", broken, "a room")])
+    out = tmp_path / "themes"
+    s = run_cluster(table, str(out), ClusterSettings(clip=TINY_CLIP, embed=embed, progress=False))
+    assign = pd.read_parquet(out / "assignments.parquet")
+    assert s["photos"] == len(assign) == 13, "both rows of the repeated photo are assigned"
+    a = assign.set_index("key")
+    assert a.loc["p00", "cluster"] == a.loc["p00-again", "cluster"]
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert list(skipped["key"]) == ["broken"] and "could not be embedded" in skipped["skipped_because"][0]
+
+
+def test_cluster_identical_captions_give_one_theme_not_a_crash(tmp_path):
+    table = _caption_table(tmp_path, ["a room"] * 20)
+    out = tmp_path / "themes"
+    s = run_cluster(table, str(out), ClusterSettings(clip=TINY_CLIP, progress=False))
+    assert s["clusters"] == 1 and s["noise"] == 0
+    assert "only 1 distinct" in s["reduction"]
+    assert pd.read_parquet(out / "clusters.parquet")["label"].tolist() == ["a room"]

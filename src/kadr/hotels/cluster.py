@@ -155,7 +155,20 @@ def label_clusters(labels: np.ndarray, emb: np.ndarray, texts: list[str], keys: 
 
 
 def themes(emb: np.ndarray, settings: ClusterSettings):
-    """Reduce, cluster (on the fitted sample when the input is large), propagate labels."""
+    """Reduce, cluster (on the fitted sample when the input is large), propagate labels.
+
+    Input with fewer distinct embeddings than a theme needs (every caption the
+    same: a degenerate caption model, a collection of one scene) is not
+    reduced at all (t-SNE divides by zero there): each distinct embedding is
+    one theme, and the note says so.
+    """
+    distinct, inverse = np.unique(emb.round(5), axis=0, return_inverse=True)
+    if len(distinct) <= max(2, settings.min_samples):
+        angle = 2 * np.pi * inverse.ravel() / len(distinct)
+        coords = np.c_[np.cos(angle), np.sin(angle)].astype(np.float32) * (len(distinct) > 1)
+        note = (f"all {len(emb):,} photos have only {len(distinct)} distinct embedding(s), too few "
+                "to reduce or cluster: each distinct one is a theme")
+        return inverse.ravel().astype(int), coords, note, {"method": "none (degenerate input)"}
     coords, note, fit_idx = reduce_with_sample(emb, settings.reduce, settings.max_fit,
                                                settings.seed)
     fit_labels, params = cluster_points(coords[fit_idx], settings.cluster, settings.eps,
@@ -176,8 +189,11 @@ def _load_input(path: str) -> pd.DataFrame:
     return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
 
 
-def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path) -> np.ndarray:
+def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings to cluster and, per row, whether it has one (its photo could be embedded)."""
     parts = []
+    usable = np.ones(len(df), bool)
     if settings.embed in ("caption", "both"):
         from kadr.core.text_cache import text_embeddings
 
@@ -190,15 +206,20 @@ def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path) -
             from kadr.core.store import read_shards
             from kadr.embed import embed_photos
 
+            # Each file once (a photo listed twice is embedded once), failures left out.
             manifest = out_dir / "image_manifest.csv"
-            atomic_write_text(manifest, df[["path"]].to_csv(index=False))
+            atomic_write_text(manifest, df[["path"]].drop_duplicates().to_csv(index=False))
             embed_photos(str(manifest), str(out_dir / "image.store"), settings.clip,
                          progress=settings.progress)
-            img = read_shards(out_dir / "image.store").to_pandas().set_index("path")
-            parts.append(np.stack(img.loc[df["path"], "embedding"].to_numpy()).astype(np.float32))
+            img = read_shards(out_dir / "image.store", ["path", "status", "embedding"]).to_pandas()
+            img = img[img["status"] == "ok"].drop_duplicates("path").set_index("path")["embedding"]
+            usable &= df["path"].isin(img.index).to_numpy()
+            dim = len(img.iloc[0]) if len(img) else 1
+            parts.append(np.stack([np.asarray(img[p], np.float32) if ok else np.zeros(dim, np.float32)
+                                   for p, ok in zip(df["path"], usable, strict=True)]))
     if not parts:
         raise ValueError("--embed must be caption, image or both")
-    return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
+    return np.concatenate(parts, axis=1) / np.sqrt(len(parts)), usable
 
 
 @staged
@@ -207,13 +228,21 @@ def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     df = _load_input(input_path)
     if "status" in df:
-        skipped = df[df["status"] != "ok"]
+        skipped = df[df["status"] != "ok"].assign(skipped_because="its row's status is not ok")
         df = df[df["status"] == "ok"].reset_index(drop=True)
     else:
-        skipped = df.iloc[:0]
+        skipped = df.iloc[:0].assign(skipped_because="")
     if len(df) < settings.min_samples + 1:
         raise ValueError(f"{len(df)} usable rows: too few to cluster")
-    emb = embeddings_for(df, settings, out_dir)
+    emb, usable = embeddings_for(df, settings, out_dir)
+    if not usable.all():
+        skipped = pd.concat([skipped, df[~usable].assign(
+            skipped_because="the photo could not be embedded (see image.store)")])
+        df, emb = df[usable].reset_index(drop=True), emb[usable]
+    if len(df) == 0:
+        raise ValueError("no photo could be embedded: nothing to cluster")
+    atomic_write_text(out_dir / "skipped.csv", skipped.drop(
+        columns=[c for c in ("embedding",) if c in skipped]).to_csv(index=False))
     labels, coords, reduce_note, params = themes(emb, settings)
     phrases = None
     if "phrases" in df:
