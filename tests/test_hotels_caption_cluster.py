@@ -187,3 +187,21 @@ def test_cluster_identical_captions_give_one_theme_not_a_crash(tmp_path):
     assert s["clusters"] == 1 and s["noise"] == 0
     assert "only 1 distinct" in s["reduction"]
     assert pd.read_parquet(out / "clusters.parquet")["label"].tolist() == ["a room"]
+
+
+def test_map_escapes_photo_keys_and_captions(tmp_path):
+    from kadr.hotels.cluster import render_map
+    from tests.conftest import jpeg_bytes
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(jpeg_bytes(size=(64, 48)))
+    evil = "</script><script>alert('key')</script>"
+    assign = pd.DataFrame({"key": [evil, "b"], "path": [str(photo)] * 2, "x": [0.0, 1.0],
+                           "y": [0.0, 1.0], "cluster": [0, 0],
+                           "text": ["<img src=x onerror=alert(1)>", "ok"]})
+    clusters = pd.DataFrame({"cluster": [0], "size": [2], "label": ["<b>bold</b>"],
+                             "phrases": ["[]"]})
+    page = render_map(assign, clusters, {"clusters": 1, "noise": 0, "reduction": "<i>r</i>"})
+    assert "<script>alert('key')" not in page
+    assert "<img src=x onerror" not in page and "<b>bold</b>" not in page
+    assert page.count("<script") == page.count("</script>"), "no element was ended early"

@@ -272,7 +272,7 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
     """Plotly scatter (inlined), hover shows caption and thumbnail, click opens the gallery."""
     import plotly.graph_objects as go
 
-    from kadr.hotels.report import page, thumbnail
+    from kadr.hotels.report import page, script_json, thumbnail
 
     rng = np.random.default_rng(0)
     thumb_idx = set(rng.choice(len(assign), min(len(assign), max_thumbs), replace=False).tolist())
@@ -308,7 +308,7 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
     body = (fig.to_html(full_html=False, include_plotlyjs=False, div_id="map")
             + "<div id='hover' style='position:fixed;right:10px;top:10px'></div>"
             + "".join(galleries) + "<h2>Themes</h2>" + table
-            + f"<script>const THUMBS={json.dumps(thumbs)};"
+            + f"<script>const THUMBS={script_json(thumbs)};"
             + """const m=document.getElementById('map');
 m.on('plotly_hover',e=>{const k=e.points[0].customdata[0];const s=THUMBS[k];
  document.getElementById('hover').innerHTML=s?`<img src="${s}">`:'';});

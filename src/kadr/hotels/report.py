@@ -19,6 +19,16 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 .grid img{width:160px;height:120px;object-fit:cover}"""
 
 
+def script_json(value) -> str:
+    """JSON that is safe inside a <script> element, whatever strings it holds (photo keys, captions).
+
+    ``<``, ``>`` and ``&`` become ``\\u`` escapes: the same data to JavaScript, but no
+    ``</script>`` or ``<!--`` can end the element early and inject markup.
+    """
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def page(title: str, body: str, with_plotly: bool = True) -> str:
     script = ""
     if with_plotly:
