@@ -48,8 +48,8 @@ def assert_only_masked_pixels_changed(row: dict, settings: RestyleSettings) -> N
     for o in json.loads(row["outputs"]):
         after = np.asarray(Image.open(o["edited"]).convert("RGB"), dtype=np.int16)
         assert after.shape == original.shape, "the result is at the photo's own size"
-        # JPEG re-encoding of the saved result: allow its small differences outside.
-        assert np.percentile(np.abs(after - original)[~feathered], 99) <= 12
+        assert o["edited"].endswith(".png"), "edits are saved losslessly"
+        assert (after == original)[~feathered].all(), "outside the masks the saved edit is the input"
         assert np.abs(after - original)[union].mean() > 5, "inside the mask it changed"
 
 
@@ -192,3 +192,21 @@ def test_whole_photo_img2img_mode(room_photos, tmp_path):
     assert len(ok) == 4
     assert all(json.loads(r)["whole photo"]["mask"] is None for r in ok["prompts"])
     assert all(len(json.loads(o)) == 1 for o in ok["outputs"])
+
+
+def test_resume_with_other_whole_photo_or_prompt_writer_is_refused(room_photos, tmp_path):
+    from kadr.core.store import StoreMismatchError
+    from kadr.hotels.restyle import PromptWriter
+
+    one = tmp_path / "one"
+    one.mkdir()
+    first = sorted(room_photos.glob("*.jpg"))[0]
+    (one / first.name).write_bytes(first.read_bytes())
+    out = tmp_path / "out"
+    base = dict(pipeline=TINY_SD, segmenter=yolox_boxes(), steps=1, progress=False)
+    run_restyle(str(one), str(out), RestyleSettings(**base))
+    with pytest.raises(StoreMismatchError):
+        run_restyle(str(one), str(out), RestyleSettings(**base, whole_photo=True))
+    with pytest.raises(StoreMismatchError):
+        run_restyle(str(one), str(out), RestyleSettings(
+            **base, prompt_writer=PromptWriter(base_url="http://127.0.0.1:9/v1")))

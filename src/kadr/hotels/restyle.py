@@ -183,7 +183,10 @@ class Restyler:
                                                                        default=str),
                 "variants": s.variants, "seed": s.seed, "strength": s.strength, "steps": s.steps,
                 "guidance": s.guidance, "refine": s.refine, "composite": s.composite,
-                "mask": s.mask_ops.__dict__}
+                "mask": s.mask_ops.__dict__, "whole_photo": s.whole_photo,
+                # Prompts written by an LLM differ from the templates (the key is not stored).
+                "prompt_writer": {"base_url": s.prompt_writer.base_url,
+                                  "model": s.prompt_writer.model if s.prompt_writer.base_url else None}}
 
     def prepare(self, photo: DecodedPhoto) -> Image.Image:
         return photo.image
@@ -241,9 +244,10 @@ class Restyler:
                 refined = self.painter.inpaint(current, mask_img, a.style, a.negative, s.steps,
                                                s.refine, s.guidance, seed)
                 current = paste_inside(current, refined, union)
-            edit_path = self.out / "edits" / f"{stem}__v{v + 1}.jpg"
+            # Lossless, so that outside the masks the saved edit is exactly the input photo.
+            edit_path = self.out / "edits" / f"{stem}__v{v + 1}.png"
             pair_path = self.out / "pairs" / f"{stem}__v{v + 1}.jpg"
-            _save_jpeg(edit_path, current)
+            _save_png(edit_path, current)
             _save_jpeg(pair_path, side_by_side(image, current))
             outputs.append({"variant": v + 1, "seed": seed, "edited": str(edit_path),
                             "before_after": str(pair_path)})
