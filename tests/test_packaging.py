@@ -1,6 +1,7 @@
 """The built wheel carries everything a `pip install` user needs (vocabularies, audiences, configs)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,13 @@ from tests.conftest import ROOT, jpeg_bytes
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of what a release holds, so the build leaves nothing in the work tree.
+    source = tmp / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / name, source / name)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-q", "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True)
+                        "-q", "-w", str(tmp / "dist"), str(source)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     wheel = next((tmp / "dist").glob("kadr-*.whl"))
     target = tmp / "site"

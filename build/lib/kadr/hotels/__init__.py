@@ -1,1 +1,0 @@
-"""Hotel photos: profile a collection, caption it CLIP-Interrogator style, group it into themes."""

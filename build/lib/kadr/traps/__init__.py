@@ -1,1 +1,0 @@
-"""Camera traps: detect and count animals, name species zero-shot, form registrations."""
