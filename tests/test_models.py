@@ -106,3 +106,15 @@ def test_models_command_lists_backends_and_test_models():
         assert backend in r.stdout
     assert "kadr-tiny-clip@random" in r.stdout and "kadr/tiny-sd@random" in r.stdout
     assert "models run on: " in r.stdout
+
+
+def test_importing_the_cli_loads_no_heavy_library():
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "diffusers", "open_clip", "ray", "plotly")
+    code = ("import sys, kadr.cli, kadr.embed; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"loaded at start-up: {r.stdout}"

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from kadr.core.collection import PhotoCollection
-from kadr.core.models import ImageTextModel, load_model
+from kadr.core.models import load_model
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
 from kadr.core.store import ShardStore, atomic_write_table
 from kadr.core.text_cache import text_embeddings
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    from kadr.core.models.image_text import ImageTextModel
 
 
 def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
