@@ -81,10 +81,8 @@ class HFClipBackend:
                       max_length=context, return_tensors="pt").to(module_device(model))
             return model.get_text_features(**enc)
 
-        wrapped = self._wrap(spec, model, from_hf_image_processor(processor.image_processor),
-                             encode_text, context)
-        wrapped.token_count_fn = lambda text: len(tok(text)["input_ids"])
-        return wrapped
+        return self._wrap(spec, model, from_hf_image_processor(processor.image_processor),
+                          encode_text, context, lambda text: len(tok(text)["input_ids"]))
 
     def _random(self, spec: ModelSpec) -> ImageTextModel:
         from transformers import CLIPConfig, CLIPModel
@@ -110,7 +108,8 @@ class HFClipBackend:
         return self._wrap(spec, model, ImagePreprocess(size=(size, size)), encode_text, 77)
 
     @staticmethod
-    def _wrap(spec, model, preprocess: ImagePreprocess, encode_text, context: int) -> ImageTextModel:
+    def _wrap(spec, model, preprocess: ImagePreprocess, encode_text, context: int,
+              count_tokens=None) -> ImageTextModel:
         model.to(torch_device())  # in place; the encoders find it through module_device
 
         def encode_image(x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +129,7 @@ class HFClipBackend:
             modules=[model],
             logit_scale=float(model.logit_scale.detach().exp()),
             context_length=context,
+            token_count_fn=count_tokens,
         )
 
 

@@ -48,8 +48,11 @@ def images_to_tensor(
 
 
 @functools.lru_cache(maxsize=1)
-def _clip_bpe(cls):
-    return cls()
+def _clip_bpe():
+    """OpenAI's CLIP BPE (open_clip's copy), built once: the token count for models without their own."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
 
 
 @dataclass
@@ -69,9 +72,7 @@ class ImageTextModel:
         """Tokens the model's tokenizer makes of ``text`` (what ``context_length`` limits)."""
         if self.token_count_fn is not None:
             return self.token_count_fn(text)
-        from open_clip.tokenizer import SimpleTokenizer  # OpenAI's CLIP BPE
-
-        return len(_clip_bpe(SimpleTokenizer).encode(text)) + 2
+        return len(_clip_bpe().encode(text)) + 2
 
     @property
     def image_size(self) -> int:
