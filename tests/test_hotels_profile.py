@@ -108,3 +108,45 @@ def test_fix_rotation_writes_upright_copies(tmp_path):
         copy = Image.open(out / "upright" / f"{r['key'].rsplit('.', 1)[0]}.jpg")
         if r["rotation_needed"] in (90, 270):
             assert copy.size == original.size[::-1]
+
+
+def _family_table(families: int, size: int, turned: dict[int, int], seed: int = 0) -> pd.DataFrame:
+    """Perceptual-hash rows of ``families`` pictures, ``size`` copies each; copy ``m``
+    of each is stored turned by ``turned[m]`` degrees (the rest upright), a few bits flipped."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for f in range(families):
+        views = rng.integers(0, 2**63, 4, dtype=np.int64)  # hash of the picture turned by 0..270
+        for m in range(size):
+            stored = turned.get(m, 0)
+            row = {"key": f"f{f}/m{m}.jpg", "status": "ok", "photo_id": f"{f}-{m}",
+                   "truth": (360 - stored) % 360}
+            for r in (0, 90, 180, 270):
+                h = int(views[((stored + r) // 90) % 4]) ^ (1 << int(rng.integers(0, 64)))
+                row[f"phash_{r}"] = f"{h:016x}"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_only_the_minority_orientation_of_a_family_is_rotated():
+    from kadr.hotels.profile import duplicates
+
+    table = _family_table(200, 10, {3: 90, 7: 270})
+    dups = duplicates(table, max_distance=4).merge(table[["key", "truth"]], on="key")
+    assert len(dups) == 2000 and dups["group"].nunique() == 200, "every family is one group"
+    rotated = dups[dups["kind"] == "rotated"]
+    assert len(rotated) == 400, "two of each ten are turned; the upright eight are not"
+    assert (dups["rotation"] == dups["truth"]).all(), "each copy gets the turn that makes it upright"
+    assert set(dups.loc[dups["kind"] != "rotated", "kind"]) == {"near"}
+
+
+def test_family_tie_goes_to_a_confident_clip_vote():
+    from kadr.hotels.profile import duplicates
+
+    table = _family_table(1, 2, {0: 90})  # the first row is the turned one
+    plain = duplicates(table, max_distance=4)
+    assert list(plain["rotation"]) == [0, 90], "without CLIP, the first row's orientation"
+    table["rotation_needed"] = [270, 0]
+    table["rotation_confidence"] = [0.9, 0.8]
+    voted = duplicates(table, max_distance=4).set_index("key")["rotation"]
+    assert voted["f0/m0.jpg"] == 270 and voted["f0/m1.jpg"] == 0

@@ -172,29 +172,60 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_distance: int) -> set[tuple[int
     return pairs
 
 
-def _components(n: int, pairs) -> np.ndarray:
-    """Connected components (union-find) of ``n`` items linked by ``pairs``."""
-    parent = list(range(n))
+def _families(n: int, edges: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Connected families of ``n`` photos and each member's orientation within its family.
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    ``edges`` are ``(i, j, r)``: photo ``i`` turned by ``r`` degrees
+    (counter-clockwise) looks like photo ``j``. Returns the family root of
+    every photo and ``turn[i]``, the rotation that brings ``i`` to the
+    orientation of its root (rotations compose by adding angles).
+    """
+    # neighbours[j] holds (i, r): turning i by r gives j.
+    neighbours: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for i, j, r in edges:
+        neighbours[j].append((i, r))
+        neighbours[i].append((j, (360 - r) % 360))
+    root = np.full(n, -1, dtype=np.int64)
+    turn = np.zeros(n, dtype=np.int64)
+    for start in range(n):
+        if root[start] >= 0:
+            continue
+        root[start] = start
+        stack = [start]
+        while stack:
+            j = stack.pop()
+            for i, r in neighbours[j]:
+                if root[i] < 0:
+                    # turning i by r gives j; turning j by turn[j] gives the root.
+                    root[i], turn[i] = start, (r + turn[j]) % 360
+                    stack.append(i)
+    return root, turn
 
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)])
+
+def _upright_turn(members: np.ndarray, turn: np.ndarray, clip_turn: np.ndarray | None) -> int:
+    """The family orientation taken as upright: the one most members share; a tie
+    goes to the orientation the CLIP check confirms most often, then to the first row's."""
+    angles, counts = np.unique(turn[members], return_counts=True)
+    tied = angles[counts == counts.max()]
+    if len(tied) > 1 and clip_turn is not None:
+        # Candidate upright orientation a means member i needs (turn[i] - a) to be upright.
+        votes = [int(np.sum(clip_turn[members] == (turn[members] - a) % 360)) for a in tied]
+        tied = tied[np.array(votes) == max(votes)]
+    first = turn[members.min()]
+    return int(first) if first in tied else int(tied[0])
 
 
-def duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
-    """Duplicate photos: ``exact`` (same bytes), ``near`` (upright perceptual hashes
-    within ``max_distance`` bits) and ``rotated`` (a copy turned by 90/180/270 degrees).
+def duplicates(photos: pd.DataFrame, max_distance: int,
+               rotation_threshold: float = 0.5) -> pd.DataFrame:
+    """Duplicate photos, grouped into families of copies of one picture.
 
-    ``group`` joins all photos linked by any of these; ``rotation`` says how far
-    a rotated copy must be turned (counter-clockwise) to match its group.
+    Members are linked when their bytes are the same, their upright perceptual
+    hashes are within ``max_distance`` bits, or one turned by 90/180/270
+    degrees matches the other. Within a family the orientation most members
+    share is upright (ties: the CLIP check's confident votes, then the first
+    row). Each member's ``kind`` is ``rotated`` (``rotation`` says how far to
+    turn it counter-clockwise to be upright), else ``exact`` (same bytes as
+    another member) or ``near`` (an upright copy that differs in its bytes).
     """
     cols = ["key", "kind", "group", "rotation"]
     ok = photos[photos["status"] == "ok"].reset_index(drop=True)
@@ -202,25 +233,31 @@ def duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     hashes = {r: ok[f"phash_{r}"].map(lambda s: int(s, 16)).to_numpy(np.uint64) for r in ROTATIONS}
     pid = ok["photo_id"].to_numpy()
-    near = {(i, j) for i, j in hash_pairs(hashes[0], hashes[0], max_distance) if i < j}
-    rotated: dict[int, int] = {}
-    links = set(near)
+    edges = [(i, j, 0) for i, j in hash_pairs(hashes[0], hashes[0], max_distance) if i < j]
+    linked = {(i, j) for i, j, _ in edges}
     for r in ROTATIONS[1:]:
-        for i, j in hash_pairs(hashes[r], hashes[0], max_distance):
-            if i != j and (min(i, j), max(i, j)) not in near:
-                rotated.setdefault(i, r)
-                links.add((min(i, j), max(i, j)))
-    exact_groups = ok.groupby("photo_id").size()
-    exact = set(ok.index[ok["photo_id"].map(exact_groups) > 1])
+        edges += [(i, j, r) for i, j in hash_pairs(hashes[r], hashes[0], max_distance)
+                  if i != j and (min(i, j), max(i, j)) not in linked]
     first = ok.reset_index().groupby("photo_id")["index"].min()
-    links |= {(int(first[pid[i]]), i) for i in exact if first[pid[i]] != i}
-    comp = _components(len(ok), links)
-    in_near = {i for p in near for i in p if pid[p[0]] != pid[p[1]]}
+    same_bytes = pid == first.reindex(pid).to_numpy()
+    edges += [(int(first[pid[i]]), i, 0) for i in np.flatnonzero(~same_bytes)]
+    root, turn = _families(len(ok), edges)
+    clip_turn = None
+    if "rotation_needed" in ok and ok["rotation_needed"].notna().any():
+        confident = ok["rotation_confidence"].fillna(0).to_numpy() >= rotation_threshold
+        clip_turn = np.where(confident, ok["rotation_needed"].fillna(-1).to_numpy(), -1)
+    exact = ok["photo_id"].duplicated(keep=False).to_numpy()
     rows = []
-    for i in sorted(exact | in_near | set(rotated)):
-        kind = "rotated" if i in rotated else ("near" if i in in_near else "exact")
-        rows.append({"key": ok.at[i, "key"], "kind": kind, "group": pid[comp[i]],
-                     "rotation": rotated.get(i, 0)})
+    for members in pd.Series(np.arange(len(ok))).groupby(root).indices.values():
+        if len(members) < 2:
+            continue
+        upright = _upright_turn(members, turn, clip_turn)
+        group = pid[members.min()]
+        for i in sorted(members):
+            rotation = int((turn[i] - upright) % 360)
+            kind = "rotated" if rotation else ("exact" if exact[i] else "near")
+            rows.append({"key": ok.at[i, "key"], "kind": kind, "group": group,
+                         "rotation": rotation})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -286,7 +323,7 @@ def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
         run_summary = run_job(collection, job, store, workers=settings.workers,
                               progress=settings.progress, retry_failed=settings.retry_failed)
     photos = read_shards(out_dir / "photos.store").to_pandas()
-    dups = duplicates(photos, settings.near_distance)
+    dups = duplicates(photos, settings.near_distance, settings.rotation_threshold)
     summary = summarise(photos, settings, profile_job.note)
     summary["source_kind"] = kind
     summary["duplicates"] = {k: int(v) for k, v in dups["kind"].value_counts().items()}
