@@ -150,3 +150,19 @@ def test_family_tie_goes_to_a_confident_clip_vote():
     table["rotation_confidence"] = [0.9, 0.8]
     voted = duplicates(table, max_distance=4).set_index("key")["rotation"]
     assert voted["f0/m0.jpg"] == 270 and voted["f0/m1.jpg"] == 0
+
+
+def test_rotation_check_sees_the_photo_at_the_model_input_size():
+    from kadr.core.decode import decode_photo
+    from kadr.hotels.profile import ProfileJob
+
+    job = ProfileJob(ProfileSettings(clip="open_clip:PE-Core-T-16-384@random", progress=False))
+    assert job.model.image_size == 384
+    path = sorted(shared_path("data", "camtrap-dp-1.0.2", "example", "media").glob("*.JPG"))[0]
+    photo = decode_photo(path.read_bytes())  # 2048 x 1440
+    _, arrays = job.prepare(photo)
+    for r, array in zip((0, 90, 180, 270), arrays, strict=True):
+        turned = photo.image.rotate(r, expand=True)
+        direct = job.model.prepare_image(turned)
+        diff = np.abs(array.astype(float) - direct.astype(float)).mean()  # levels of 255
+        assert diff < 1.0, f"{r} degrees: not the model's own view"

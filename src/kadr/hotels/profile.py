@@ -59,6 +59,15 @@ def _phash(image: Image.Image) -> int:
     return int(str(imagehash.phash(image)), 16)
 
 
+def _shrink_to_short_side(image: Image.Image, side: int) -> Image.Image:
+    """A copy whose shorter side is ``side`` (the image itself when already no larger)."""
+    scale = side / min(image.size)
+    if scale >= 1:
+        return image
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
 class ProfileJob:
     def __init__(self, settings: ProfileSettings):
         self.s = settings
@@ -84,9 +93,13 @@ class ProfileJob:
         img = photo.image
         small = img.copy()
         small.thumbnail((256, 256), Image.Resampling.BILINEAR)
-        rotated = [small if r == 0 else small.rotate(r, expand=True) for r in ROTATIONS]
-        hashes = [_phash(r) for r in rotated]
-        arrays = [self.model.prepare_image(r) for r in rotated] if self.model else None
+        hashes = [_phash(small if r == 0 else small.rotate(r, expand=True)) for r in ROTATIONS]
+        if self.model is None:
+            return hashes, None
+        # The model sees each orientation at its own input size, not the hash's 256 px copy.
+        view = _shrink_to_short_side(img, self.model.image_size)
+        arrays = [self.model.prepare_image(view if r == 0 else view.rotate(r, expand=True))
+                  for r in ROTATIONS]
         return hashes, arrays
 
     def process(self, inputs: list, rows: list[dict]) -> list[dict]:
