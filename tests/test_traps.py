@@ -1,3 +1,4 @@
+import io
 import json
 import shutil
 
@@ -162,3 +163,34 @@ def test_events_read_megadetector_json_and_detector_label_fallback(d04_camera, t
 
     with pytest.raises(WeightsNotFoundError):
         run_traps(str(d04_camera), str(tmp_path / "o2"), settings)
+
+
+def test_animal_crops_keep_the_whole_animal_at_full_resolution():
+    from PIL import Image, ImageDraw
+
+    from kadr.core.decode import decode_photo
+    from kadr.traps.pipeline import TrapJob
+
+    trap = TrapJob(TrapSettings(detector=yolox(), classifier=TINY_CLIP, progress=False))
+    canvas = Image.new("RGB", (4000, 3000), (120, 120, 120))
+    draw = ImageDraw.Draw(canvas)
+    # A long animal: red head, green body, blue tail, 2000 x 200 px.
+    draw.rectangle((1000, 1400, 1399, 1599), fill=(255, 0, 0))
+    draw.rectangle((1400, 1400, 2599, 1599), fill=(0, 255, 0))
+    draw.rectangle((2600, 1400, 2999, 1599), fill=(0, 0, 255))
+    # A distant animal: a 32 x 32 px checkerboard of 2 px squares.
+    for y in range(200, 232, 2):
+        for x in range(3000 + (y // 2 % 2) * 2, 3032, 4):
+            draw.rectangle((x, y, x + 1, y + 1), fill=(255, 255, 255))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG")
+    _, image = trap.prepare(decode_photo(buffer.getvalue()))
+    assert image.size == (4000, 3000), "crops are cut from the full-resolution photo"
+
+    long_view = trap.classifier_input(image, (0.25, 1400 / 3000, 0.5, 200 / 3000)).astype(int)
+    middle = long_view[long_view.shape[0] // 2]
+    assert (middle[:, 0] > 200).any() and (middle[:, 2] > 200).any(), "head and tail both seen"
+    assert (long_view[0] == long_view[0, 0]).all(), "padded above, not stretched"
+
+    small_view = trap.classifier_input(image, (0.75, 200 / 3000, 32 / 4000, 32 / 3000))
+    assert small_view.std() > 40, "the distant animal keeps its detail"

@@ -28,7 +28,6 @@ from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
 from kadr.traps.tables import normalise_photo_table, registrations_csv
 
-CROP_SOURCE_SIDE = 1024  # photos are kept at most this large for crops and report thumbnails
 EMPTY = "empty"
 
 
@@ -113,7 +112,7 @@ class TrapJob:
         if self.model is not None:
             prompts_text = json.dumps([c.__dict__ for c in self.prompts.classes], sort_keys=True)
             fp.update(classifier=self.model.fingerprint, classify_on=s.classify_on,
-                      crop_margin=s.crop_margin, max_crops=s.max_crops,
+                      crop_margin=s.crop_margin, max_crops=s.max_crops, crops="full-res padded",
                       prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
         return fp
 
@@ -122,11 +121,14 @@ class TrapJob:
         return self.prompts.names if self.prompts else []
 
     def prepare(self, photo: DecodedPhoto):
-        image = photo.image
-        if max(image.size) > CROP_SOURCE_SIDE:
-            image = image.copy()
-            image.thumbnail((CROP_SOURCE_SIDE, CROP_SOURCE_SIDE), Image.Resampling.BILINEAR)
-        return self.detector.prepare(photo), image
+        # The photo stays at full resolution: a small, distant animal keeps every pixel it has.
+        return self.detector.prepare(photo), photo.image
+
+    def classifier_input(self, image: Image.Image, bbox) -> np.ndarray:
+        """One animal as the classifier sees it: the box with its margin, cut from the
+        full-resolution photo and padded (never cropped) to the model's shape."""
+        crop = crop_with_margin(image, bbox, self.s.crop_margin)
+        return self.model.prepare_image(self.model.preprocess.pad_to_shape(crop))
 
     def process(self, inputs: list, rows: list[dict]) -> list[dict]:
         if not inputs:
@@ -159,8 +161,7 @@ class TrapJob:
         crops, owners, weights = [], [], []
         for i, r in enumerate(results):
             for d in r["_animals"][: self.s.max_crops] if mode in ("crops", "both") else []:
-                crops.append(self.model.prepare_image(crop_with_margin(r["_image"], d.bbox,
-                                                                       self.s.crop_margin)))
+                crops.append(self.classifier_input(r["_image"], d.bbox))
                 owners.append(i)
                 weights.append(d.conf)
             if mode in ("photo", "both"):
@@ -239,7 +240,9 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         name="traps",
         prepare=trap.prepare,
         process=trap.process,
-        min_side=max(trap.detector.size, trap.model.image_size * 2 if trap.model else 0),
+        # Crops come from the full-resolution photo; without them the detector's size will do.
+        min_side=None if trap.model and settings.classify_on != "photo"
+        else max(trap.detector.size, trap.model.image_size if trap.model else 0),
         batch_size=settings.batch_size,
         empty_result={"detections": None, "n_animals": None, "class": None,
                       "class_prob": None, "count": None, "top_bbox": None},

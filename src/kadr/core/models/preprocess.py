@@ -84,6 +84,19 @@ class ImagePreprocess:
         ratio = max(ratios) if self.resize_mode == "longest" else min(ratios)
         return round(width / ratio), round(height / ratio)
 
+    def pad_to_shape(self, image: Image.Image) -> Image.Image:
+        """``image`` centred on a canvas of the input's aspect ratio, filled with the mean
+        colour (zero after normalisation), so that no resize mode cuts anything off."""
+        th, tw = self.size
+        w, h = image.size
+        cw, ch = max(w, round(h * tw / th)), max(h, round(w * th / tw))
+        if (cw, ch) == (w, h):
+            return image
+        colour = tuple(round(255 * m) for m in (self.mean * 3)[:3])
+        canvas = Image.new("RGB", (cw, ch), colour)
+        canvas.paste(image.convert("RGB"), ((cw - w) // 2, (ch - h) // 2))
+        return canvas
+
     def _offset(self, have: int, want: int) -> int:
         if self.crop_rounding == "floor":
             return (have - want) // 2
