@@ -194,3 +194,49 @@ def test_animal_crops_keep_the_whole_animal_at_full_resolution():
 
     small_view = trap.classifier_input(image, (0.75, 200 / 3000, 32 / 4000, 32 / 3000))
     assert small_view.std() > 40, "the distant animal keeps its detail"
+
+
+def test_camtrap_dp_paths_ids_and_clock_offset(d04_camera, tmp_path):
+    schemas = shared_path("data", "camtrap-dp-1.0.2")
+    local = tmp_path / "local"
+    summary, _ = run_traps(str(d04_camera), str(local),
+                           TrapSettings(detector=yolox(), classifier=None, progress=False))
+    deployments = pd.read_csv(local / "camtrap-dp" / "deployments.csv")
+    assert deployments["timestampIssues"].all(), "no --utc-offset: times are not true instants"
+    assert "utc-offset" in deployments["deploymentComments"].iloc[0]
+    assert any("--utc-offset" in w for w in summary.warnings)
+    assert any("--utc-offset" in w for w in json.loads((local / "summary.json").read_text())[
+        "warnings"])
+    media = pd.read_csv(local / "camtrap-dp" / "media.csv")
+    assert media["filePath"].str.startswith("media/D04/").all(), "inside the package"
+    assert all((local / "camtrap-dp" / p).is_file() for p in media["filePath"]), \
+        "media/ links to the photos"
+    assert validate_camtrap_dp(local / "camtrap-dp", schemas) == []
+
+    published = tmp_path / "elsewhere" / "published"
+    run_traps(str(d04_camera), str(published),
+              TrapSettings(detector=yolox(), classifier=None, progress=False,
+                           utc_offset="+03:00", media_url="https://example.org/season1/"))
+    deployments = pd.read_csv(published / "camtrap-dp" / "deployments.csv")
+    assert not deployments["timestampIssues"].any(), "EXIF times with a known offset"
+    media = pd.read_csv(published / "camtrap-dp" / "media.csv")
+    assert media["timestamp"].str.endswith("+03:00").all()
+    assert media["filePath"].str.startswith("https://example.org/season1/D04/").all()
+    assert media["filePublic"].all()
+    assert validate_camtrap_dp(published / "camtrap-dp", schemas) == []
+    ids = [json.loads((o / "camtrap-dp" / "datapackage.json").read_text())["id"]
+           for o in (local, published)]
+    assert ids[0] == ids[1], "the package id depends on the photos, not on the output folder"
+
+
+def test_megadetector_json_files_are_relative_for_a_manifest_of_absolute_paths(d04_camera,
+                                                                                tmp_path):
+    photos = sorted((d04_camera / "D04").glob("*.JPG"))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"path": [str(p.resolve()) for p in photos], "camera": "D04"}).to_csv(
+        manifest, index=False)
+    out = tmp_path / "out"
+    run_traps(str(manifest), str(out), TrapSettings(detector=yolox(), classifier=None,
+                                                    group_column="camera", progress=False))
+    md = json.loads((out / "megadetector.json").read_text())
+    assert sorted(i["file"] for i in md["images"]) == sorted(p.name for p in photos)

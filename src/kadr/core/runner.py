@@ -69,6 +69,7 @@ class RunSummary:
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # key, status, reason
     skipped_files: list[str] = field(default_factory=list)
     empty_groups: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the outputs could not say right
 
     @property
     def nothing_processed(self) -> bool:
@@ -92,6 +93,8 @@ class RunSummary:
             )
         if self.empty_groups:
             console.print(f"[yellow]Folders with no photos:[/] {', '.join(self.empty_groups[:20])}")
+        for warning in self.warnings:
+            console.print(f"[yellow]Warning:[/] {warning}")
 
 
 def _base_row(ref: PhotoRef) -> dict:

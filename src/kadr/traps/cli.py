@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -53,8 +54,12 @@ def run(
     method: Annotated[str, typer.Option(help="sessions (default) | window | simple")] = "sessions",
     deployments: Annotated[str | None, typer.Option(
         help="CSV with deploymentID (camera), latitude, longitude for Camtrap DP")] = None,
-    utc_offset: Annotated[str, typer.Option(help="the cameras' clock offset for Camtrap DP, "
-                                                 "e.g. +03:00")] = "Z",
+    utc_offset: Annotated[str | None, typer.Option(
+        help="the cameras' clock offset from UTC, e.g. +03:00 (without it Camtrap DP marks "
+             "every timestamp as uncertain)")] = None,
+    media_url: Annotated[str | None, typer.Option(
+        help="URL the photos will be published under: Camtrap DP filePath is URL/KEY "
+             "(default: paths relative to the package)")] = None,
     batch_size: Batch = 16,
     workers: Workers = 2,
     group_level: GroupLevel = None,
@@ -74,13 +79,15 @@ def run(
 
     if classify_on not in ("crops", "photo", "both"):
         fail("--classify-on must be crops, photo or both")
+    if utc_offset is not None and not re.fullmatch(r"Z|[+-]\d\d:\d\d", utc_offset):
+        fail(f"--utc-offset must look like +03:00, -05:00 or Z, not {utc_offset!r}")
     settings = TrapSettings(
         detector=detector, classifier=None if classifier.lower() == "none" else classifier,
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
         batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
         retry_failed=retry_failed,
-        deployments=deployments, utc_offset=utc_offset,
+        deployments=deployments, utc_offset=utc_offset, media_url=media_url,
         allow_detector_labels=allow_detector_labels,
     )
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)

@@ -78,9 +78,57 @@ def _iso(t, offset: str = "Z") -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%S") + offset
 
 
-def _file_uri(path: str) -> str:
-    """Camtrap DP wants a URL or a package-relative path: local photos become file:// URLs."""
-    return path if "://" in path else Path(path).resolve().as_uri()
+MEDIA_FOLDER = "media"  # photos inside the package, where Camtrap DP's filePath may point
+
+
+def media_file_path(path: str, key: str, media_url: str | None) -> str:
+    """``media.filePath``: a URL, or a path inside the package (Camtrap DP allows no
+    absolute path and no ``..``). With ``media_url`` (where the photos will be published)
+    it is that URL plus the photo's key; else ``media/KEY``."""
+    key = key.replace(os.sep, "/")
+    if media_url:
+        from urllib.parse import quote
+
+        return media_url.rstrip("/") + "/" + quote(key)
+    if "://" in path:
+        return path
+    return f"{MEDIA_FOLDER}/{key}"
+
+
+def link_media_folder(package: Path, ok: pd.DataFrame) -> str | None:
+    """Make ``media/KEY`` resolve inside the package: a symlink to the photos' root folder.
+
+    Returns a warning when the photos share no root (a manifest of scattered
+    files) or the link cannot be made; the user then copies them there."""
+    local = ok[~ok["path"].str.contains("://", regex=False)]
+    if local.empty:
+        return None
+    roots = {p[: -len(k)] for p, k in zip(local["path"], local["key"], strict=True)
+             if p.replace(os.sep, "/").endswith(k.replace(os.sep, "/"))}
+    link = package / MEDIA_FOLDER
+    if len(roots) == 1 and len(local) == sum(
+            p.replace(os.sep, "/").endswith(k.replace(os.sep, "/"))
+            for p, k in zip(local["path"], local["key"], strict=True)):
+        target = Path(roots.pop() or ".").resolve()
+        try:
+            if link.is_symlink() and link.resolve() == target:
+                return None
+            if link.is_symlink():
+                link.unlink()
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
+                return None
+        except OSError:
+            pass
+    return (f"Camtrap DP: media files are referenced as {MEDIA_FOLDER}/KEY; copy the photos "
+            f"into {link} before publishing, or rerun with --media-url")
+
+
+def package_id(media_ids: pd.Series) -> str:
+    """A UUID that depends only on which photos the package holds (not on where it was
+    written), so a rerun on the same photos republishes the same package."""
+    digest = hashlib.sha256("\n".join(sorted(media_ids.astype(str))).encode()).hexdigest()
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kadr:camtrap-dp:{digest}"))
 
 
 def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
@@ -99,6 +147,13 @@ def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
     return kept + [d for d in dets if d["category"] != "animal"]
 
 
+def _common_folder(keys: pd.Series) -> str:
+    """The folder that absolute keys (a manifest of absolute paths) share; "" otherwise."""
+    if not keys.map(os.path.isabs).all():
+        return ""
+    return os.path.commonpath([os.path.dirname(k) for k in keys.str.split("#").str[0]])
+
+
 def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
     """MegaDetector batch output (format 1.4) with per-box classifications.
 
@@ -110,8 +165,10 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
                           if c.lower() not in BACKGROUND_CLASSES})
     class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
     images = []
+    root = _common_folder(table["key"]) if len(table) else ""
     for r in table.to_dict("records"):
-        entry: dict = {"file": r["key"]}
+        # Timelapse and MegaDetector's tools read ``file`` relative to the image folder.
+        entry: dict = {"file": os.path.relpath(r["key"], root) if root else r["key"]}
         if r["status"] != "ok":
             entry["failure"] = f"{r['status']}: {r['reason']}"
             images.append(entry)
@@ -147,7 +204,11 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
     atomic_write_text(path, json.dumps(doc, indent=1))
 
 
-def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str
+UNKNOWN_OFFSET = ("camera clock offset unknown: times are the camera's local clock written as "
+                  "UTC; give --utc-offset")
+
+
+def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str | None
                  ) -> tuple[pd.DataFrame, list]:
     notes = []
     known = pd.DataFrame()
@@ -162,10 +223,10 @@ def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str
         row = {
             "deploymentID": str(cam), "locationID": str(cam), "locationName": str(cam),
             "latitude": None, "longitude": None,
-            "deploymentStart": _iso(t.min(), offset) if len(t) else None,
-            "deploymentEnd": _iso(t.max(), offset) if len(t) else None,
-            "timestampIssues": bool((photos["time_source"] != "exif").any()),
-            "deploymentComments": None,
+            "deploymentStart": _iso(t.min(), offset or "Z") if len(t) else None,
+            "deploymentEnd": _iso(t.max(), offset or "Z") if len(t) else None,
+            "timestampIssues": bool(offset is None or (photos["time_source"] != "exif").any()),
+            "deploymentComments": UNKNOWN_OFFSET if offset is None else None,
         }
         if str(cam) in known.index:
             for k, v in known.loc[str(cam)].items():
@@ -173,8 +234,10 @@ def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str
                     row[k] = v
         if row["latitude"] is None or pd.isna(row["latitude"]):
             row["latitude"], row["longitude"] = 0.0, 0.0
-            row["deploymentComments"] = ("coordinates unknown: 0,0 is a placeholder; give "
-                                         "--deployments with latitude/longitude")
+            row["deploymentComments"] = "; ".join(filter(None, [
+                row["deploymentComments"],
+                "coordinates unknown: 0,0 is a placeholder; give --deployments with "
+                "latitude/longitude"]))
             notes.append(str(cam))
         rows.append(row)
     return pd.DataFrame(rows), notes
@@ -186,28 +249,42 @@ def write_camtrap_dp(
     folder: str | Path,
     scientific_names: dict | None = None,
     deployments_csv: str | None = None,
-    utc_offset: str = "Z",
+    utc_offset: str | None = None,
+    media_url: str | None = None,
 ) -> list[str]:
     """A Camtrap DP 1.0 package: datapackage.json, deployments, media, observations.
 
     Event-level observations come from registrations, media-level ones from
-    detections (with boxes). Returns warnings (e.g. placeholder coordinates).
+    detections (with boxes). ``utc_offset`` is the cameras' clock offset
+    (e.g. ``+03:00``); without it times are written as UTC and every
+    deployment says ``timestampIssues``. ``media_url``: where the photos
+    will be published (``filePath`` is that URL plus the photo's key; else a
+    path relative to the package). Returns warnings for the user.
     """
     folder = Path(folder)
     names = scientific_names or {}
     ok = table[(table["status"] == "ok") & table["time"].notna()].copy()
-    off = utc_offset
-    deployments, no_coords = _deployments(ok, deployments_csv, off)
+    off = utc_offset or "Z"
+    deployments, no_coords = _deployments(ok, deployments_csv, utc_offset)
     warnings = ([f"{len(no_coords)} deployment(s) without coordinates: {', '.join(no_coords)}"]
                 if no_coords else [])
+    if utc_offset is None and len(ok):
+        warnings.append("Camtrap DP: the cameras' UTC offset is unknown, so timestamps are "
+                        "local clock times marked as UTC and timestampIssues is true; rerun "
+                        "with --utc-offset (e.g. +03:00) before publishing")
     ok["mediaID"] = [short_id(k) for k in ok["key"]]
     media = pd.DataFrame({
         "mediaID": ok["mediaID"], "deploymentID": ok["group"].astype(str),
         "captureMethod": "activityDetection", "timestamp": ok["time"].map(lambda t: _iso(t, off)),
-        "filePath": ok["path"].map(_file_uri), "filePublic": False,
+        "filePath": [media_file_path(p, k, media_url)
+                     for p, k in zip(ok["path"], ok["key"], strict=True)],
+        "filePublic": bool(media_url),
         "fileName": ok["key"].map(os.path.basename),
         "fileMediatype": ok["format"].map(lambda f: MEDIATYPES.get(str(f), "image/jpeg")),
     })
+    if not media_url:
+        folder.mkdir(parents=True, exist_ok=True)
+        warnings += filter(None, [link_media_folder(folder, ok)])
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     obs = []
     for r in regs[regs["date_registration_start"].notna()].to_dict("records"):
@@ -262,7 +339,7 @@ def write_camtrap_dp(
     package = {
         "profile": f"{CAMTRAP_BASE}/camtrap-dp-profile.json",
         "name": "kadr-camera-trap-registrations",
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(folder.resolve()))),
+        "id": package_id(ok["photo_id"] if "photo_id" in ok else ok["mediaID"]),
         "created": now,
         "title": "Camera-trap registrations made by kadr",
         "contributors": [{"title": "kadr", "role": "contributor"}],

@@ -52,7 +52,8 @@ class TrapSettings:
     progress: bool = True
     allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
     deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
-    utc_offset: str = "Z"  # the cameras' clock offset, for Camtrap DP timestamps
+    utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
+    media_url: str | None = None  # where the photos will be published, for Camtrap DP
     extra: dict = field(default_factory=dict)
 
 
@@ -291,8 +292,10 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, tr
     atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(table, preserve_index=False))
     names = trap.prompts.scientific_names() if trap.prompts else {}
     export.write_megadetector_json(table, out_dir / "megadetector.json", trap.fingerprint)
-    export.write_camtrap_dp(table, regs, out_dir / "camtrap-dp", scientific_names=names,
-                            deployments_csv=settings.deployments, utc_offset=settings.utc_offset)
+    warnings = export.write_camtrap_dp(table, regs, out_dir / "camtrap-dp", scientific_names=names,
+                                       deployments_csv=settings.deployments,
+                                       utc_offset=settings.utc_offset, media_url=settings.media_url)
+    summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
     atomic_write_bytes(out_dir / "report.html",
                        report.render(table, regs, summary, settings).encode("utf-8"))
     failed = table[table["status"] != "ok"] if len(table) else table
@@ -304,6 +307,7 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, tr
         "photos_without_exif_time": int((table["time_source"] != "exif").sum()) if len(table)
         else 0,
         "registrations": len(regs), "method": settings.method, "gap": settings.gap,
+        "warnings": summary.warnings,
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))
     return regs
