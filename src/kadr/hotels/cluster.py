@@ -272,48 +272,36 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
     """Plotly scatter (inlined), hover shows caption and thumbnail, click opens the gallery."""
     import plotly.graph_objects as go
 
-    from kadr.hotels.report import page, script_json, thumbnail
+    from kadr.core.html import figure, render, thumbnail
 
     rng = np.random.default_rng(0)
     thumb_idx = set(rng.choice(len(assign), min(len(assign), max_thumbs), replace=False).tolist())
     labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
     fig = go.Figure()
     thumbs: dict[str, str] = {}
-    for c in sorted(assign["cluster"].unique()):
-        part = assign[assign["cluster"] == c]
+    for c, part in assign.groupby("cluster", sort=True):
         name = "noise" if c == -1 else f"{c}: {labels.get(c, '')[:40]}"
         fig.add_trace(go.Scattergl(
             x=part["x"], y=part["y"], mode="markers", name=name,
             marker={"size": 6, "opacity": 0.8, "color": "#bbb" if c == -1 else None},
             customdata=np.c_[part["key"], np.full(len(part), c)],
+            # plotly renders hover text as HTML: escape what came from captions.
             hovertext=[html.escape(t[:200]) for t in part["text"]], hoverinfo="text"))
-        for i in part.index:
-            if i in thumb_idx:
-                src = thumbnail(part.at[i, "path"], 120)
-                if src:
-                    thumbs[part.at[i, "key"]] = src
+        for i in part.index.intersection(list(thumb_idx)):
+            src = thumbnail(part.at[i, "path"], 120)
+            if src:
+                thumbs[part.at[i, "key"]] = src
     fig.update_layout(height=700, legend={"itemsizing": "constant"},
-                      title=f"{summary['clusters']} themes, {summary['noise']} noise points "
-                            f"({html.escape(summary['reduction'])})")
-    galleries = []
-    for c in clusters.to_dict("records"):
-        members = assign[assign["cluster"] == c["cluster"]].head(gallery_size)
-        imgs = "".join(f"<figure><img src='{thumbnail(p, 160) or ''}'><figcaption>"
-                       f"{html.escape(t[:80])}</figcaption></figure>"
-                       for p, t in zip(members["path"], members["text"], strict=True))
-        galleries.append(f"<div class='gal' id='gal{c['cluster']}' style='display:none'>"
-                         f"<h2>Theme {c['cluster']} ({c['size']} photos): "
-                         f"{html.escape(c['label'])}</h2><div class='grid'>{imgs}</div></div>")
-    table = clusters[["cluster", "size", "label", "phrases"]].to_html(index=False)
-    body = (fig.to_html(full_html=False, include_plotlyjs=False, div_id="map")
-            + "<div id='hover' style='position:fixed;right:10px;top:10px'></div>"
-            + "".join(galleries) + "<h2>Themes</h2>" + table
-            + f"<script>const THUMBS={script_json(thumbs)};"
-            + """const m=document.getElementById('map');
-m.on('plotly_hover',e=>{const k=e.points[0].customdata[0];const s=THUMBS[k];
- document.getElementById('hover').innerHTML=s?`<img src="${s}">`:'';});
-m.on('plotly_click',e=>{const c=e.points[0].customdata[1];
- document.querySelectorAll('.gal').forEach(g=>g.style.display='none');
- const g=document.getElementById('gal'+c); if(g){g.style.display='block';g.scrollIntoView();}});
-</script>""")
-    return page("Photo themes", body)
+                      title=html.escape(f"{summary['clusters']} themes, {summary['noise']} noise "
+                                        f"points ({summary['reduction']})"))
+    members = assign.groupby("cluster").head(gallery_size)
+    galleries = [
+        {"cluster": c["cluster"], "size": c["size"], "label": c["label"],
+         "members": [{"key": k, "src": thumbnail(p, 160), "text": t[:80]}
+                     for k, p, t in members.loc[members["cluster"] == c["cluster"],
+                                                ["key", "path", "text"]].itertuples(index=False)]}
+        for c in clusters.to_dict("records")]
+    themes = clusters[["cluster", "size", "label", "phrases"]].to_dict("records")
+    return render("hotels_themes.html", title="Photo themes", with_plotly=True,
+                  map=figure(fig, div_id="map"),
+                  galleries=galleries, themes=themes, thumbs=thumbs)

@@ -1,112 +1,116 @@
-"""Self-contained HTML pages for the hotel workflow (plotly inlined, thumbnails as data URLs)."""
+"""The hotel collection profile as a page: key figures first, then charts and galleries."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
-
 import pandas as pd
-import plotly.express as px
-from PIL import Image
 
-from kadr.core.decode import DecodeError, decode_photo, read_bytes
+from kadr.core.html import figure, render, thumbnail
 
-CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
-.grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{margin:0;width:160px;font-size:11px}
-.grid img{width:160px;height:120px;object-fit:cover}"""
+GALLERY_LIMIT = 48
+MAX_FAILED_ROWS = 500
 
 
-def script_json(value) -> str:
-    """JSON that is safe inside a <script> element, whatever strings it holds (photo keys, captions).
-
-    ``<``, ``>`` and ``&`` become ``\\u`` escapes: the same data to JavaScript, but no
-    ``</script>`` or ``<!--`` can end the element early and inject markup.
-    """
-    text = json.dumps(value)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+def _gallery(rows: list[dict], caption, rotate=lambda r: 0) -> list[dict]:
+    """Thumbnails of the first rows a gallery shows; the rest are counted only."""
+    items = [{"key": r["key"], "caption": caption(r),
+              "src": thumbnail(r["path"], 160, rotate=rotate(r))}
+             for r in rows[:GALLERY_LIMIT]]
+    return items + [{"key": r["key"], "src": None} for r in rows[GALLERY_LIMIT:]]
 
 
-def page(title: str, body: str, with_plotly: bool = True) -> str:
-    script = ""
-    if with_plotly:
-        from plotly.offline import get_plotlyjs
-
-        script = f"<script>{get_plotlyjs()}</script>"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style>{script}</head><body><h1>{html.escape(title)}</h1>{body}"
-            "</body></html>")
+def _pct(n: int, total: int) -> str:
+    return f"{100 * n / total:.1f}%" if total else ""
 
 
-def thumbnail(path: str, side: int = 160, rotate: int = 0) -> str | None:
-    try:
-        img = decode_photo(read_bytes(path), min_side=side).image
-    except DecodeError:
-        return None
-    if rotate:
-        img = img.rotate(rotate, expand=True)
-    img.thumbnail((side, side), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=75)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def gallery(rows: list[dict], caption, limit: int = 48) -> str:
-    items = []
-    for r in rows[:limit]:
-        src = thumbnail(r["path"])
-        if src:
-            items.append(f"<figure><img src='{src}'><figcaption>{html.escape(caption(r))}"
-                         "</figcaption></figure>")
-    more = f"<p>... and {len(rows) - limit} more (see the tables)</p>" if len(rows) > limit else ""
-    return f"<div class='grid'>{''.join(items)}</div>{more}"
-
-
-def fig_html(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False)
+def key_figures(summary: dict) -> list[dict]:
+    """What a person reads first: counts, what is wrong, and how uneven the collection is."""
+    rows = summary["rows"]
+    figures = [
+        {"name": "rows", "value": rows, "detail": f"{summary['unique_paths']} distinct paths"
+         + (f", {summary['unique_image_ids']} distinct image ids"
+            if summary.get("unique_image_ids") is not None else "")},
+        {"name": "unique photos (by content)", "value": summary["unique_contents"],
+         "detail": f"{summary['readable']} rows readable"},
+        {"name": "missing", "value": summary["missing"], "link": "failed",
+         "detail": _pct(summary["missing"], rows)},
+        {"name": "unreadable", "value": summary["unreadable"], "link": "failed",
+         "detail": _pct(summary["unreadable"], rows)},
+    ]
+    dups = summary.get("duplicates", {})
+    figures.append({"name": "in duplicate families", "value": sum(dups.values()),
+                    "link": "duplicates",
+                    "detail": ", ".join(f"{n} {kind}" for kind, n in sorted(dups.items()))
+                    or "none"})
+    if "rotated" in summary:
+        by = summary["rotated"]["by_angle"]
+        figures.append({"name": "look rotated", "value": summary["rotated"]["flagged"],
+                        "link": "rotated",
+                        "detail": ", ".join(f"{n} need {int(float(a))}°"
+                                             for a, n in sorted(by.items()))})
+        figures.append({"name": "off-topic", "value": summary["off_topic"]["flagged"],
+                        "link": "offtopic", "detail": "not a hotel photo, by the CLIP check"})
+    else:
+        figures.append({"name": "rotation and off-topic checks", "value": "skipped",
+                        "detail": summary["model_checks"]})
+    for what in ("hotel", "chain", "source"):
+        im = summary.get(f"per_{what}")
+        if im:
+            figures.append({
+                "name": f"per {what} ({im['column']})", "value": im["groups"],
+                "link": f"per-{what}",
+                "detail": f"{im['groups']} {what}s; photos per {what}: min {im['min']}, "
+                          f"median {im['median']:g}, max {im['max']}; Gini {im['gini']:.2f}; "
+                          f"top 1% of {what}s hold {100 * im['top_1pct_share']:.0f}%"})
+    return figures
 
 
 def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, settings) -> str:
+    import plotly.express as px
+
     from kadr.hotels.profile import group_columns
 
     ok = photos[photos["status"] == "ok"]
-    shown = {k: v for k, v in summary.items() if not k.startswith("_")}
-    parts = [f"<pre>{html.escape(json.dumps(shown, indent=1, default=str))}</pre>"]
-    for what, col in group_columns(photos).items():
-        counts = photos.groupby(col).size()
-        parts.append(f"<h2>Photos per {what}</h2>")
-        parts.append(fig_html(px.histogram(counts, nbins=50, log_y=True,
-                                           labels={"value": f"photos per {what}"})))
+    group_charts = [
+        {"what": what, "figure": figure(px.histogram(
+            photos.groupby(col).size(), nbins=50, log_y=True,
+            labels={"value": f"photos per {what}"}))}
+        for what, col in group_columns(photos).items()]
+    size_charts = []
     if len(ok):
-        parts.append("<h2>Sizes</h2>")
         sample = ok.sample(min(len(ok), 20000), random_state=0)
-        parts.append(fig_html(px.scatter(sample, x="width", y="height", opacity=0.4)))
-        parts.append(fig_html(px.histogram(sample["width"] / sample["height"], nbins=60,
-                                           labels={"value": "aspect ratio (w/h)"})))
-        parts.append(fig_html(px.bar(ok["format"].value_counts(), labels={"value": "photos"})))
-    if "rotation_needed" in ok and ok["rotation_needed"].notna().any():
+        size_charts = [
+            figure(px.scatter(sample, x="width", y="height", opacity=0.4)),
+            figure(px.histogram(sample["width"] / sample["height"], nbins=60,
+                                labels={"value": "aspect ratio (w/h)"}).update_layout(
+                showlegend=False)),
+            figure(px.bar(ok["format"].value_counts(), labels={"value": "photos"}).update_layout(
+                showlegend=False)),
+        ]
+    model_checks = "rotation_needed" in ok and ok["rotation_needed"].notna().any()
+    rotated = offtopic = []
+    if model_checks:
         rot = ok[(ok["rotation_needed"] != 0)
                  & (ok["rotation_confidence"] >= settings.rotation_threshold)]
-        parts.append(f"<h2>Looks rotated ({len(rot)})</h2>")
-        parts.append(gallery(rot.sort_values("rotation_confidence", ascending=False)
-                             .to_dict("records"),
-                             lambda r: f"turn {r['rotation_needed']}° ccw, "
-                                       f"p={r['rotation_confidence']:.2f}"))
+        rotated = _gallery(rot.sort_values("rotation_confidence", ascending=False)
+                           .to_dict("records"),
+                           lambda r: f"turn {r['rotation_needed']}° ccw, "
+                                     f"p={r['rotation_confidence']:.2f}")
         off = ok[ok["offtopic_prob"] >= settings.offtopic_threshold]
-        parts.append(f"<h2>Off-topic ({len(off)})</h2>")
-        parts.append(gallery(off.sort_values("offtopic_prob", ascending=False).to_dict("records"),
-                             lambda r: f"{r['scene']} p={r['offtopic_prob']:.2f}"))
-    else:
-        parts.append(f"<p><b>Model-based checks:</b> {html.escape(summary['model_checks'])}</p>")
-    parts.append(f"<h2>Duplicates ({len(dups)} photos)</h2>")
+        offtopic = _gallery(off.sort_values("offtopic_prob", ascending=False).to_dict("records"),
+                            lambda r: f"{r['scene']} p={r['offtopic_prob']:.2f}")
+    duplicates = []
     if len(dups):
-        merged = dups.merge(photos[["key", "path"]], on="key")
-        parts.append(gallery(merged.sort_values("group").to_dict("records"),
-                             lambda r: f"{r['kind']} {r['group'][:8]}"))
+        merged = dups.merge(photos[["key", "path"]].drop_duplicates("key"), on="key")
+        duplicates = _gallery(
+            merged.sort_values(["group", "kind"]).to_dict("records"),
+            lambda r: f"{r['kind']}" + (f" (turn {r['rotation']}°)" if r["rotation"] else "")
+                      + f", family {str(r['group'])[:8]}")
     failed = photos[photos["status"] != "ok"]
-    parts.append(f"<h2>Unreadable or missing ({len(failed)})</h2>")
-    if len(failed):
-        parts.append(failed[["key", "status", "reason"]].head(500).to_html(index=False))
-    return page("Hotel photo collection profile", "".join(parts))
+    return render(
+        "hotels_profile.html", title="Hotel photo collection profile", with_plotly=True,
+        figures=key_figures(summary), group_charts=group_charts, size_charts=size_charts,
+        model_checks=model_checks, model_note=summary["model_checks"], rotated=rotated,
+        offtopic=offtopic, duplicates=duplicates, gallery_limit=GALLERY_LIMIT,
+        failed=failed[["key", "status", "reason"]].head(MAX_FAILED_ROWS).to_dict("records"),
+        failed_count=len(failed),
+    )

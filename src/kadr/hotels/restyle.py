@@ -15,7 +15,6 @@ inpaint).
 from __future__ import annotations
 
 import functools
-import html
 import io
 import json
 import os
@@ -307,33 +306,21 @@ def run_restyle(source: str, out: str, settings: RestyleSettings,
 
 
 def render_gallery(table: pd.DataFrame, audience: Audience) -> str:
-    import base64
+    from kadr.core.html import render, thumbnail
 
-    from kadr.hotels.report import page
-
-    def data_url(path: str) -> str:
-        return "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-    parts = [f"<p>Audience <b>{html.escape(audience.name)}</b>: "
-             f"{html.escape('; '.join(audience.preferences))}</p>"]
+    rows = []
     for r in table.to_dict("records"):
-        parts.append(f"<h2>{html.escape(r['key'])}</h2>")
-        if r["status"] != "ok":
-            parts.append(f"<p>{html.escape(str(r['status']))}: {html.escape(str(r['reason']))}</p>")
-            continue
-        prompts = json.loads(r["prompts"] or "{}")
-        missing = json.loads(r["not_found"] or "[]")
-        if missing:
-            parts.append(f"<p>Not found in this photo: {html.escape(', '.join(missing))}</p>")
-        for find, p in prompts.items():
-            parts.append(f"<p><b>{html.escape(find)}</b> &rarr; {html.escape(p['prompt'])} "
-                         f"<i>({html.escape(p['source'])})</i></p>")
-        for o in json.loads(r["outputs"] or "[]"):
-            if os.path.exists(o["before_after"]):
-                parts.append(f"<figure><img style='max-width:100%' "
-                             f"src='{data_url(o['before_after'])}'><figcaption>variant "
-                             f"{o['variant']}, seed {o['seed']}</figcaption></figure>")
-    return page(f"Restyled for {audience.name}", "".join(parts), with_plotly=False)
+        row = {"key": r["key"], "status": r["status"], "reason": r["reason"]}
+        if r["status"] == "ok":
+            row.update(
+                prompts=json.loads(r["prompts"] or "{}"),
+                missing=json.loads(r["not_found"] or "[]"),
+                outputs=[{**o, "src": thumbnail(o["before_after"], 1600, quality=85)}
+                         for o in json.loads(r["outputs"] or "[]")
+                         if os.path.exists(o["before_after"])])
+        rows.append(row)
+    return render("hotels_restyle.html", title=f"Restyled for {audience.name}",
+                  audience=audience, rows=rows)
 
 
 def generate_images(prompt: str, out: str, pipeline: str, variants: int = 1, seed: int = 0,

@@ -23,7 +23,7 @@ from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
-from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
+from kadr.core.store import ShardStore, atomic_write_text, read_shards
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
 from kadr.traps.tables import normalise_photo_table, registrations_csv
@@ -296,8 +296,8 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, tr
                                        deployments_csv=settings.deployments,
                                        utc_offset=settings.utc_offset, media_url=settings.media_url)
     summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
-    atomic_write_bytes(out_dir / "report.html",
-                       report.render(table, regs, summary, settings).encode("utf-8"))
+    atomic_write_text(out_dir / "report.html",
+                      report.render_report(table, regs, settings, summary.warnings))
     failed = table[table["status"] != "ok"] if len(table) else table
     atomic_write_text(out_dir / "summary.json", json.dumps({
         "photos": len(table), "ok": len(table) - len(failed),
