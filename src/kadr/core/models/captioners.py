@@ -71,27 +71,33 @@ class CocaBackend:
         tokenizer = open_clip.get_tokenizer(spec.name)
         size = preprocess.side
         sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+        context = model.context_length
 
         def prepare(images: list[Image.Image]) -> torch.Tensor:
             crops = [preprocess.apply(im) for im in images]
             return images_to_tensor(crops, preprocess.mean, preprocess.std, module_device(model))
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
-            # Greedy decoding written here: open_clip's own generate() needs
-            # transformers APIs that newer transformers releases no longer have.
+            # open_clip's generate(generation_type="top_k", top_k=1) step by step: its
+            # own generate() cannot run with transformers >= 5 (an import it needs for
+            # beam search is gone), so its greedy rules are kept here: ``max_tokens`` is
+            # its seq_len (the start token included), no end before MIN_CAPTION_TOKENS,
+            # an end forced at the last position, finished rows padded.
             x = prepare(images)
             latent, embs = model._encode_image(x)
             seq = torch.full((len(images), 1), sot, dtype=torch.long, device=x.device)
             done = torch.zeros(len(images), dtype=torch.bool, device=x.device)
-            for _ in range(max_tokens):
-                logits = model(x, seq, image_latent=latent, image_embs=embs,
+            while not done.all():
+                logits = model(x, seq[:, -context:], image_latent=latent, image_embs=embs,
                                output_labels=False)["logits"][:, -1]
+                if seq.shape[1] < MIN_CAPTION_TOKENS:
+                    logits[:, eot] = -torch.inf
                 nxt = logits.argmax(-1)
-                nxt[done] = eot
+                if seq.shape[1] + 1 >= max_tokens:
+                    nxt[:] = eot
+                nxt[done] = model.pad_id
                 seq = torch.cat([seq, nxt[:, None]], 1)
                 done |= nxt == eot
-                if done.all():
-                    break
             texts = [open_clip.decode(s) for s in seq.cpu()]
             return [t.replace("<start_of_text>", "").split("<end_of_text>")[0].strip(" .")
                     for t in texts]
@@ -99,6 +105,7 @@ class CocaBackend:
         return Captioner(spec, size, caption, [model])
 
 
+MIN_CAPTION_TOKENS = 5  # open_clip generate's min_seq_len: no end token before this length
 RANDOM_CAPTIONERS = ("kadr/tiny-blip", "Salesforce/blip-image-captioning-base")
 TINY_WORDS = ("a photo of the an hotel room bed with white wall window lamp chair table "
               "bathroom kitchen view sofa desk and in on large small bright dark wooden").split()
@@ -189,7 +196,8 @@ class HFCaptionBackend:
 
         source, offline = hf_source("hf-caption", spec, ("model.safetensors", "pytorch_model.bin",
                                                          "config.json"))
-        kwargs = {"local_files_only": offline, "trust_remote_code": trust}
+        kwargs = {"local_files_only": offline, "trust_remote_code": trust,
+                  "cache_dir": str(hf_cache_dir())}
         processor = transformers.AutoProcessor.from_pretrained(source, **kwargs)
         model = None
         for loader in ("AutoModelForImageTextToText", "AutoModelForVision2Seq",
