@@ -45,7 +45,37 @@ def clip_processor():
         tokenizer=offline_clip_tokenizer())
 
 
-def reference_embeddings(repo_id: str, cache, photos, texts):
+def small_siglip(tmp_path):
+    """A SigLIP at random weights with a sentencepiece tokenizer trained here on a few words."""
+    import sentencepiece as spm
+    from transformers import (
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipProcessor,
+        SiglipTokenizer,
+    )
+
+    words = " ".join(TEXTS).split() + "camera trap night day forest deer fox boar".split()
+    prefix = tmp_path / "spm"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(words[i:i + 6]) for i in range(len(words))] * 20),
+        model_prefix=str(prefix), vocab_size=40, model_type="unigram", pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        minloglevel=2)
+    tokenizer = SiglipTokenizer(vocab_file=f"{prefix}.model", model_max_length=64)
+    torch.manual_seed(0)
+    config = SiglipConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, vocab_size=40, max_position_embeddings=64),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=224, patch_size=16))
+    processor = SiglipProcessor(image_processor=SiglipImageProcessor(
+        size={"height": 224, "width": 224}), tokenizer=tokenizer)
+    return SiglipModel(config).eval(), processor
+
+
+def reference_embeddings(repo_id: str, cache, photos, texts, padding=True):
     from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(repo_id, cache_dir=str(cache), local_files_only=True).eval()
@@ -53,7 +83,7 @@ def reference_embeddings(repo_id: str, cache, photos, texts):
     images = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in photos]
     with torch.no_grad():
         img = model.get_image_features(**processor(images=images, return_tensors="pt"))
-        txt = model.get_text_features(**processor(text=texts, padding=True, truncation=True,
+        txt = model.get_text_features(**processor(text=texts, padding=padding, truncation=True,
                                                   return_tensors="pt"))
     feats = [x if isinstance(x, torch.Tensor) else x.pooler_output for x in (img, txt)]
     return [torch.nn.functional.normalize(f, dim=-1).numpy() for f in feats]
@@ -93,3 +123,21 @@ def test_hf_clip_from_a_local_folder_matches_the_hub_id(offline_hub, tmp_path): 
     a = load_model(f"hf:{folder}").encode_texts(texts)
     b = load_model("hf:openai/clip-vit-base-patch32").encode_texts(texts)
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_hf_siglip_by_hub_id_matches_transformers(offline_hub, tmp_path):  # noqa: F811
+    repo = "google/siglip-base-patch16-224"
+    photos = parity_photos()
+    save_pretrained_to_hub_cache(offline_hub, repo, *small_siglip(tmp_path))
+    # SigLIP was trained on text padded to its full length: transformers' docs say to pad so.
+    want_img, want_txt = reference_embeddings(repo, offline_hub, photos, TEXTS,
+                                              padding="max_length")
+    got_img, got_txt = kadr_embeddings(f"hf:{repo}", photos, TEXTS, tmp_path)
+    cos = (got_img * want_img).sum(1)
+    assert cos.min() >= 0.999, cos.round(4)
+    assert ((got_txt * want_txt).sum(1) >= 0.9999).all()
+    model = load_model(f"hf:{repo}")
+    assert model.context_length == 64
+    fp = model.fingerprint["preprocess"]
+    assert (fp["resize_mode"], fp["mean"]) == ("squash", [0.5, 0.5, 0.5])
