@@ -22,7 +22,7 @@ from PIL import Image
 from kadr.core.models.device import torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
-from kadr.core.models.weights import hf_source, hub_known
+from kadr.core.models.weights import hf_cache_dir, hf_source, hub_known
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -52,7 +52,7 @@ def _random_components(spec: ModelSpec) -> tuple[dict, int]:
     torch.manual_seed(spec.seed())
     n = len(blocks)
     unet = UNet2DConditionModel(
-        sample_size=res // 8, in_channels=9, out_channels=4, layers_per_block=layers,
+        sample_size=res // 2 ** (len(vae_blocks) - 1), in_channels=9, out_channels=4, layers_per_block=layers,
         block_out_channels=blocks, cross_attention_dim=cross,
         attention_head_dim=8 if cross > 64 else 2,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
@@ -130,6 +130,13 @@ class Painter:
         return self.inpaint(canvas, mask, prompt, negative, steps, 1.0, guidance, seed)
 
 
+def native_resolution(pipe) -> int:
+    """The side the pipeline draws by default: its UNet's sample size in pixels."""
+    sample = pipe.unet.config.sample_size
+    sample = sample if isinstance(sample, int) else max(sample)
+    return int(sample) * int(pipe.vae_scale_factor)
+
+
 class DiffusersBackend:
     name = "diffusers"
     kind = "diffusion"
@@ -161,12 +168,10 @@ class DiffusersBackend:
         # Half precision on a GPU, as the checkpoints are published; full on the CPU.
         dtype = torch.float16 if torch_device().type == "cuda" else torch.float32
         pipe = AutoPipelineForInpainting.from_pretrained(
-            source, local_files_only=offline, torch_dtype=dtype,
+            source, local_files_only=offline, torch_dtype=dtype, cache_dir=str(hf_cache_dir()),
             use_safetensors=None if trust_checkpoint else True)
         pipe.set_progress_bar_config(disable=True)
-        res = int(getattr(pipe, "default_sample_size", 64) or 64) * int(
-            getattr(pipe, "vae_scale_factor", 8))
-        return Painter(spec, pipe, res)
+        return Painter(spec, pipe, native_resolution(pipe))
 
 
 def paste_inside(original: Image.Image, edited: Image.Image, soft_mask: np.ndarray) -> Image.Image:

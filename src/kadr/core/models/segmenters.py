@@ -20,7 +20,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, load_model, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
-from kadr.core.models.weights import hf_source, hub_known
+from kadr.core.models.weights import hf_cache_dir, hf_source, hub_known
 
 # Words users write for COCO labels.
 SYNONYMS = {
@@ -178,8 +178,9 @@ class ClipSegBackend:
                 tokenizer=offline_clip_tokenizer())
             return ClipSegSegmenter(spec, model, processor)
         source, offline = hf_source("clipseg", spec, MODEL_FILES)
-        model = CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=offline).eval()
-        processor = CLIPSegProcessor.from_pretrained(source, local_files_only=offline)
+        kwargs = {"local_files_only": offline, "cache_dir": str(hf_cache_dir())}
+        model = CLIPSegForImageSegmentation.from_pretrained(source, **kwargs).eval()
+        processor = CLIPSegProcessor.from_pretrained(source, **kwargs)
         return ClipSegSegmenter(spec, model, processor)
 
 
@@ -199,8 +200,9 @@ class SamBackend:
         if spec.is_random:
             return self._tiny(spec)
         source, offline = hf_source("sam", spec, MODEL_FILES)
-        model = SamModel.from_pretrained(source, local_files_only=offline).eval()
-        processor = SamProcessor.from_pretrained(source, local_files_only=offline)
+        kwargs = {"local_files_only": offline, "cache_dir": str(hf_cache_dir())}
+        model = SamModel.from_pretrained(source, **kwargs).eval()
+        processor = SamProcessor.from_pretrained(source, **kwargs)
         return SamRefiner(spec, model, processor)
 
     @staticmethod
