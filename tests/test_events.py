@@ -143,22 +143,6 @@ def test_reads_the_padded_sample_submission():
     assert (regs["date_registration_start"] <= regs["date_registration_end"]).all()
 
 
-def _variants(p: pd.DataFrame, rng):
-    classes = p["class"].unique()
-    noisy = p.copy()
-    m = rng.random(len(p)) < 0.1
-    noisy.loc[m, "class"] = rng.choice(classes, m.sum())
-    off = p.copy()
-    m = (rng.random(len(p)) < 0.1) & p["count"].notna()
-    off.loc[m, "count"] = np.maximum(1, off.loc[m, "count"] + rng.choice([-1, 1], m.sum()))
-    return {
-        "missing 20% of photos": p.sample(frac=0.8, random_state=1),
-        "10% classes noisier": noisy,
-        "10% counts off by one": off,
-        "10% photos repeated": pd.concat([p, p.sample(frac=0.1, random_state=2)]),
-    }
-
-
 def test_default_method_on_the_real_case_table():
     path = str(shared_path("data", "priroda", "registration.csv"))
     p, ref = read_photo_table(path), read_registrations(path)
@@ -167,7 +151,9 @@ def test_default_method_on_the_real_case_table():
               for m in ("sessions", "window", "simple")}
     assert scores["sessions"] >= 0.95
     assert scores["sessions"] > scores["window"] > scores["simple"]
-    for name, variant in _variants(p, np.random.default_rng(0)).items():
+    from bench.registrations import degraded_variants
+
+    for name, variant in degraded_variants(p).items():
         s = score_registrations(ref, form_registrations(variant)).score
         assert s >= 0.75, f"{name}: {s:.3f}"
 
