@@ -19,6 +19,7 @@ from kadr.core.models.device import onnx_providers
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
+    UnsafeCheckpointError,
     WeightsNotFoundError,
     hub_reachable,
     missing_weights_message,
@@ -147,7 +148,12 @@ class YoloxDetector:
 
 
 class MegaDetector:
-    """MegaDetector v5 through the ``megadetector`` package (imported only when used)."""
+    """MegaDetector v5 through the ``megadetector`` package's own loader and batch call.
+
+    The package chooses the model family, letterboxes at 1280 px and runs its
+    NMS; kadr only batches the photos, says which device (``KADR_DEVICE=cpu``
+    keeps it off the GPU) and converts the output to :class:`Detection`.
+    """
 
     def __init__(self, spec: ModelSpec, path: str, min_conf: float = 0.05):
         try:
@@ -156,7 +162,9 @@ class MegaDetector:
             raise SpecError(
                 "megadetector: specs need the megadetector package: pip install 'kadr[megadetector]'"
             ) from e
-        self.model = run_detector.load_detector(path)
+        from kadr.core.models.device import torch_device
+
+        self.model = run_detector.load_detector(path, force_cpu=torch_device().type == "cpu")
         self.spec = spec
         self.min_conf = min_conf
         self.size = 1280
@@ -169,14 +177,19 @@ class MegaDetector:
         return photo.image
 
     def detect(self, inputs: list) -> list[list[Detection]]:
+        if not inputs:
+            return []
+        results = self.model.generate_detections_one_batch(
+            list(inputs), image_id=[str(i) for i in range(len(inputs))],
+            detection_threshold=self.min_conf)
         out = []
-        for i, image in enumerate(inputs):
-            res = self.model.generate_detections_one_image(image, str(i),
-                                                           detection_threshold=self.min_conf)
-            dets = []
-            for d in res.get("detections") or []:
-                cat = MD_CATEGORIES.get(str(d["category"]), "other")
-                dets.append(Detection(cat, cat, float(d["conf"]), tuple(d["bbox"])))
+        for res in results:
+            if res.get("failure"):
+                raise RuntimeError(f"MegaDetector failed on a photo: {res['failure']}")
+            dets = [Detection(MD_CATEGORIES.get(str(d["category"]), "other"),
+                              MD_CATEGORIES.get(str(d["category"]), "other"), float(d["conf"]),
+                              tuple(float(v) for v in d["bbox"]))
+                    for d in res.get("detections") or []]
             out.append(sorted(dets, key=lambda d: -d.conf))
         return out
 
@@ -221,7 +234,7 @@ class MegaDetectorBackend:
             # The megadetector package resolves these names itself: $MDV5A, or a download.
             env = os.environ.get(spec.name.upper())
             if env and os.path.isfile(env):
-                return MegaDetector(spec, env)
+                return MegaDetector(spec, _trusted(env, trust_checkpoint))
             if not hub_reachable("github.com"):
                 raise WeightsNotFoundError(missing_weights_message(
                     f"megadetector:{spec.name}", [f"${spec.name.upper()} (not set)",
@@ -229,10 +242,20 @@ class MegaDetectorBackend:
                     "download md_v5a.0.0.pt from the MegaDetector releases and pass "
                     "megadetector:/path/md_v5a.0.0.pt (or set $MDV5A), or use another detector, "
                     "e.g. yolox:/path/yolox_nano.onnx"))
-            return MegaDetector(spec, spec.name.upper())
+            return MegaDetector(spec, _trusted(spec.name.upper(), trust_checkpoint))
         path = _require_file(spec, "Download md_v5a.0.0.pt from the MegaDetector releases and "
                                    "pass its path: megadetector:/path/md_v5a.0.0.pt")
-        return MegaDetector(spec, path)
+        return MegaDetector(spec, _trusted(path, trust_checkpoint))
+
+
+def _trusted(path: str, trust_checkpoint: bool) -> str:
+    """MegaDetector v5 files are pickled YOLOv5 models: loading one runs code from the file."""
+    if not trust_checkpoint and not path.lower().endswith(".onnx"):
+        raise UnsafeCheckpointError(
+            f"{path} is a pickled PyTorch checkpoint (MegaDetector v5): loading it runs code "
+            "stored in the file. Pass --trust-checkpoint if it came from the MegaDetector "
+            "releases or another source you trust.")
+    return path
 
 
 register_backend(YoloxBackend())
