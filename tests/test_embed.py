@@ -118,8 +118,8 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_allclose(a[k].embedding, b[k].embedding, atol=1e-5)
 
 
-def test_memory_flat_store_streams_shards(tmp_path):
-    # Shards are written as the run goes, not held until the end.
+def test_store_writes_shards_as_rows_arrive(tmp_path):
+    # Rows reach disk shard by shard during the run, not all at the end.
     store = ShardStore(tmp_path / "s", {"x": 1}, shard_rows=10)
     with store:
         for i in range(35):
@@ -130,7 +130,6 @@ def test_memory_flat_store_streams_shards(tmp_path):
 
 def test_fast_path_matches_plain_preprocessing_on_real_photos():
     import open_clip
-    import torch
 
     from kadr.core.models import load_model
 
@@ -145,7 +144,6 @@ def test_fast_path_matches_plain_preprocessing_on_real_photos():
         ref = model.encode_images(plain(Image.open(p).convert("RGB")).unsqueeze(0).numpy())
         sims.append(float((fast * ref).sum()))
     assert np.mean(sims) > 0.99, sims
-    assert torch  # the plain path is torchvision's
 
 
 def test_embed_text_on_the_shipped_extended_prompt_file(tmp_path):

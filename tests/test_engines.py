@@ -34,15 +34,19 @@ def test_embed_ray_equals_local_and_resumes(tmp_path):
     for p in sorted(shared_path("data", "interiors", "kitchen").glob("*"))[:24]:
         (photos / "kitchen").mkdir(parents=True, exist_ok=True)
         shutil.copy(p, photos / "kitchen" / p.name)
+    # A Ray run that stopped part-way: it saw only the kitchen photos.
+    partial = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
+                           progress=False, engine=RAY)
+    assert partial.ok == 24
     make_broken_corpus(photos / "broken")
     local = embed_photos(str(photos), str(tmp_path / "local"), TINY_CLIP, batch_size=8,
                          progress=False)
-    # Ray run interrupted after part of the work: simulate with a first run on a subset.
     on_ray = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
                           progress=False, engine=RAY)
-    assert on_ray.ok == local.ok and len(on_ray.failures) == len(local.failures)
+    assert on_ray.already_done == 24 and on_ray.processed == local.total - 24, \
+        "the resumed run does only what the first left"
     a, b = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
-    assert list(a.index) == list(b.index)
+    assert list(a.index) == list(b.index), "no photo lost or duplicated"
     assert (a["status"] == b["status"]).all() and (a["photo_id"].fillna("") == b["photo_id"]
                                                    .fillna("")).all()
     for k in a.index[a["status"] == "ok"]:
