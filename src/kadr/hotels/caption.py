@@ -48,6 +48,8 @@ GROUPS = {
     "generic": ["mediums", "movements", "flavors"],
 }
 GROUPS["all"] = GROUPS["hotel"] + GROUPS["generic"]
+# --vocab generic runs clip-interrogator's own modes on its tables (kadr.hotels.interrogator_modes).
+INTERROGATOR_VOCAB = "generic"
 FAULTS = "faults"
 FAULT_ANCHOR = "a sharp, well exposed, upright photo"
 MODES = ("fast", "classic", "best", "negative")
@@ -73,16 +75,20 @@ def load_vocabulary(spec: str = "hotel", include: str | None = None,
             if not path.exists():
                 known = ", ".join(sorted(GROUPS) + sorted(p.stem for p in VOCAB_DIR.glob("*.txt")))
                 raise ValueError(f"unknown vocabulary {name!r}; known: {known}, or a .txt path")
-            phrases = read_text_lines(str(path))
-            if include:
-                phrases = [p for p in phrases if re.search(include, p, re.I)]
-            if exclude:
-                phrases = [p for p in phrases if not re.search(exclude, p, re.I)]
+            phrases = _filtered(read_text_lines(str(path)), include, exclude)
             if phrases:
                 tables[path.stem] = phrases
     if not tables:
         raise ValueError(f"vocabulary {spec!r} with the given filters holds no phrases")
     return Vocabulary(tables)
+
+
+def _filtered(phrases: list[str], include: str | None, exclude: str | None) -> list[str]:
+    if include:
+        phrases = [p for p in phrases if re.search(include, p, re.I)]
+    if exclude:
+        phrases = [p for p in phrases if not re.search(exclude, p, re.I)]
+    return phrases
 
 
 @dataclass
@@ -233,6 +239,8 @@ class CaptionSettings:
     exclude: str | None = None
     mode: str = "best"
     max_phrases: int = 8
+    candidates: int = 2048  # --vocab generic: phrases the chains consider (its intermediate count)
+    rank_chunk: int = 2048  # --vocab generic: its chunk size for ranking large tables
     batch_size: int = 16
     workers: int = 2
     write_txt: bool = False
@@ -252,8 +260,21 @@ class CaptionJob:
                                     trust_checkpoint=settings.trust_checkpoint)
         self.clip = load_model(settings.clip, kind="image-text",
                                trust_checkpoint=settings.trust_checkpoint)
-        self.vocab = load_vocabulary(settings.vocab, settings.include, settings.exclude)
-        self.interrogator = Interrogator(self.clip, self.vocab, settings.mode, settings.max_phrases)
+        self.modes = None
+        if settings.vocab == INTERROGATOR_VOCAB:
+            from kadr.hotels.interrogator_modes import InterrogatorModes, load_tables
+
+            if settings.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}")
+            tables = {name: _filtered(phrases, settings.include, settings.exclude)
+                      for name, phrases in load_tables().items()}
+            self.vocab = Vocabulary(tables)
+            self.modes = InterrogatorModes(self.clip, tables, settings.rank_chunk,
+                                           settings.candidates)
+        else:
+            self.vocab = load_vocabulary(settings.vocab, settings.include, settings.exclude)
+            self.interrogator = Interrogator(self.clip, self.vocab, settings.mode,
+                                             settings.max_phrases)
         self.side = max(self.captioner.image_size, self.clip.image_size)
 
     @property
@@ -261,6 +282,8 @@ class CaptionJob:
         vocab_text = json.dumps(self.vocab.tables, sort_keys=True)
         return {"job": "caption", **self.captioner.fingerprint, "clip": self.clip.fingerprint,
                 "mode": self.s.mode, "max_phrases": self.s.max_phrases,
+                "modes": ("clip-interrogator 0.6", self.s.candidates, self.s.rank_chunk)
+                if self.modes is not None else "kadr",
                 "vocab": hashlib.sha256(vocab_text.encode()).hexdigest()[:16]}
 
     def prepare(self, photo: DecodedPhoto):
@@ -275,7 +298,15 @@ class CaptionJob:
             return []
         captions = self.captioner.caption([im for im, _ in inputs])
         emb = self.clip.encode_images([a for _, a in inputs])
-        results = self.interrogator.interrogate(captions, emb)
+        if self.modes is not None:
+            results = []
+            for caption, img in zip(captions, emb, strict=True):
+                prompt = self.modes.prompt(self.s.mode, caption, img)
+                added = prompt[len(caption) + 2:] if prompt.startswith(caption + ", ") else prompt
+                results.append({"prompt": prompt,
+                                "phrases": [[p, None] for p in added.split(", ") if p]})
+        else:
+            results = self.interrogator.interrogate(captions, emb)
         return [{"caption": c, "phrases": json.dumps(r["phrases"]), "prompt": r["prompt"]}
                 for c, r in zip(captions, results, strict=True)]
 

@@ -78,6 +78,11 @@ def caption(
     exclude: Annotated[str | None, typer.Option(help="drop phrases matching this regex")] = None,
     mode: Annotated[str, typer.Option(help="fast | classic | best | negative")] = "best",
     max_phrases: Annotated[int, typer.Option(help="phrases appended at most")] = 8,
+    candidates: Annotated[int, typer.Option(
+        help="--vocab generic: phrases the chains consider (clip-interrogator's "
+             "flavor_intermediate_count)")] = 2048,
+    rank_chunk: Annotated[int, typer.Option(
+        help="--vocab generic: chunk size for ranking large tables (its chunk_size)")] = 2048,
     txt: Annotated[bool, typer.Option("--txt", help="also write a .txt beside each photo")] = False,
     path_column: PathColumn = None,
     group_column: GroupColumn = None,
@@ -97,7 +102,8 @@ def caption(
 
     settings = CaptionSettings(
         captioner=captioner, clip=clip, vocab=vocab, include=include, exclude=exclude, mode=mode,
-        max_phrases=max_phrases, batch_size=batch_size, workers=workers, write_txt=txt,
+        max_phrases=max_phrases, candidates=candidates, rank_chunk=rank_chunk,
+        batch_size=batch_size, workers=workers, write_txt=txt,
         path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
         progress=not quiet, retry_failed=retry_failed)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
