@@ -158,3 +158,24 @@ def test_embed_text_on_the_shipped_extended_prompt_file(tmp_path):
     assert set(t["label"]) == set(prompts.names), "every row is labelled with its class"
     assert "a camera trap photo of a roe deer." in set(t["text"]), "templates are expanded"
     assert len(t["embedding"].iloc[0]) == 64
+
+
+def test_embeddings_are_stored_as_float32_vectors_unchanged(tmp_path):
+    import pyarrow as pa
+
+    from kadr.core.models import load_model
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(seed=i))
+    embed_photos(str(folder), str(tmp_path / "out"), TINY_CLIP, progress=False)
+    table = read_shards(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
+    model = load_model(TINY_CLIP)
+    from kadr.core.decode import decode_photo
+
+    for row in table.to_pylist():
+        photo = decode_photo((folder / row["key"]).read_bytes(), min_side=model.image_size)
+        want = model.encode_images([model.prepare(photo)])[0]
+        np.testing.assert_array_equal(np.asarray(row["embedding"], np.float32), want)

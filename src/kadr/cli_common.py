@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from kadr.core.errors import StoreLockedError, StoreMismatchError
 from kadr.core.models import SpecError, UnsafeCheckpointError, WeightsNotFoundError
-from kadr.core.store import StoreLockedError, StoreMismatchError
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)

@@ -28,7 +28,7 @@ def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
         if not inputs:
             return []
         vectors = model.encode_images(inputs)
-        return [{"embedding": v.tolist()} for v in vectors]
+        return [{"embedding": v} for v in vectors.astype(np.float32)]
 
     return Job(
         name="embed",
@@ -72,7 +72,10 @@ def embed_photos(
     )
     job = image_embedding_job(model, batch_size)
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-    with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint}) as store:
+    # float32 vectors of one size: what the model computes, half the size of float64 lists.
+    vector = pa.list_(pa.float32(), model.embed_dim)
+    with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint, "vector": "float32"},
+                    column_types={"embedding": vector}) as store:
         factory = functools.partial(make_embedding_job, model_spec, batch_size, trust_checkpoint)
         return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
                        progress=progress, engine=engine, job_factory=factory,
@@ -98,7 +101,7 @@ def embed_text_file(path: str, out: str, model_spec: str) -> int:
     table = pa.table({
         "label": [lbl for lbl, _ in pairs],
         "text": [t for _, t in pairs],
-        "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+        "embedding": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32(), vectors.shape[1])),
     })
     atomic_write_table(out, table)
     return len(pairs)

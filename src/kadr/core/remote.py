@@ -110,7 +110,7 @@ class Lease:
             f.write(json.dumps(record).encode())
 
     def __enter__(self) -> Lease:
-        from kadr.core.store import StoreLockedError
+        from kadr.core.errors import StoreLockedError
 
         held = self._read()
         age = time.time() - held.get("renewed", 0) if held else None

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kadr.core.errors import StoreLockedError, StoreMismatchError  # noqa: F401 (re-exported)
 from kadr.core.remote import upload_now
 
 _UMASK = os.umask(0)
@@ -33,14 +34,6 @@ os.umask(_UMASK)
 # tried again on the next run; ``retry_failed`` tries these as well.
 PERMANENT_FAILURES = frozenset({"empty_file", "truncated", "not_an_image", "too_large",
                                 "decode_error"})
-
-
-class StoreLockedError(RuntimeError):
-    pass
-
-
-class StoreMismatchError(RuntimeError):
-    pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -79,9 +72,12 @@ class ShardStore:
     refused rather than mixing results of two settings in one table.
     """
 
-    def __init__(self, folder: str | os.PathLike, fingerprint: dict, shard_rows: int | None = None):
+    def __init__(self, folder: str | os.PathLike, fingerprint: dict, shard_rows: int | None = None,
+                 column_types: dict[str, pa.DataType] | None = None):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        # Columns whose type is fixed rather than inferred (e.g. float32 vectors of one size).
+        self.column_types = column_types or {}
         # Smaller shards lose less work to a kill; larger ones read faster.
         self.shard_rows = shard_rows or int(os.environ.get("KADR_SHARD_ROWS", "2048"))
         self._buffer: list[dict] = []
@@ -191,6 +187,10 @@ class ShardStore:
         if not self._buffer:
             return
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        for name, kind in self.column_types.items():
+            if name in table.column_names:
+                i = table.column_names.index(name)
+                table = table.set_column(i, name, table.column(name).cast(kind))
         path = self.folder / f"part-{self._next_index:06d}.parquet"
         atomic_write_table(path, table)
         upload_now(path)
