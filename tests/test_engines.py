@@ -1,5 +1,7 @@
 """Ray engine against the local engine: same photos, ids, statuses and numbers."""
 
+import contextlib
+import importlib
 import shutil
 
 import numpy as np
@@ -25,6 +27,23 @@ def local_ray():
 RAY = EngineOptions("ray", actors=2, cpus_per_actor=1, block_rows=16)  # several blocks per run
 
 
+@contextlib.contextmanager
+def no_models_here():
+    """The Ray driver must not load a model: every loader in this process fails meanwhile
+    (the actors are other processes, so theirs work)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Ray driver loaded a model")
+
+    modules = ("kadr.core.models.factory", "kadr.core.models", "kadr.embed",
+               "kadr.traps.pipeline", "kadr.hotels.caption", "kadr.hotels.restyle")
+    for module in modules:  # imported first, so none binds the refusing loader for good
+        importlib.import_module(module)
+    with pytest.MonkeyPatch.context() as mp:
+        for module in modules:
+            mp.setattr(f"{module}.load_model", refuse)
+        yield
+
+
 def by_key(folder) -> pd.DataFrame:
     return read_shards(folder).to_pandas().set_index("key").sort_index()
 
@@ -35,14 +54,16 @@ def test_embed_ray_equals_local_and_resumes(tmp_path):
         (photos / "kitchen").mkdir(parents=True, exist_ok=True)
         shutil.copy(p, photos / "kitchen" / p.name)
     # A Ray run that stopped part-way: it saw only the kitchen photos.
-    partial = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
-                           progress=False, engine=RAY)
+    with no_models_here():
+        partial = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
+                               progress=False, engine=RAY)
     assert partial.ok == 24
     make_broken_corpus(photos / "broken")
     local = embed_photos(str(photos), str(tmp_path / "local"), TINY_CLIP, batch_size=8,
                          progress=False)
-    on_ray = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
-                          progress=False, engine=RAY)
+    with no_models_here():
+        on_ray = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
+                              progress=False, engine=RAY)
     assert on_ray.already_done == 24 and on_ray.processed == local.total - 24, \
         "the resumed run does only what the first left"
     a, b = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
@@ -68,7 +89,8 @@ def test_traps_ray_equals_local(tmp_path):
     settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
                             classifier=TINY_CLIP, progress=False, batch_size=4)
     _, regs_local = run_traps(str(tmp_path / "photos"), str(tmp_path / "local"), settings)
-    _, regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"), settings, RAY)
+    with no_models_here():
+        _, regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"), settings, RAY)
     a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
     b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
     assert list(a["class"]) == list(b["class"]) and list(a["n_animals"]) == list(b["n_animals"])

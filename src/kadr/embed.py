@@ -14,8 +14,9 @@ import pyarrow as pa
 
 from kadr.core.collection import PhotoCollection
 from kadr.core.models import load_model
+from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
+from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
 from kadr.core.store import ShardStore, atomic_write_table
 from kadr.core.text_cache import text_embeddings
 
@@ -66,16 +67,19 @@ def embed_photos(
     retry_failed: bool = False,
 ) -> RunSummary:
     """Embed every photo of ``source`` into Parquet shards under ``out``."""
-    model = load_model(model_spec, kind="image-text", trust_checkpoint=trust_checkpoint)
     collection = PhotoCollection(
         source, group_level=group_level, group_column=group_column, path_column=path_column
     )
-    job = image_embedding_job(model, batch_size)
+    if engine is not None and engine.on_ray:
+        job = driver_job("embed", batch_size)  # the actors load the model, not this process
+    else:
+        job = image_embedding_job(load_model(model_spec, kind="image-text",
+                                             trust_checkpoint=trust_checkpoint), batch_size)
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    fingerprint = {"job": "embed", "model": spec_fingerprint(model_spec), "vector": "float32"}
     # float32 vectors of one size: what the model computes, half the size of float64 lists.
-    vector = pa.list_(pa.float32(), model.embed_dim)
-    with ShardStore(out, fingerprint={"job": "embed", **model.fingerprint, "vector": "float32"},
-                    column_types={"embedding": vector}) as store:
+    with ShardStore(out, fingerprint=fingerprint,
+                    column_types={"embedding": pa.float32()}) as store:
         factory = functools.partial(make_embedding_job, model_spec, batch_size, trust_checkpoint)
         return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
                        progress=progress, engine=engine, job_factory=factory,

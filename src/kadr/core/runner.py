@@ -60,6 +60,18 @@ class Job:
     empty_result: dict = field(default_factory=dict)  # result columns for failed photos
 
 
+def _runs_on_actors(*_args):
+    raise RuntimeError("this job's models live in the Ray actors; the driver only writes rows")
+
+
+def driver_job(name: str, batch_size: int) -> Job:
+    """The job as a Ray driver holds it: a name and a batch size, no model.
+
+    The models are built by ``job_factory`` in each actor; the driver reads the
+    collection, writes the store, and computes the fingerprint from the specs."""
+    return Job(name, _runs_on_actors, _runs_on_actors, batch_size=batch_size)
+
+
 @dataclass
 class RunSummary:
     total: int = 0
@@ -226,6 +238,10 @@ def apply_batch(job: Job, rows: list[dict], inputs: list[Any]) -> list[dict]:
 @dataclass
 class EngineOptions:
     """Where batches run: ``local`` (this process) or ``ray`` (Ray Data actor pools)."""
+
+    @property
+    def on_ray(self) -> bool:
+        return self.engine == "ray"
 
     engine: str = "local"
     ray_address: str | None = None  # join a cluster; None starts a local Ray runtime

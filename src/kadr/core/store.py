@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
 from kadr.core.errors import StoreLockedError, StoreMismatchError  # noqa: F401 (re-exported)
@@ -76,7 +77,8 @@ class ShardStore:
                  column_types: dict[str, pa.DataType] | None = None):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
-        # Columns whose type is fixed rather than inferred (e.g. float32 vectors of one size).
+        # Columns whose type is fixed rather than inferred. A list type is used as given; a
+        # value type (pa.float32()) means vectors of it, their size taken from the rows.
         self.column_types = column_types or {}
         # Smaller shards lose less work to a kill; larger ones read faster.
         self.shard_rows = shard_rows or int(os.environ.get("KADR_SHARD_ROWS", "2048"))
@@ -189,8 +191,16 @@ class ShardStore:
         table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         for name, kind in self.column_types.items():
             if name in table.column_names:
+                column = table.column(name)
+                if pa.types.is_null(column.type):
+                    continue  # only failures in this shard: nothing to type
+                if not pa.types.is_list(kind) and not pa.types.is_fixed_size_list(kind):
+                    sizes = pa.compute.list_value_length(column).drop_null()
+                    if len(sizes) == 0:
+                        continue
+                    kind = pa.list_(kind, sizes[0].as_py())
                 i = table.column_names.index(name)
-                table = table.set_column(i, name, table.column(name).cast(kind))
+                table = table.set_column(i, name, column.cast(kind))
         path = self.folder / f"part-{self._next_index:06d}.parquet"
         atomic_write_table(path, table)
         upload_now(path)

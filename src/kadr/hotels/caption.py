@@ -35,8 +35,9 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
+from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, run_job
+from kadr.core.runner import EngineOptions, Job, driver_job, run_job
 from kadr.core.store import ShardStore, atomic_write_text, read_shards
 from kadr.core.text_cache import text_embeddings
 from kadr.embed import read_text_lines
@@ -251,6 +252,28 @@ class CaptionSettings:
     progress: bool = True
 
 
+def caption_vocabulary(settings: CaptionSettings) -> Vocabulary:
+    """The phrase tables a run uses (no model is needed to read them)."""
+    if settings.vocab == INTERROGATOR_VOCAB:
+        from kadr.hotels.interrogator_modes import load_tables
+
+        return Vocabulary({name: _filtered(phrases, settings.include, settings.exclude)
+                           for name, phrases in load_tables().items()})
+    return load_vocabulary(settings.vocab, settings.include, settings.exclude)
+
+
+def caption_fingerprint(settings: CaptionSettings, vocab: Vocabulary) -> dict:
+    """Everything that changes the captions and prompts, from the settings and tables alone."""
+    s = settings
+    generic = s.vocab == INTERROGATOR_VOCAB
+    return {"job": "caption", "captioner": spec_fingerprint(s.captioner), "max_tokens": 30,
+            "decoding": "greedy", "clip": spec_fingerprint(s.clip), "mode": s.mode,
+            "max_phrases": s.max_phrases,
+            "modes": ("clip-interrogator 0.6", s.candidates, s.rank_chunk) if generic else "kadr",
+            "vocab": hashlib.sha256(json.dumps(vocab.tables, sort_keys=True).encode())
+            .hexdigest()[:16]}
+
+
 class CaptionJob:
     """The per-photo work of ``hotels caption``: models loaded once per process (or Ray actor)."""
 
@@ -260,31 +283,23 @@ class CaptionJob:
                                     trust_checkpoint=settings.trust_checkpoint)
         self.clip = load_model(settings.clip, kind="image-text",
                                trust_checkpoint=settings.trust_checkpoint)
+        self.vocab = caption_vocabulary(settings)
         self.modes = None
         if settings.vocab == INTERROGATOR_VOCAB:
-            from kadr.hotels.interrogator_modes import InterrogatorModes, load_tables
+            from kadr.hotels.interrogator_modes import InterrogatorModes
 
             if settings.mode not in MODES:
                 raise ValueError(f"mode must be one of {', '.join(MODES)}")
-            tables = {name: _filtered(phrases, settings.include, settings.exclude)
-                      for name, phrases in load_tables().items()}
-            self.vocab = Vocabulary(tables)
-            self.modes = InterrogatorModes(self.clip, tables, settings.rank_chunk,
+            self.modes = InterrogatorModes(self.clip, self.vocab.tables, settings.rank_chunk,
                                            settings.candidates)
         else:
-            self.vocab = load_vocabulary(settings.vocab, settings.include, settings.exclude)
             self.interrogator = Interrogator(self.clip, self.vocab, settings.mode,
                                              settings.max_phrases)
         self.side = max(self.captioner.image_size, self.clip.image_size)
 
     @property
     def fingerprint(self) -> dict:
-        vocab_text = json.dumps(self.vocab.tables, sort_keys=True)
-        return {"job": "caption", **self.captioner.fingerprint, "clip": self.clip.fingerprint,
-                "mode": self.s.mode, "max_phrases": self.s.max_phrases,
-                "modes": ("clip-interrogator 0.6", self.s.candidates, self.s.rank_chunk)
-                if self.modes is not None else "kadr",
-                "vocab": hashlib.sha256(vocab_text.encode()).hexdigest()[:16]}
+        return caption_fingerprint(self.s, self.vocab)
 
     def prepare(self, photo: DecodedPhoto):
         img = photo.image
@@ -327,10 +342,15 @@ def run_caption(source: str, out: str, settings: CaptionSettings,
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = CaptionJob(settings)
+    if engine is not None and engine.on_ray:  # the actors load the models
+        fingerprint = caption_fingerprint(settings, caption_vocabulary(settings))
+        job = driver_job("caption", settings.batch_size)
+    else:
+        work = CaptionJob(settings)
+        fingerprint, job = work.fingerprint, work.job()
     collection, _ = hotel_collection(source, out_dir, settings.path_column, settings.group_column)
-    with ShardStore(out_dir / "captions.store", work.fingerprint) as store:
-        summary = run_job(collection, work.job(), store, workers=settings.workers,
+    with ShardStore(out_dir / "captions.store", fingerprint) as store:
+        summary = run_job(collection, job, store, workers=settings.workers,
                           progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
                           job_factory=functools.partial(make_caption_job, settings))
     table = read_shards(out_dir / "captions.store").to_pandas()

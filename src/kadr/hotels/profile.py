@@ -21,6 +21,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
+from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import Job, run_job
 from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
@@ -87,7 +88,7 @@ class ProfileJob:
     @property
     def fingerprint(self) -> dict:
         return {"job": "hotels-profile", "hash": "phash64",
-                "clip": self.model.fingerprint if self.model else None}
+                "clip": spec_fingerprint(self.s.clip) if self.model else None}
 
     def prepare(self, photo: DecodedPhoto):
         img = photo.image

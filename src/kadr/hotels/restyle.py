@@ -32,8 +32,9 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.masks import MaskOps
 from kadr.core.models import load_model
 from kadr.core.models.diffusion import paste_inside
+from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, run_job
+from kadr.core.runner import EngineOptions, Job, driver_job, run_job
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
 
 AUDIENCES = Path(__file__).parent / "audiences"
@@ -157,6 +158,22 @@ def side_by_side(before: Image.Image, after: Image.Image) -> Image.Image:
     return pair
 
 
+def restyle_fingerprint(settings: RestyleSettings, audience: Audience) -> dict:
+    """Everything that changes the edits, from the settings alone (no pipeline is loaded)."""
+    s = settings
+    return {"job": "restyle", "pipeline": spec_fingerprint(s.pipeline), "scheduler": s.scheduler,
+            "precision": "fp16 on a GPU, fp32 on the CPU",
+            "segmenter": spec_fingerprint(s.segmenter),
+            "refine_masks": spec_fingerprint(s.refine_masks),
+            "audience": json.dumps(audience.__dict__, default=str),
+            "variants": s.variants, "seed": s.seed, "strength": s.strength, "steps": s.steps,
+            "guidance": s.guidance, "refine": s.refine, "composite": s.composite,
+            "mask": s.mask_ops.__dict__, "whole_photo": s.whole_photo,
+            # Prompts written by an LLM differ from the templates (the key is not stored).
+            "prompt_writer": {"base_url": s.prompt_writer.base_url,
+                              "model": s.prompt_writer.model if s.prompt_writer.base_url else None}}
+
+
 class Restyler:
     def __init__(self, settings: RestyleSettings, out_dir: Path):
         self.s = settings
@@ -176,16 +193,7 @@ class Restyler:
 
     @property
     def fingerprint(self) -> dict:
-        s = self.s
-        return {"job": "restyle", **self.painter.fingerprint, **self.segmenter.fingerprint,
-                "refine_masks": s.refine_masks, "audience": json.dumps(self.audience.__dict__,
-                                                                       default=str),
-                "variants": s.variants, "seed": s.seed, "strength": s.strength, "steps": s.steps,
-                "guidance": s.guidance, "refine": s.refine, "composite": s.composite,
-                "mask": s.mask_ops.__dict__, "whole_photo": s.whole_photo,
-                # Prompts written by an LLM differ from the templates (the key is not stored).
-                "prompt_writer": {"base_url": s.prompt_writer.base_url,
-                                  "model": s.prompt_writer.model if s.prompt_writer.base_url else None}}
+        return restyle_fingerprint(self.s, self.audience)
 
     def prepare(self, photo: DecodedPhoto) -> Image.Image:
         return photo.image
@@ -293,15 +301,19 @@ def run_restyle(source: str, out: str, settings: RestyleSettings,
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    restyler = Restyler(settings, out_dir)
+    audience = load_audience(settings.audience)
+    if engine is not None and engine.on_ray:  # the actors load the pipeline, not this process
+        job = driver_job("restyle", 1)
+    else:
+        job = restyle_job(Restyler(settings, out_dir))
     collection, _ = hotel_collection(source, out_dir, settings.path_column)
-    with ShardStore(out_dir / "restyle.store", restyler.fingerprint) as store:
-        summary = run_job(collection, restyle_job(restyler), store, workers=1,
+    with ShardStore(out_dir / "restyle.store", restyle_fingerprint(settings, audience)) as store:
+        summary = run_job(collection, job, store, workers=1,
                           progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
                           job_factory=functools.partial(make_restyle_job, settings, out_dir))
     table = read_shards(out_dir / "restyle.store").to_pandas()
     atomic_write_text(out_dir / "restyle.csv", table.to_csv(index=False))
-    atomic_write_text(out_dir / "gallery.html", render_gallery(table, restyler.audience))
+    atomic_write_text(out_dir / "gallery.html", render_gallery(table, audience))
     return summary, table
 
 

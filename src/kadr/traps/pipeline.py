@@ -21,8 +21,9 @@ from kadr.core.collection import PhotoCollection
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
+from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, RunSummary, run_job
+from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
 from kadr.core.store import ShardStore, atomic_write_text, read_shards
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
@@ -55,6 +56,21 @@ class TrapSettings:
     utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
     media_url: str | None = None  # where the photos will be published, for Camtrap DP
     extra: dict = field(default_factory=dict)
+
+
+def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
+    """Everything that changes the per-photo numbers, from the settings alone (no model is
+    loaded for it). ``prompts`` is None when the detector's labels are the classes."""
+    s = settings
+    fp = {"job": "traps", "detector": s.detector, "detector_model": spec_fingerprint(s.detector),
+          "threshold": s.threshold}
+    if prompts is not None:
+        prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
+        fp.update(classifier={"model": s.classifier, **spec_fingerprint(s.classifier)},
+                  classify_on=s.classify_on, crop_margin=s.crop_margin, max_crops=s.max_crops,
+                  crops="full-res padded",
+                  prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
+    return fp
 
 
 def count_animals(dets: list[Detection], threshold: float, iou: float = 0.5) -> list[Detection]:
@@ -108,14 +124,7 @@ class TrapJob:
 
     @property
     def fingerprint(self) -> dict:
-        s = self.s
-        fp = {"job": "traps", **self.detector.fingerprint, "threshold": s.threshold}
-        if self.model is not None:
-            prompts_text = json.dumps([c.__dict__ for c in self.prompts.classes], sort_keys=True)
-            fp.update(classifier=self.model.fingerprint, classify_on=s.classify_on,
-                      crop_margin=s.crop_margin, max_crops=s.max_crops, crops="full-res padded",
-                      prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
-        return fp
+        return trap_fingerprint(self.s, self.prompts)
 
     @property
     def class_names(self) -> list[str]:
@@ -260,22 +269,29 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
               engine: EngineOptions | None = None) -> tuple[RunSummary, pd.DataFrame]:
     """The whole camera-trap job; returns the run summary and the registrations."""
     out_dir = Path(out)
-    trap = TrapJob(settings)
     collection = PhotoCollection(photos, group_level=settings.group_level,
                                  group_column=settings.group_column)
-    job = trap_job(trap, settings)
-    with ShardStore(out_dir / "photos.store", trap.fingerprint) as store:
+    if engine is not None and engine.on_ray:
+        # The actors load the models; the driver only needs the prompts for the exports.
+        prompts = (load_prompts(settings.prompts or _default_prompts())
+                   if settings.classifier else None)
+        job = driver_job("traps", settings.batch_size)
+    else:
+        trap = TrapJob(settings)
+        prompts, job = trap.prompts, trap_job(trap, settings)
+    fingerprint = trap_fingerprint(settings, prompts)
+    with ShardStore(out_dir / "photos.store", fingerprint) as store:
         summary = run_job(collection, job, store, workers=settings.workers,
                           time_pattern=settings.time_pattern, progress=settings.progress,
                           retry_failed=settings.retry_failed,
                           engine=engine, job_factory=functools.partial(make_trap_job, settings))
     table = per_photo_table(out_dir / "photos.store")
-    regs = write_outputs(table, out_dir, settings, trap, summary)
+    regs = write_outputs(table, out_dir, settings, prompts, fingerprint, summary)
     return summary, regs
 
 
-def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, trap: TrapJob,
-                  summary: RunSummary) -> pd.DataFrame:
+def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
+                  prompts: PromptSet | None, fingerprint: dict, summary: RunSummary) -> pd.DataFrame:
     from kadr.traps import export, report
 
     events_input = photos_for_events(table)
@@ -290,8 +306,8 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings, tr
     from kadr.core.store import atomic_write_table
 
     atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(table, preserve_index=False))
-    names = trap.prompts.scientific_names() if trap.prompts else {}
-    export.write_megadetector_json(table, out_dir / "megadetector.json", trap.fingerprint)
+    names = prompts.scientific_names() if prompts else {}
+    export.write_megadetector_json(table, out_dir / "megadetector.json", fingerprint)
     warnings = export.write_camtrap_dp(table, regs, out_dir / "camtrap-dp", scientific_names=names,
                                        deployments_csv=settings.deployments,
                                        utc_offset=settings.utc_offset, media_url=settings.media_url)
