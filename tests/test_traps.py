@@ -240,3 +240,29 @@ def test_megadetector_json_files_are_relative_for_a_manifest_of_absolute_paths(d
                                                     group_column="camera", progress=False))
     md = json.loads((out / "megadetector.json").read_text())
     assert sorted(i["file"] for i in md["images"]) == sorted(p.name for p in photos)
+
+
+def test_photos_link_to_the_registration_of_their_camera_time_and_class():
+    from kadr.traps.export import link_events
+
+    t = pd.Timestamp("2024-05-01 10:00:00")
+    m = pd.Timedelta(minutes=1)
+    table = pd.DataFrame({
+        "key": list("abcdefg"), "group": ["1", "1", "1", "1", "1", "2", "1"],
+        "status": ["ok"] * 6 + ["unreadable"],
+        "time": [t, t + 5 * m, t + 6 * m, t + 20 * m, t + 90 * m, t + 5 * m, t + 5 * m],
+        "class": ["Bear", "Bear", "Fox", "Bear", "Bear", "Bear", "Bear"],
+        "n_animals": [1, 2, 1, 1, 1, 1, 1], "class_prob": [0.9] * 7})
+    regs = pd.DataFrame({
+        "name_folder": ["1", "1", "2"], "class": ["Bear", "Fox", "Bear"], "count": [2, 1, 1],
+        "date_registration_start": [t, t + 4 * m, t + 5 * m],
+        "date_registration_end": [t + 20 * m, t + 7 * m, t + 5 * m]})
+    regs, linked = link_events(regs, table)
+    ev = dict(zip(linked["key"], linked["event_id"], strict=True))
+    bear, fox, cam2 = regs["eventID"]
+    assert ev["a"] == ev["b"] == ev["d"] == bear, "inside the bear visit"
+    assert ev["c"] == fox, "overlapping visits: the photo's own class wins"
+    assert ev["f"] == cam2, "another camera's registration"
+    assert pd.isna(ev["e"]), "after every registration"
+    assert pd.isna(ev["g"]), "a failed photo belongs to none"
+    assert regs.loc[0, "best_key"] == "b", "most animals"

@@ -35,9 +35,10 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     """Give each registration an eventID and each photo the event it falls in.
 
     A photo belongs to the registration of its camera whose interval holds its
-    time (the class is used to choose when intervals of one camera overlap).
-    Also picks each registration's best photo: most animals, then the
-    highest class probability.
+    time; where intervals of one camera overlap (two species at once), the one
+    of the photo's own class wins. A sorted merge (``merge_asof``), so the cost
+    grows with the photos, not with photos x registrations. Also picks each
+    registration's best photo: most animals, then the highest class probability.
     """
     regs = regs.reset_index(drop=True).copy()
     regs["eventID"] = [short_id(r["name_folder"], r["date_registration_start"], r["class"], i)
@@ -48,14 +49,28 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
         regs["best_key"] = None
         return regs, table
     timed = regs[regs["date_registration_start"].notna()]
-    for cam, photos in table[table["status"] == "ok"].groupby("group", sort=False):
-        cand = timed[timed["name_folder"] == str(cam)]
-        for r in cand.to_dict("records"):
-            inside = photos[(photos["time"] >= r["date_registration_start"])
-                            & (photos["time"] <= r["date_registration_end"])
-                            & ~photos["class"].str.lower().isin(BACKGROUND_CLASSES)]
-            free = inside.index[table.loc[inside.index, "event_id"].isna()]
-            table.loc[free, "event_id"] = r["eventID"]
+    intervals = pd.DataFrame({
+        "camera": timed["name_folder"].astype(str), "cls": timed["class"].astype(str),
+        "start": pd.to_datetime(timed["date_registration_start"]),
+        "end": pd.to_datetime(timed["date_registration_end"]), "event": timed["eventID"],
+    }).sort_values("start", kind="stable")
+    animal = ((table["status"] == "ok") & table["time"].notna()
+              & ~table["class"].fillna("").astype(str).str.lower().isin(BACKGROUND_CLASSES))
+    photos = pd.DataFrame({"row": np.flatnonzero(animal.to_numpy()),
+                           "camera": table.loc[animal, "group"].astype(str).to_numpy(),
+                           "cls": table.loc[animal, "class"].astype(str).to_numpy(),
+                           "time": pd.to_datetime(table.loc[animal, "time"]).to_numpy()})
+    photos = photos.sort_values("time", kind="stable")
+    events = np.full(len(table), None, dtype=object)
+    for by in (["camera", "cls"], ["camera"]):  # the photo's own class first, then any
+        todo = photos[pd.isna(events[photos["row"].to_numpy()])]
+        if todo.empty:
+            break
+        found = pd.merge_asof(todo, intervals.drop(columns=[] if "cls" in by else ["cls"]),
+                              left_on="time", right_on="start", by=by, direction="backward")
+        inside = found["event"].notna() & (found["time"] <= found["end"])
+        events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()
+    table["event_id"] = events
     best = (table[table["event_id"].notna()]
             .assign(_n=lambda d: d["n_animals"].fillna(0), _p=lambda d: d["class_prob"].fillna(0))
             .sort_values(["event_id", "_n", "_p"], ascending=[True, False, False])
