@@ -266,3 +266,21 @@ def test_photos_link_to_the_registration_of_their_camera_time_and_class():
     assert pd.isna(ev["e"]), "after every registration"
     assert pd.isna(ev["g"]), "a failed photo belongs to none"
     assert regs.loc[0, "best_key"] == "b", "most animals"
+
+
+def test_a_resume_with_nothing_to_do_rewrites_nothing(d04_camera, tmp_path):
+    out = tmp_path / "out"
+    settings = TrapSettings(detector=yolox(), classifier=None, progress=False)
+    _, first = run_traps(str(d04_camera), str(out), settings)
+    outputs = [out / "registrations.csv", out / "report.html", out / "photos.parquet",
+               out / "megadetector.json", out / "camtrap-dp" / "media.csv"]
+    stamps = [p.stat().st_mtime_ns for p in outputs]
+    summary, again = run_traps(str(d04_camera), str(out), settings)
+    assert summary.processed == 0
+    assert [p.stat().st_mtime_ns for p in outputs] == stamps, "nothing rewritten"
+    pd.testing.assert_frame_equal(first, again)
+    assert any("--utc-offset" in w for w in summary.warnings), "the warnings are still said"
+    _, other_gap = run_traps(str(d04_camera), str(out),
+                             TrapSettings(detector=yolox(), classifier=None, progress=False,
+                                          gap="1m"))
+    assert (out / "registrations.csv").stat().st_mtime_ns != stamps[0], "new settings, new files"

@@ -290,21 +290,54 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
     return summary, regs
 
 
+def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
+    """What the exports are made from: the store's shards and the settings that shape them."""
+    shards = sorted((out_dir / "photos.store").glob("part-*.parquet"))
+    parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
+    shaping = {k: v for k, v in settings.__dict__.items()
+               if k not in ("progress", "workers", "batch_size", "retry_failed", "extra")}
+    if settings.deployments and Path(settings.deployments).exists():
+        st = Path(settings.deployments).stat()
+        shaping["deployments_file"] = (st.st_size, st.st_mtime_ns)
+    text = json.dumps({"shards": parts, "settings": shaping}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataFrame | None:
+    """The registrations of the last run when it made the outputs from the same shards and
+    settings (a resume with nothing to do rewrites nothing); None otherwise."""
+    try:
+        before = json.loads((out_dir / "summary.json").read_text())
+        if before.get("outputs_key") != key or summary.processed:
+            return None
+        regs = pd.read_parquet(out_dir / "registrations.parquet")
+    except (OSError, ValueError):
+        return None
+    summary.warnings = before.get("warnings", [])
+    return regs
+
+
 def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
                   prompts: PromptSet | None, fingerprint: dict, summary: RunSummary) -> pd.DataFrame:
     from kadr.traps import export, report
 
+    key = outputs_key(out_dir, settings)
+    unchanged = _unchanged_outputs(out_dir, key, summary)
+    if unchanged is not None:
+        return unchanged
     events_input = photos_for_events(table)
     regs = form_registrations(events_input, settings.method, settings.gap)
     regs, table = export.link_events(regs, table)
     atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
-    flat = table.copy()
-    flat["time"] = flat["time"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(out_dir / "photos.csv", flat.to_csv(index=False))
     import pyarrow as pa
 
     from kadr.core.store import atomic_write_table
 
+    atomic_write_table(out_dir / "registrations.parquet",
+                       pa.Table.from_pandas(regs, preserve_index=False))
+    flat = table.copy()
+    flat["time"] = flat["time"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(out_dir / "photos.csv", flat.to_csv(index=False))
     atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(table, preserve_index=False))
     names = prompts.scientific_names() if prompts else {}
     export.write_megadetector_json(table, out_dir / "megadetector.json", fingerprint)
@@ -324,6 +357,7 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
         else 0,
         "registrations": len(regs), "method": settings.method, "gap": settings.gap,
         "warnings": summary.warnings,
+        "outputs_key": key,
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))
     return regs
