@@ -118,3 +118,22 @@ def test_importing_the_cli_loads_no_heavy_library():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", f"loaded at start-up: {r.stdout}"
+
+
+def test_listing_models_loads_no_heavy_library(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "diffusers", "open_clip", "ray", "plotly")
+    code = ("import sys; from typer.testing import CliRunner; from kadr.cli import app; "
+            "r = CliRunner().invoke(app, ['models', '--all']); assert r.exit_code == 0, r.output; "
+            "assert 'open_clip:ViT-B-32@openai' in r.output; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    env = {**os.environ, "KADR_CACHE": str(tmp_path / "cache"), "KADR_OFFLINE": "1"}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == "[]", \
+        "open_clip's tags come from kadr's cache once listed"

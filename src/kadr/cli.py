@@ -46,6 +46,8 @@ app.add_typer(hotels_app, name="hotels")
 @app.command()
 def models(
     all_: Annotated[bool, typer.Option("--all", help="every pretrained tag too")] = False,
+    device: Annotated[bool, typer.Option(
+        "--device", help="also check which device models would run on (imports torch)")] = False,
 ) -> None:
     """List model backends and known model names, and whether their weights are here."""
     from kadr.core.models import known_models
@@ -62,8 +64,13 @@ def models(
     out.print(table)
     if len(shown) < len(rows):
         out.print(f"{len(rows) - len(shown)} more pretrained tags: kadr models --all")
-    out.print(f"models run on: {guarded(lambda: str(torch_device()))} "
-              f"({DEVICE_ENV}={os.environ.get(DEVICE_ENV, 'auto')}; auto picks a GPU when torch sees one)")
+    setting = f"{DEVICE_ENV}={os.environ.get(DEVICE_ENV, 'auto')}"
+    if device:
+        out.print(f"models run on: {guarded(lambda: str(torch_device()))} ({setting}; auto "
+                  "picks a GPU when torch sees one)")
+    else:
+        out.print(f"models run on: {setting} (auto picks a GPU when torch sees one; "
+                  "kadr models --device checks)")
 
 
 @app.command()

@@ -5,16 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
+from kadr.core.cache import cache_dir
 from kadr.core.store import atomic_write_bytes
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KADR_CACHE", Path.home() / ".cache" / "kadr"))
 
 
 def text_embeddings(model, texts: list[str]) -> np.ndarray:

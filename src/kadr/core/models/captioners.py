@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from PIL import Image
 
+from kadr.core.lazy import inference_mode, torch
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
@@ -38,7 +38,7 @@ class Captioner:
     def fingerprint(self) -> dict:
         return {"captioner": str(self.spec), "max_tokens": self.max_tokens, "decoding": "greedy"}
 
-    @torch.inference_mode()
+    @inference_mode
     def caption(self, images: list[Image.Image]) -> list[str]:
         if not images:
             return []

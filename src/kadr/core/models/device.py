@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 
-import torch
-
+from kadr.core.lazy import torch
 from kadr.core.models.spec import SpecError
 
 DEVICE_ENV = "KADR_DEVICE"

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
+from kadr.core.lazy import inference_mode, torch
 from kadr.core.models.device import torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
@@ -104,7 +104,7 @@ class Painter:
         r = self.resolution / max(w, h)
         return max(8, round(w * r / 8) * 8), max(8, round(h * r / 8) * 8)
 
-    @torch.inference_mode()
+    @inference_mode
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str, negative: str = "",
                 steps: int = 25, strength: float = 1.0, guidance: float = 7.5, seed: int = 0
                 ) -> Image.Image:

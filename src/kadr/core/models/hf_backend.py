@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from kadr.core.lazy import torch
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import ImageTextModel

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from kadr.core.decode import DecodedPhoto
+from kadr.core.lazy import inference_mode, torch
 from kadr.core.models.device import module_device
 from kadr.core.models.preprocess import OPENAI_MEAN, OPENAI_STD, ImagePreprocess
 from kadr.core.models.spec import ModelSpec
@@ -105,14 +105,14 @@ class ImageTextModel:
         """The model's input geometry, uint8 [H, W, 3]; normalised batch-wise later."""
         return self.preprocess.apply(image)
 
-    @torch.inference_mode()
+    @inference_mode
     def encode_images(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, D], of a batch as :func:`images_to_tensor` takes."""
         x = images_to_tensor(batch, self.mean, self.std, self.device)
         feats = self.encode_image_fn(x).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
-    @torch.inference_mode()
+    @inference_mode
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """L2-normalised text embeddings, float32 [N, D]."""
         out = []

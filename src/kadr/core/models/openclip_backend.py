@@ -14,8 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-import torch
-
+from kadr.core.lazy import torch
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import ImageTextModel
@@ -70,6 +69,34 @@ def quick_gelu_note(oc, arch: str, tag: str) -> str | None:
     return None
 
 
+def pretrained_listing() -> tuple[list[tuple[str, str, str, str, str | None]], int]:
+    """open_clip's pretrained tags (arch, tag, hub id, url, QuickGELU note) and how many
+    architectures it knows; kept in kadr's cache per open_clip version, because reading them
+    means importing open_clip and torch (seconds) and `kadr models` should answer at once."""
+    import json
+    from importlib.metadata import version
+
+    from kadr.core.cache import cache_dir
+
+    path = cache_dir() / f"open_clip-{version('open_clip_torch')}-pretrained.json"
+    try:
+        cached = json.loads(path.read_text())
+        return [tuple(t) for t in cached["tags"]], cached["architectures"]
+    except (OSError, ValueError, KeyError):
+        pass
+    oc = _open_clip()
+    tags = []
+    for arch, tag in oc.list_pretrained():
+        cfg = oc.get_pretrained_cfg(arch, tag) or {}
+        tags.append((arch, tag, (cfg.get("hf_hub") or "").rstrip("/"), cfg.get("url", ""),
+                     quick_gelu_note(oc, arch, tag)))
+    n_archs = len(oc.list_models())
+    from kadr.core.store import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"tags": tags, "architectures": n_archs}))
+    return tags, n_archs
+
+
 class OpenClipBackend:
     name = "open_clip"
     kind = "image-text"
@@ -82,21 +109,19 @@ class OpenClipBackend:
         return hub or None, where
 
     def known(self) -> list[KnownModel]:
-        oc = _open_clip()
+        tags, n_archs = pretrained_listing()
         out = [
             KnownModel(f"open_clip:{n}@random", self.kind, note, "built from config", True)
             for n, note in TEST_MODELS.items()
         ]
-        for arch, tag in oc.list_pretrained():
-            hub, where = self._hub_location(arch, tag)
+        for arch, tag, hub, url, note in tags:
+            where = f"{hf_cache_dir()}/models--{hub.replace('/', '--')}" if hub else url
             present = bool(hub and hf_cached_file(hub, HUB_FILES))
-            spec = f"open_clip:{arch}@{tag}"
-            note = quick_gelu_note(oc, arch, tag)
-            out.append(KnownModel(spec, self.kind, "pretrained" + (f"; {note}" if note else ""),
-                                  where, present))
+            out.append(KnownModel(f"open_clip:{arch}@{tag}", self.kind,
+                                  "pretrained" + (f"; {note}" if note else ""), where, present))
         out.append(
             KnownModel("open_clip:ARCH@random", self.kind,
-                       f"any of {len(oc.list_models())} architectures at seeded random weights",
+                       f"any of {n_archs} architectures at seeded random weights",
                        "built from config", True)
         )
         return out

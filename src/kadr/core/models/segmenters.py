@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
+from kadr.core.lazy import inference_mode, torch
 from kadr.core.models.device import module_device, torch_device
 from kadr.core.models.factory import KnownModel, load_model, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
@@ -86,7 +86,7 @@ class ClipSegSegmenter:
     def fingerprint(self) -> dict:
         return {"segmenter": str(self.spec)}
 
-    @torch.inference_mode()
+    @inference_mode
     def segment(self, image: Image.Image, queries: list[str]) -> list[np.ndarray | None]:
         inputs = self.processor(text=queries, images=[image] * len(queries), padding=True,
                                 return_tensors="pt").to(module_device(self.model))
@@ -109,7 +109,7 @@ class SamRefiner:
     def __post_init__(self):
         self.model.to(torch_device())
 
-    @torch.inference_mode()
+    @inference_mode
     def refine(self, image: Image.Image, mask: np.ndarray) -> np.ndarray:
         """The outline SAM finds inside the coarse mask's bounding box.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,19 +70,26 @@ def hub_offline(active: bool = True) -> Iterator[None]:
 
 
 def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
-    """Path of the first of ``filenames`` already in the Hugging Face cache, else None."""
-    from huggingface_hub import try_to_load_from_cache
+    """Path of the first of ``filenames`` already in the Hugging Face cache, else None.
 
+    Read from the cache's documented layout (``models--ORG--NAME/refs/main`` names a
+    snapshot folder holding the files) rather than through huggingface_hub, whose import
+    costs more than listing every model kadr knows.
+    """
     parts = repo_id.strip("/").split("/")
     if len(parts) > 2:  # "org/repo/file.bin": a hub entry that names its file
         repo_id, filenames = "/".join(parts[:2]), ("/".join(parts[2:]),)
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
+        return None  # not a repo id: nothing can be cached under it
+    root = hf_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    try:
+        commit = (root / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
     for name in filenames:
-        try:
-            hit = try_to_load_from_cache(repo_id, name, cache_dir=str(hf_cache_dir()))
-        except ValueError:  # not a valid repo id: nothing can be cached under it
-            return None
-        if isinstance(hit, str) and os.path.exists(hit):
-            return hit
+        path = root / "snapshots" / commit / name
+        if path.exists():
+            return str(path)
     return None
 
 
