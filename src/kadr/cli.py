@@ -27,6 +27,7 @@ from kadr.cli_common import (
     Trust,
     Workers,
     engine_options,
+    fail,
     finish,
     guarded,
     out,
@@ -39,6 +40,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def settings(
+    precision: Annotated[str, typer.Option(
+        help="weights' precision: auto (half on a GPU, fp32 on the CPU), fp32, fp16, bf16",
+        envvar="KADR_PRECISION")] = "auto",
+) -> None:
+    """Turn large photo collections into answers with vision-language models."""
+    from kadr.core.models.device import PRECISION_ENV, PRECISIONS
+
+    if precision.lower() not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    # Read where each model is built (and by Ray actors, which inherit the environment).
+    os.environ[PRECISION_ENV] = precision.lower()
+
+
 app.add_typer(traps_app, name="traps")
 app.add_typer(hotels_app, name="hotels")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from kadr.core.lazy import inference_mode, torch
-from kadr.core.models.device import module_device, torch_device
+from kadr.core.models.device import inputs_for, module_device, module_dtype, place
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import (
@@ -75,7 +75,8 @@ class CocaBackend:
 
         def prepare(images: list[Image.Image]) -> torch.Tensor:
             crops = [preprocess.apply(im) for im in images]
-            return images_to_tensor(crops, preprocess.mean, preprocess.std, module_device(model))
+            x = images_to_tensor(crops, preprocess.mean, preprocess.std, module_device(model))
+            return x.to(module_dtype(model))
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             # open_clip's generate(generation_type="top_k", top_k=1) step by step: its
@@ -179,11 +180,11 @@ class HFCaptionBackend:
             model, processor, size = self._pretrained(spec, trust_checkpoint)
             if "florence" in spec.name.lower():
                 prompt = "<CAPTION>"
-        model.to(torch_device())
+        place(model)
 
         def caption(images: list[Image.Image], max_tokens: int = 30) -> list[str]:
             kwargs = {"text": [prompt] * len(images)} if prompt else {}
-            inputs = processor(images=images, return_tensors="pt", **kwargs).to(module_device(model))
+            inputs = inputs_for(model, processor(images=images, return_tensors="pt", **kwargs))
             out = model.generate(**inputs, max_new_tokens=max_tokens, num_beams=1,
                                  do_sample=False)
             texts = processor.batch_decode(out, skip_special_tokens=True)

@@ -13,6 +13,8 @@ from kadr.core.lazy import torch
 from kadr.core.models.spec import SpecError
 
 DEVICE_ENV = "KADR_DEVICE"
+PRECISION_ENV = "KADR_PRECISION"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def torch_device() -> torch.device:
@@ -38,6 +40,51 @@ def torch_device() -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise SpecError(f"{DEVICE_ENV}=mps but this torch has no MPS device")
     return device
+
+
+def precision_setting() -> str:
+    """``KADR_PRECISION`` (``kadr --precision``): auto, fp32, fp16 or bf16."""
+    want = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if want not in PRECISIONS:
+        raise SpecError(f"{PRECISION_ENV}={want!r} is not one of {', '.join(PRECISIONS)}")
+    return want
+
+
+def torch_dtype(device: torch.device | None = None) -> torch.dtype:
+    """The weights' dtype: auto is half precision on a GPU (bf16 where the GPU has it,
+    else fp16) and fp32 on the CPU; fp32, fp16 or bf16 as asked otherwise."""
+    want = precision_setting()
+    if want == "auto":
+        device = device or torch_device()
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[want]
+
+
+def place(module):
+    """Move a model to the device and precision the settings name (in place; returned)."""
+    device = torch_device()
+    return module.to(device=device, dtype=torch_dtype(device))
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a module's floating weights: inputs are cast to it before each call."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def inputs_for(module: torch.nn.Module, inputs):
+    """A processor's output (a dict of tensors) on the module's device; floating tensors
+    (pixels) in its dtype, integer ones (token ids, sizes) as they are."""
+    device, dtype = module_device(module), module_dtype(module)
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            inputs[key] = value.to(device=device, dtype=dtype if value.is_floating_point()
+                                   else value.dtype)
+    return inputs
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

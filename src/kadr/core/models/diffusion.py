@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from kadr.core.lazy import inference_mode, torch
-from kadr.core.models.device import torch_device
+from kadr.core.models.device import torch_device, torch_dtype
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import hf_cache_dir, hf_source, hub_known
@@ -166,7 +166,7 @@ class DiffusersBackend:
 
         source, offline = hf_source("diffusers", spec, ("model_index.json",))
         # Half precision on a GPU, as the checkpoints are published; full on the CPU.
-        dtype = torch.float16 if torch_device().type == "cuda" else torch.float32
+        dtype = torch_dtype()
         pipe = AutoPipelineForInpainting.from_pretrained(
             source, local_files_only=offline, torch_dtype=dtype, cache_dir=str(hf_cache_dir()),
             use_safetensors=None if trust_checkpoint else True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kadr.core.lazy import torch
-from kadr.core.models.device import module_device, torch_device
+from kadr.core.models.device import module_device, place
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import ImageTextModel
 from kadr.core.models.preprocess import ImagePreprocess, from_hf_image_processor
@@ -109,7 +109,7 @@ class HFClipBackend:
     @staticmethod
     def _wrap(spec, model, preprocess: ImagePreprocess, encode_text, context: int,
               count_tokens=None) -> ImageTextModel:
-        model.to(torch_device())  # in place; the encoders find it through module_device
+        place(model)  # in place; the encoders find it through module_device
 
         def encode_image(x: torch.Tensor) -> torch.Tensor:
             return model.get_image_features(pixel_values=x)

@@ -15,7 +15,7 @@ import numpy as np
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.lazy import inference_mode, torch
-from kadr.core.models.device import module_device
+from kadr.core.models.device import module_device, module_dtype
 from kadr.core.models.preprocess import OPENAI_MEAN, OPENAI_STD, ImagePreprocess
 from kadr.core.models.spec import ModelSpec
 
@@ -109,6 +109,8 @@ class ImageTextModel:
     def encode_images(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, D], of a batch as :func:`images_to_tensor` takes."""
         x = images_to_tensor(batch, self.mean, self.std, self.device)
+        if self.modules:
+            x = x.to(module_dtype(self.modules[0]))  # half-precision weights take half inputs
         feats = self.encode_image_fn(x).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 

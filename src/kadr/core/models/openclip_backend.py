@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from kadr.core.lazy import torch
-from kadr.core.models.device import module_device, torch_device
+from kadr.core.models.device import module_device, place
 from kadr.core.models.factory import KnownModel, register_backend
 from kadr.core.models.image_text import ImageTextModel
 from kadr.core.models.preprocess import from_open_clip
@@ -149,7 +149,7 @@ class OpenClipBackend:
             model, notes = self._load_tag(oc, arch, weights)
         preprocess = from_open_clip(getattr(model.visual, "preprocess_cfg", None) or {
             "size": model.visual.image_size})
-        return model.eval().to(torch_device()), weights, preprocess, notes
+        return place(model.eval()), weights, preprocess, notes
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> ImageTextModel:
         oc = _open_clip()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.lazy import inference_mode, torch
-from kadr.core.models.device import module_device, torch_device
+from kadr.core.models.device import inputs_for, place
 from kadr.core.models.factory import KnownModel, load_model, register_backend
 from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.models.weights import hf_cache_dir, hf_source, hub_known
@@ -80,7 +80,7 @@ class ClipSegSegmenter:
     processor: object
 
     def __post_init__(self):
-        self.model.to(torch_device())
+        place(self.model)
 
     @property
     def fingerprint(self) -> dict:
@@ -88,8 +88,8 @@ class ClipSegSegmenter:
 
     @inference_mode
     def segment(self, image: Image.Image, queries: list[str]) -> list[np.ndarray | None]:
-        inputs = self.processor(text=queries, images=[image] * len(queries), padding=True,
-                                return_tensors="pt").to(module_device(self.model))
+        inputs = inputs_for(self.model, self.processor(
+            text=queries, images=[image] * len(queries), padding=True, return_tensors="pt"))
         logits = self.model(**inputs).logits.float().cpu()
         if logits.ndim == 2:
             logits = logits[None]
@@ -107,7 +107,7 @@ class SamRefiner:
     processor: object
 
     def __post_init__(self):
-        self.model.to(torch_device())
+        place(self.model)
 
     @inference_mode
     def refine(self, image: Image.Image, mask: np.ndarray) -> np.ndarray:
@@ -122,9 +122,10 @@ class SamRefiner:
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
         box = [[[float(x0), float(y0), float(x1), float(y1)]]]
         inputs = self.processor(images=image, input_boxes=box, return_tensors="pt")
-        out = self.model(**inputs.to(module_device(self.model)), multimask_output=False)
+        out = self.model(**inputs_for(self.model, inputs), multimask_output=False)
         masks = self.processor.image_processor.post_process_masks(
-            out.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())
+            out.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
+            inputs["reshaped_input_sizes"].cpu())
         outline = np.zeros(mask.shape, np.float32)
         outline[y0:y1 + 1, x0:x1 + 1] = masks[0][0, 0].numpy()[y0:y1 + 1, x0:x1 + 1]
         return outline if outline.any() else mask

@@ -54,7 +54,8 @@ def spec_fingerprint(spec: str | ModelSpec | None) -> dict | None:
     if spec is None:
         return None
     parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
-    out: dict = {"spec": str(parsed)}
+    # The precision the weights run in changes the numbers (kadr --precision).
+    out: dict = {"spec": str(parsed), "precision": os.environ.get("KADR_PRECISION", "auto")}
     for candidate in (parsed.weights, parsed.name):
         path = os.path.expanduser(candidate) if candidate else ""
         if path and os.path.exists(path):
