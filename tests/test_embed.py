@@ -179,3 +179,17 @@ def test_embeddings_are_stored_as_float32_vectors_unchanged(tmp_path):
         photo = decode_photo((folder / row["key"]).read_bytes(), min_side=model.image_size)
         want = model.encode_images([model.prepare(photo)])[0]
         np.testing.assert_array_equal(np.asarray(row["embedding"], np.float32), want)
+
+
+def test_a_run_counts_every_failure_and_keeps_only_the_first_in_memory(tmp_path):
+    from kadr.core.runner import SHOWN_FAILURES
+
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for i in range(SHOWN_FAILURES + 15):
+        (folder / f"{i:03d}.jpg").write_bytes(b"")
+    summary = embed_photos(str(folder), str(tmp_path / "out"), TINY_CLIP, progress=False)
+    assert summary.failed == SHOWN_FAILURES + 15
+    assert len(summary.failures) == SHOWN_FAILURES
+    rows = read_shards(tmp_path / "out").to_pandas()
+    assert (rows["status"] == "empty_file").sum() == SHOWN_FAILURES + 15, "all in the store"

@@ -72,13 +72,19 @@ def driver_job(name: str, batch_size: int) -> Job:
     return Job(name, _runs_on_actors, _runs_on_actors, batch_size=batch_size)
 
 
+SHOWN_FAILURES = 50  # failures listed at the end of a run (all are in the store)
+
+
 @dataclass
 class RunSummary:
     total: int = 0
     already_done: int = 0
     processed: int = 0
     ok: int = 0
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # key, status, reason
+    failed: int = 0
+    # The first failures (key, status, reason) for the end-of-run message; every one of
+    # them is a row of the store, so memory does not grow with a collection's bad files.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)
     empty_groups: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the outputs could not say right
@@ -90,14 +96,15 @@ class RunSummary:
     def print(self) -> None:
         console.print(
             f"[bold]{self.total}[/] photos: {self.already_done} already done, "
-            f"{self.processed} processed now, {self.ok} ok, {len(self.failures)} failed"
+            f"{self.processed} processed now, {self.ok} ok, {self.failed} failed"
         )
         if self.failures:
             console.print("[yellow]Photos that could not be processed:[/]")
-            for key, status, reason in self.failures[:50]:
+            for key, status, reason in self.failures[:SHOWN_FAILURES]:
                 console.print(f"  {key}: [red]{status}[/] {reason}")
-            if len(self.failures) > 50:
-                console.print(f"  ... and {len(self.failures) - 50} more (see the status column)")
+            if self.failed > SHOWN_FAILURES:
+                console.print(f"  ... and {self.failed - SHOWN_FAILURES} more (see the status "
+                              "column of the output)")
         if self.skipped_files:
             console.print(
                 f"[yellow]{len(self.skipped_files)} files without an image extension were not "
@@ -309,7 +316,9 @@ def run_job(
             if row["status"] == "ok":
                 summary.ok += 1
             else:
-                summary.failures.append((row["key"], row["status"], row["reason"]))
+                summary.failed += 1
+                if len(summary.failures) < SHOWN_FAILURES:
+                    summary.failures.append((row["key"], row["status"], row["reason"]))
         summary.processed += len(rows)
         store.add(rows)
 
