@@ -23,19 +23,26 @@ def photo(i: int = 0) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(parity_photos()[i])).convert("RGB")
 
 
+def reference_from_hub_id(cache, tiny_spec: str, repo: str, model_class: str,
+                          processor_class: str):
+    """kadr's tiny model saved under ``repo``, and transformers' own classes loading it."""
+    import transformers
+
+    tiny = load_model(tiny_spec)
+    save_pretrained_to_hub_cache(cache, repo, tiny.model, tiny.processor)
+    model = getattr(transformers, model_class).from_pretrained(repo, cache_dir=str(cache))
+    processor = getattr(transformers, processor_class).from_pretrained(repo, cache_dir=str(cache))
+    return model.eval(), processor
+
+
 @pytest.mark.slow
 def test_clipseg_by_hub_id_gives_the_masks_of_transformers(offline_hub):  # noqa: F811
-    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
-
-    from kadr.core.models.segmenters import ClipSegBackend
-
     repo = "CIDAS/clipseg-rd64-refined"
-    tiny = ClipSegBackend().load(ModelSpec("clipseg", "kadr/tiny-clipseg", "random"))
-    save_pretrained_to_hub_cache(offline_hub, repo, tiny.model, tiny.processor)
+    model, processor = reference_from_hub_id(offline_hub, "clipseg:kadr/tiny-clipseg@random",
+                                             repo, "CLIPSegForImageSegmentation",
+                                             "CLIPSegProcessor")
     image = photo()
     # transformers' documented use: one copy of the photo per prompt, sigmoid of the logits.
-    model = CLIPSegForImageSegmentation.from_pretrained(repo, cache_dir=str(offline_hub)).eval()
-    processor = CLIPSegProcessor.from_pretrained(repo, cache_dir=str(offline_hub))
     with torch.no_grad():
         inputs = processor(text=QUERIES, images=[image] * len(QUERIES), padding="max_length",
                            return_tensors="pt")
@@ -51,20 +58,14 @@ def test_clipseg_by_hub_id_gives_the_masks_of_transformers(offline_hub):  # noqa
 
 @pytest.mark.slow
 def test_sam_by_hub_id_gives_the_outline_of_transformers(offline_hub):  # noqa: F811
-    from transformers import SamModel, SamProcessor
-
-    from kadr.core.models.segmenters import SamBackend
-
     repo = "facebook/sam-vit-base"
-    tiny = SamBackend().load(ModelSpec("sam", "kadr/tiny-sam", "random"))
-    save_pretrained_to_hub_cache(offline_hub, repo, tiny.model, tiny.processor)
+    model, processor = reference_from_hub_id(offline_hub, "sam:kadr/tiny-sam@random", repo,
+                                             "SamModel", "SamProcessor")
     image = photo()
     w, h = image.size
     box = (w // 5, h // 4, 3 * w // 4, 4 * h // 5)
     coarse = np.zeros((h, w), np.float32)
     coarse[box[1]:box[3] + 1, box[0]:box[2] + 1] = 1
-    model = SamModel.from_pretrained(repo, cache_dir=str(offline_hub)).eval()
-    processor = SamProcessor.from_pretrained(repo, cache_dir=str(offline_hub))
     with torch.no_grad():
         inputs = processor(images=image, input_boxes=[[[float(v) for v in box]]],
                            return_tensors="pt")
