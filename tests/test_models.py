@@ -137,3 +137,24 @@ def test_listing_models_loads_no_heavy_library(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == "[]", \
         "open_clip's tags come from kadr's cache once listed"
+
+
+def test_text_cache_is_bounded_and_keeps_what_was_used_last(tmp_path, monkeypatch):
+    import time
+
+    from kadr.core.text_cache import text_embeddings
+
+    monkeypatch.setenv("KADR_CACHE", str(tmp_path))
+    model = load_model(TINY_CLIP)
+    first = text_embeddings(model, ["a bed"])
+    one_file = next((tmp_path / "text").iterdir()).stat().st_size
+    monkeypatch.setenv("KADR_TEXT_CACHE_MB", str(3.5 * one_file / 2**20))  # room for three
+    for i in range(6):
+        time.sleep(0.01)  # distinct modification times
+        text_embeddings(model, [f"phrase {i}"])
+    names = {p.name for p in (tmp_path / "text").iterdir()}
+    assert len(names) == 3, "the least recently used files were removed"
+    last = text_embeddings(model, ["phrase 5"])
+    assert {p.name for p in (tmp_path / "text").iterdir()} == names, "the newest was kept"
+    np.testing.assert_array_equal(text_embeddings(model, ["a bed"]), first)
+    assert last.shape == first.shape

@@ -177,7 +177,8 @@ class Interrogator:
         n = len(captions)
         cands = [[phrases[j] for j in np.argsort(-s[i])[: self.candidates]] for i in range(n)]
         prompts = list(captions)
-        best_sim = np.einsum("nd,nd->n", text_embeddings(self.clip, prompts), img)
+        # Captions change every batch: encoded directly, not cached (the cache is for vocabularies).
+        best_sim = np.einsum("nd,nd->n", self.clip.encode_texts(prompts), img)
         chains: list[list] = [[] for _ in range(n)]
         active = set(range(n))
         for _ in range(self.max_phrases):
