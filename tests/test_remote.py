@@ -68,3 +68,14 @@ def test_a_second_run_on_the_same_bucket_output_is_refused(tmp_path, monkeypatch
     fs.pipe(f"/b3/out/{LEASE_NAME}", json.dumps(stale).encode())
     s = embed_photos("memory://b3/photos", "memory://b3/out", TINY_CLIP, progress=False)
     assert s.ok == 1 and not fs.exists(f"/b3/out/{LEASE_NAME}")
+
+
+def test_bucket_listing_streams_folder_by_folder():
+    from kadr.core.remote import list_photo_urls
+
+    fs = fsspec.filesystem("memory")
+    for p in ["b/2.jpg", "b/1.jpg", "a/x/3.jpg", "a/1.jpg", "c.txt", "z.jpg"]:
+        fs.pipe(f"/listing/{p}", b"x")
+    listing = list_photo_urls("memory://listing", frozenset({".jpg"}))
+    assert next(listing)[0] == "z.jpg", "a generator: the first folder comes before the rest"
+    assert [rel for rel, _ in listing] == ["a/1.jpg", "a/x/3.jpg", "b/1.jpg", "b/2.jpg"]

@@ -66,18 +66,27 @@ def url_fs(url: str):
 
 
 def list_photo_urls(url: str, extensions: frozenset[str]) -> Iterator[tuple[str, str]]:
-    """(relative path, full URL) of every file under a folder URL, sorted."""
+    """(relative path, full URL) of every photo under a folder URL.
+
+    Streamed folder by folder (names sorted within each, folders in sorted order),
+    as the local listing is: a bucket of a million objects is never held in memory.
+    """
     fs, root = url_fs(url)
     protocol = url.split("://", 1)[0]
     root = root.rstrip("/")
-    for path in sorted(fs.find(root)):
-        rel = path[len(root):].lstrip("/")
-        if os.path.splitext(rel)[1].lower() in extensions:
-            yield rel, f"{protocol}://{path}"
+    for dirpath, dirnames, filenames in fs.walk(root, topdown=True):
+        dirnames.sort()  # in place: fsspec then walks them in this order
+        for name in sorted(filenames):
+            path = f"{dirpath.rstrip('/')}/{name}"
+            rel = path[len(root):].lstrip("/")
+            if os.path.splitext(rel)[1].lower() in extensions:
+                yield rel, f"{protocol}://{path}"
 
 
 def staging_dir(url: str) -> Path:
-    base = Path(os.environ.get("KADR_CACHE", Path.home() / ".cache" / "kadr")) / "staging"
+    from kadr.core.cache import cache_dir
+
+    base = cache_dir() / "staging"
     return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
