@@ -8,12 +8,21 @@ cameras, times shifted), in one run:
   vectorised ``simple`` and ``window`` methods for reference.
 
     python bench/events.py [--photos 1000000]
+    python bench/events.py --process [--rounds 3]   # whole processes, start-up and CSV included
+
+``--process`` writes the table as the case's CSV and times, as whole
+processes interleaved over rounds (best of each), the seed's rule as a plain
+script (pandas reads the CSV, a row loop forms registrations, a CSV is written)
+against ``kadr traps events CSV -o OUT``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,11 +75,59 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+BASELINE_SCRIPT = """
+import sys
+import pandas as pd
+df = pd.read_csv(sys.argv[1], parse_dates=["date_registration"])
+df = df.sort_values(["name_folder", "date_registration"])
+gap = pd.Timedelta(minutes=30)
+regs, prev = [], None
+for cam, t, cls, cnt in zip(df["name_folder"], df["date_registration"], df["class_predict"],
+                            df["count"].fillna(1)):
+    if cam != prev or not regs or cls != regs[-1][1] or cnt != regs[-1][4] or t - regs[-1][3] > gap:
+        regs.append([cam, cls, t, t, cnt])
+    else:
+        regs[-1][3] = t
+    prev = cam
+pd.DataFrame(regs, columns=["name_folder", "class", "date_registration_start",
+                            "date_registration_end", "count"]).to_csv(sys.argv[2], index=False)
+"""
+
+
+def process_bench(photos: pd.DataFrame, rounds: int) -> dict:
+    """Whole processes, interleaved over rounds; the best time of each."""
+    folder = Path(tempfile.mkdtemp(prefix="kadr-events-bench-"))
+    table = folder / "photos.csv"
+    pd.DataFrame({"name_folder": photos["camera"], "name": photos["file"],
+                  "class_predict": photos["class"],
+                  "date_registration": photos["time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+                  "count": photos["count"]}).to_csv(table, index=False)
+    kadr = [str(Path(sys.executable).parent / "kadr"), "traps", "events", str(table),
+            "-o", str(folder / "kadr.csv")]
+    baseline = [sys.executable, "-c", BASELINE_SCRIPT, str(table), str(folder / "plain.csv")]
+    best = {"plain script": float("inf"), "kadr traps events": float("inf")}
+    for _ in range(rounds):
+        for name, cmd in (("plain script", baseline), ("kadr traps events", kadr)):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    n = len(photos)
+    return {"photos": n, "rounds": rounds,
+            **{name: {"seconds": round(t, 2), "photos_per_s": round(n / t)}
+               for name, t in best.items()},
+            "kadr_vs_plain": round(best["plain script"] / best["kadr traps events"], 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--photos", type=int, default=1_000_000)
+    ap.add_argument("--process", action="store_true", help="time whole processes")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     photos = synthetic_table(args.photos)
+    if args.process:
+        print(json.dumps(process_bench(photos, args.rounds), indent=2))
+        return
     n = len(photos)
     results = {"photos": n}
     base, tb = timed(lambda: simple_rule_loop(photos))
