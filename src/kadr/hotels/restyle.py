@@ -162,7 +162,6 @@ def restyle_fingerprint(settings: RestyleSettings, audience: Audience) -> dict:
     """Everything that changes the edits, from the settings alone (no pipeline is loaded)."""
     s = settings
     return {"job": "restyle", "pipeline": spec_fingerprint(s.pipeline), "scheduler": s.scheduler,
-            "precision": "fp16 on a GPU, fp32 on the CPU",
             "segmenter": spec_fingerprint(s.segmenter),
             "refine_masks": spec_fingerprint(s.refine_masks),
             "audience": json.dumps(audience.__dict__, default=str),
@@ -190,10 +189,6 @@ class Restyler:
             t = pd.read_parquet(settings.captions)
             self.captions = dict(zip(t["key"], t["caption"].fillna(""), strict=True))
             self.captions.update(zip(t["path"], t["caption"].fillna(""), strict=True))
-
-    @property
-    def fingerprint(self) -> dict:
-        return restyle_fingerprint(self.s, self.audience)
 
     def prepare(self, photo: DecodedPhoto) -> Image.Image:
         return photo.image

@@ -123,10 +123,6 @@ class TrapJob:
             self.class_emb = self.prompts.class_embeddings(self.model)
 
     @property
-    def fingerprint(self) -> dict:
-        return trap_fingerprint(self.s, self.prompts)
-
-    @property
     def class_names(self) -> list[str]:
         return self.prompts.names if self.prompts else []
 

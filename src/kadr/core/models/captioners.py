@@ -34,10 +34,6 @@ class Captioner:
     modules: list = field(default_factory=list)
     max_tokens: int = 30
 
-    @property
-    def fingerprint(self) -> dict:
-        return {"captioner": str(self.spec), "max_tokens": self.max_tokens, "decoding": "greedy"}
-
     @inference_mode
     def caption(self, images: list[Image.Image]) -> list[str]:
         if not images:

@@ -97,11 +97,6 @@ class YoloxDetector:
         self.nms_iou = nms_iou
         self.grids = self._grids(self.size)
 
-    @property
-    def fingerprint(self) -> dict:
-        return {"detector": str(self.spec), "input": self.size, "min_conf": self.min_conf,
-                "nms_iou": self.nms_iou}
-
     @staticmethod
     def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
         cells, strides = [], []
@@ -168,10 +163,6 @@ class MegaDetector:
         self.spec = spec
         self.min_conf = min_conf
         self.size = 1280
-
-    @property
-    def fingerprint(self) -> dict:
-        return {"detector": str(self.spec), "min_conf": self.min_conf}
 
     def prepare(self, photo: DecodedPhoto) -> Image.Image:
         return photo.image

@@ -85,11 +85,6 @@ class Painter:
     def __post_init__(self):
         self.pipe.to(torch_device())
 
-    @property
-    def fingerprint(self) -> dict:
-        return {"pipeline": str(self.spec), "scheduler": type(self.pipe.scheduler).__name__,
-                "resolution": self.resolution, "dtype": str(self.pipe.unet.dtype)}
-
     def set_scheduler(self, name: str) -> None:
         import diffusers
 

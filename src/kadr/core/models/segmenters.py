@@ -49,10 +49,6 @@ class BoxSegmenter:
     detector: object
     min_conf: float = 0.3
 
-    @property
-    def fingerprint(self) -> dict:
-        return {"segmenter": str(self.spec), "min_conf": self.min_conf}
-
     def segment(self, image: Image.Image, queries: list[str]) -> list[np.ndarray | None]:
         from kadr.core.models.detectors import COCO80
 
@@ -81,10 +77,6 @@ class ClipSegSegmenter:
 
     def __post_init__(self):
         place(self.model)
-
-    @property
-    def fingerprint(self) -> dict:
-        return {"segmenter": str(self.spec)}
 
     @inference_mode
     def segment(self, image: Image.Image, queries: list[str]) -> list[np.ndarray | None]:
