@@ -26,6 +26,7 @@ from kadr.core.models.weights import (
     hf_cached_file,
     hub_offline,
     hub_reachable,
+    hub_repo_folder,
     load_state_dict,
     missing_weights_message,
 )
@@ -69,6 +70,11 @@ def quick_gelu_note(oc, arch: str, tag: str) -> str | None:
     return None
 
 
+def _weights_location(hub: str, url: str) -> str:
+    """Where a tag's weights are looked for: its hub repository in the cache, else its URL."""
+    return str(hub_repo_folder(hub)) if hub else url
+
+
 def pretrained_listing() -> tuple[list[tuple[str, str, str, str, str | None]], int]:
     """open_clip's pretrained tags (arch, tag, hub id, url, QuickGELU note) and how many
     architectures it knows; kept in kadr's cache per open_clip version, because reading them
@@ -105,8 +111,7 @@ class OpenClipBackend:
     def _hub_location(self, arch: str, tag: str) -> tuple[str | None, str]:
         cfg = _open_clip().get_pretrained_cfg(arch, tag)
         hub = (cfg.get("hf_hub") or "").rstrip("/")
-        where = f"{hf_cache_dir()}/models--{hub.replace('/', '--')}" if hub else cfg.get("url", "")
-        return hub or None, where
+        return hub or None, _weights_location(hub, cfg.get("url", ""))
 
     def known(self) -> list[KnownModel]:
         tags, n_archs = pretrained_listing()
@@ -115,7 +120,7 @@ class OpenClipBackend:
             for n, note in TEST_MODELS.items()
         ]
         for arch, tag, hub, url, note in tags:
-            where = f"{hf_cache_dir()}/models--{hub.replace('/', '--')}" if hub else url
+            where = _weights_location(hub, url)
             present = bool(hub and hf_cached_file(hub, HUB_FILES))
             out.append(KnownModel(f"open_clip:{arch}@{tag}", self.kind,
                                   "pretrained" + (f"; {note}" if note else ""), where, present))

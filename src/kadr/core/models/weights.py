@@ -69,6 +69,11 @@ def hub_offline(active: bool = True) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = old
 
 
+def hub_repo_folder(repo_id: str) -> Path:
+    """Where the Hugging Face cache keeps a repository: ``models--ORG--NAME``."""
+    return hf_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+
+
 def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
     """Path of the first of ``filenames`` already in the Hugging Face cache, else None.
 
@@ -81,7 +86,7 @@ def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
         repo_id, filenames = "/".join(parts[:2]), ("/".join(parts[2:]),)
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
         return None  # not a repo id: nothing can be cached under it
-    root = hf_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    root = hub_repo_folder(repo_id)
     try:
         commit = (root / "refs" / "main").read_text().strip()
     except OSError:
@@ -115,7 +120,7 @@ def hf_source(backend: str, spec, files: tuple[str, ...]) -> tuple[str, bool]:
     if not local and not hf_cached_file(source, files) and not hub_reachable():
         raise WeightsNotFoundError(missing_weights_message(
             f"{backend}:{source}",
-            [f"{hf_cache_dir()}/models--{source.replace('/', '--')}", "a local folder"],
+            [str(hub_repo_folder(source)), "a local folder"],
             f"huggingface-cli download {source} on a machine with the internet and copy the "
             f"cache, or pass a local folder: {backend}:/path/to/model"))
     return source, local or not hub_reachable()
@@ -125,8 +130,7 @@ def hub_known(backend: str, kind: str, name: str, files: tuple[str, ...], note: 
     """A :class:`KnownModel` row for a hub model: where it would be cached, whether it is."""
     from kadr.core.models.factory import KnownModel
 
-    return KnownModel(f"{backend}:{name}", kind, note,
-                      f"{hf_cache_dir()}/models--{name.replace('/', '--')}",
+    return KnownModel(f"{backend}:{name}", kind, note, str(hub_repo_folder(name)),
                       bool(hf_cached_file(name, files)))
 
 
