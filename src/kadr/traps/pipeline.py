@@ -119,7 +119,7 @@ class TrapJob:
                 self.note = ("classifier weights unavailable; classes are the detector's labels: "
                              + str(e).splitlines()[0])
         if self.model is not None:
-            self.prompts = load_prompts(settings.prompts or _default_prompts())
+            self.prompts = settings_prompts(settings)
             self.class_emb = self.prompts.class_embeddings(self.model)
 
     @property
@@ -200,10 +200,11 @@ class TrapJob:
             r.update({f"p_{n_}": round(float(v), 4) for n_, v in zip(names, p, strict=True)})
 
 
-def _default_prompts() -> str:
+def settings_prompts(settings: TrapSettings) -> PromptSet:
+    """The class prompts a run uses: the user's file, else the shipped example."""
     from kadr.traps.prompts import EXAMPLE
 
-    return str(EXAMPLE)
+    return load_prompts(settings.prompts or str(EXAMPLE))
 
 
 def per_photo_table(store_folder: str | Path) -> pd.DataFrame:
@@ -269,8 +270,7 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
                                  group_column=settings.group_column)
     if engine is not None and engine.on_ray:
         # The actors load the models; the driver only needs the prompts for the exports.
-        prompts = (load_prompts(settings.prompts or _default_prompts())
-                   if settings.classifier else None)
+        prompts = settings_prompts(settings) if settings.classifier else None
         job = driver_job("traps", settings.batch_size)
     else:
         trap = TrapJob(settings)
@@ -281,8 +281,13 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
                           time_pattern=settings.time_pattern, progress=settings.progress,
                           retry_failed=settings.retry_failed,
                           engine=engine, job_factory=functools.partial(make_trap_job, settings))
+    # A resume with nothing to do neither reads the store nor rewrites an output.
+    key = outputs_key(out_dir, settings)
+    unchanged = _unchanged_outputs(out_dir, key, summary)
+    if unchanged is not None:
+        return summary, unchanged
     table = per_photo_table(out_dir / "photos.store")
-    regs = write_outputs(table, out_dir, settings, prompts, fingerprint, summary)
+    regs = write_outputs(table, out_dir, settings, prompts, fingerprint, summary, key)
     return summary, regs
 
 
@@ -314,13 +319,12 @@ def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataF
 
 
 def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
-                  prompts: PromptSet | None, fingerprint: dict, summary: RunSummary) -> pd.DataFrame:
+                  prompts: PromptSet | None, fingerprint: dict, summary: RunSummary,
+                  key: str) -> pd.DataFrame:
+    """Every export of a run, from the per-photo table; ``key`` (:func:`outputs_key`) is
+    recorded so that a later resume with nothing to do can leave them all as they are."""
     from kadr.traps import export, report
 
-    key = outputs_key(out_dir, settings)
-    unchanged = _unchanged_outputs(out_dir, key, summary)
-    if unchanged is not None:
-        return unchanged
     events_input = photos_for_events(table)
     regs = form_registrations(events_input, settings.method, settings.gap)
     regs, table = export.link_events(regs, table)
