@@ -252,17 +252,18 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     for r in ROTATIONS[1:]:
         edges += [(i, j, r) for i, j in hash_pairs(hashes[r], hashes[0], max_distance)
                   if i != j and (min(i, j), max(i, j)) not in linked]
-    first = ok.reset_index().groupby("photo_id")["index"].min()
-    same_bytes = pid == first.reindex(pid).to_numpy()
-    edges += [(int(first[pid[i]]), i, 0) for i in np.flatnonzero(~same_bytes)]
+    # Photos with the same bytes: each linked to the first row holding them.
+    rows = np.arange(len(ok))
+    first_row = pd.Series(rows).groupby(pid).transform("min").to_numpy()
+    edges += [(int(first_row[i]), int(i), 0) for i in np.flatnonzero(first_row != rows)]
     root, turn = _families(len(ok), edges)
     clip_turn = None
     if "rotation_needed" in ok and ok["rotation_needed"].notna().any():
         confident = ok["rotation_confidence"].fillna(0).to_numpy() >= rotation_threshold
         clip_turn = np.where(confident, ok["rotation_needed"].fillna(-1).to_numpy(), -1)
     exact = ok["photo_id"].duplicated(keep=False).to_numpy()
-    rows = []
-    for members in pd.Series(np.arange(len(ok))).groupby(root).indices.values():
+    out = []
+    for members in pd.Series(rows).groupby(root).indices.values():
         if len(members) < 2:
             continue
         upright = _upright_turn(members, turn, clip_turn)
@@ -270,9 +271,9 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
         for i in sorted(members):
             rotation = int((turn[i] - upright) % 360)
             kind = "rotated" if rotation else ("exact" if exact[i] else "near")
-            rows.append({"key": ok.at[i, "key"], "kind": kind, "group": group,
-                         "rotation": rotation})
-    return pd.DataFrame(rows, columns=cols)
+            out.append({"key": ok.at[i, "key"], "kind": kind, "group": group,
+                        "rotation": rotation})
+    return pd.DataFrame(out, columns=cols)
 
 
 def group_columns(photos: pd.DataFrame) -> dict[str, str]:
