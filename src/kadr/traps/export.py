@@ -118,12 +118,11 @@ def link_media_folder(package: Path, ok: pd.DataFrame) -> str | None:
     local = ok[~ok["path"].str.contains("://", regex=False)]
     if local.empty:
         return None
-    roots = {p[: -len(k)] for p, k in zip(local["path"], local["key"], strict=True)
-             if p.replace(os.sep, "/").endswith(k.replace(os.sep, "/"))}
+    # Each photo's root is its path without its key; one shared root can be linked.
+    roots = {p[: -len(k)] if p.replace(os.sep, "/").endswith(k.replace(os.sep, "/")) else None
+             for p, k in zip(local["path"], local["key"], strict=True)}
     link = package / MEDIA_FOLDER
-    if len(roots) == 1 and len(local) == sum(
-            p.replace(os.sep, "/").endswith(k.replace(os.sep, "/"))
-            for p, k in zip(local["path"], local["key"], strict=True)):
+    if len(roots) == 1 and None not in roots:
         target = Path(roots.pop() or ".").resolve()
         try:
             if link.is_symlink() and link.resolve() == target:
