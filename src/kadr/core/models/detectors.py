@@ -177,10 +177,11 @@ class MegaDetector:
         for res in results:
             if res.get("failure"):
                 raise RuntimeError(f"MegaDetector failed on a photo: {res['failure']}")
-            dets = [Detection(MD_CATEGORIES.get(str(d["category"]), "other"),
-                              MD_CATEGORIES.get(str(d["category"]), "other"), float(d["conf"]),
-                              tuple(float(v) for v in d["bbox"]))
-                    for d in res.get("detections") or []]
+            dets = []
+            for d in res.get("detections") or []:
+                category = MD_CATEGORIES.get(str(d["category"]), "other")
+                dets.append(Detection(category, category, float(d["conf"]),
+                                      tuple(float(v) for v in d["bbox"])))
             out.append(sorted(dets, key=lambda d: -d.conf))
         return out
 
