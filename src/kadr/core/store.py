@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
 from kadr.core.errors import StoreLockedError, StoreMismatchError  # noqa: F401 (re-exported)
@@ -195,7 +194,9 @@ class ShardStore:
                 if pa.types.is_null(column.type):
                     continue  # only failures in this shard: nothing to type
                 if not pa.types.is_list(kind) and not pa.types.is_fixed_size_list(kind):
-                    sizes = pa.compute.list_value_length(column).drop_null()
+                    import pyarrow.compute as pc  # only stores with vectors need it
+
+                    sizes = pc.list_value_length(column).drop_null()
                     if len(sizes) == 0:
                         continue
                     kind = pa.list_(kind, sizes[0].as_py())
