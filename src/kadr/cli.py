@@ -32,6 +32,7 @@ from kadr.cli_common import (
     guarded,
     out,
 )
+from kadr.core.models.spec import PRECISION_ENV
 from kadr.hotels.cli import app as hotels_app
 from kadr.traps.cli import app as traps_app
 
@@ -46,10 +47,10 @@ app = typer.Typer(
 def settings(
     precision: Annotated[str, typer.Option(
         help="weights' precision: auto (half on a GPU, fp32 on the CPU), fp32, fp16, bf16",
-        envvar="KADR_PRECISION")] = "auto",
+        envvar=PRECISION_ENV)] = "auto",
 ) -> None:
     """Turn large photo collections into answers with vision-language models."""
-    from kadr.core.models.device import PRECISION_ENV, PRECISIONS
+    from kadr.core.models.device import PRECISIONS
 
     if precision.lower() not in PRECISIONS:
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

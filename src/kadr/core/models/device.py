@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 
 from kadr.core.lazy import torch
-from kadr.core.models.spec import SpecError
+from kadr.core.models.spec import PRECISION_ENV, SpecError
 
 DEVICE_ENV = "KADR_DEVICE"
-PRECISION_ENV = "KADR_PRECISION"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 

@@ -6,6 +6,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+PRECISION_ENV = "KADR_PRECISION"  # kadr --precision: auto, fp32, fp16 or bf16
+
 
 class SpecError(ValueError):
     """A model spec that cannot be parsed or names an unknown backend/model."""
@@ -55,7 +57,7 @@ def spec_fingerprint(spec: str | ModelSpec | None) -> dict | None:
         return None
     parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     # The precision the weights run in changes the numbers (kadr --precision).
-    out: dict = {"spec": str(parsed), "precision": os.environ.get("KADR_PRECISION", "auto")}
+    out: dict = {"spec": str(parsed), "precision": os.environ.get(PRECISION_ENV, "auto")}
     for candidate in (parsed.weights, parsed.name):
         path = os.path.expanduser(candidate) if candidate else ""
         if path and os.path.exists(path):
