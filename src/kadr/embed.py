@@ -29,7 +29,7 @@ def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
         if not inputs:
             return []
         vectors = model.encode_images(inputs)
-        return [{"embedding": v} for v in vectors.astype(np.float32)]
+        return [{"embedding": v} for v in vectors]  # float32, as encode_images gives them
 
     return Job(
         name="embed",
