@@ -10,6 +10,7 @@ from rich.console import Console
 
 from kadr.core.errors import StoreLockedError, StoreMismatchError
 from kadr.core.models import SpecError, UnsafeCheckpointError, WeightsNotFoundError
+from kadr.traps.decisions import DecisionLogError
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -20,6 +21,7 @@ USER_ERRORS = (
     UnsafeCheckpointError,
     StoreLockedError,
     StoreMismatchError,
+    DecisionLogError,
     FileNotFoundError,
     ValueError,
 )

@@ -32,9 +32,9 @@ def script_json(value: Any) -> Markup:
     return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
-def thumbnail(source: str | Image.Image, side: int = 160, rotate: int = 0,
-              boxes: Iterable[dict] = (), quality: int = 75) -> str | None:
-    """A JPEG data URL of a photo (path, URL or image) no larger than ``side``.
+def thumbnail_jpeg(source: str | Image.Image, side: int = 160, rotate: int = 0,
+                   boxes: Iterable[dict] = (), quality: int = 75) -> bytes | None:
+    """JPEG bytes of a photo (path, URL or image) no larger than ``side``.
 
     ``rotate``: degrees counter-clockwise. ``boxes``: dicts with a normalised
     ``bbox`` [x, y, w, h], an outline ``color`` and an optional ``text``.
@@ -45,7 +45,7 @@ def thumbnail(source: str | Image.Image, side: int = 160, rotate: int = 0,
     else:
         try:
             img = decode_photo(read_bytes(source), min_side=side).image
-        except DecodeError:
+        except (DecodeError, OSError):
             return None
     if rotate:
         img = img.rotate(rotate, expand=True)
@@ -61,7 +61,14 @@ def thumbnail(source: str | Image.Image, side: int = 160, rotate: int = 0,
             draw.text((x * w + 2, y * h + 2), box["text"], fill=box["color"])
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def thumbnail(source: str | Image.Image, side: int = 160, rotate: int = 0,
+              boxes: Iterable[dict] = (), quality: int = 75) -> str | None:
+    """:func:`thumbnail_jpeg` as a data URL, for self-contained pages."""
+    data = thumbnail_jpeg(source, side, rotate, boxes, quality)
+    return None if data is None else "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
 def figure(fig, div_id: str | None = None) -> Markup:

@@ -172,3 +172,38 @@ def validate_dp(
     if errors:
         raise typer.Exit(1)
     out.print(f"{package}: valid Camtrap DP")
+
+
+@app.command()
+def review(
+    output: Annotated[Path, typer.Argument(help="output folder of `kadr traps run`")],
+    host: Annotated[str, typer.Option(help="address to serve on; 0.0.0.0 serves a lab "
+                                           "network (still behind the token)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free one)")] = 0,
+    reviewer: Annotated[str, typer.Option(help="your name, recorded with each decision")] = (
+        "reviewer"),
+    browser: Annotated[bool, typer.Option(help="open the page in a browser")] = True,
+    token: Annotated[str | None, typer.Option(
+        help="the secret in the address (default: a new random one)")] = None,
+) -> None:
+    """Check and correct registrations in the browser; decisions go into every export."""
+    from kadr.traps.review_app import serve
+
+    guarded(lambda: serve(output, host, port, reviewer, browser, token, announce=out.print))
+    out.print("review stopped; exporting with the decisions ...")
+    export(output)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Argument(help="output folder of `kadr traps run`")],
+) -> None:
+    """Rewrite registrations.csv, Camtrap DP, MegaDetector JSON and the report with the
+    reviewers' decisions (and learned classes) applied. Loads no model."""
+    from kadr.traps.pipeline import export_run
+
+    regs, summary = guarded(lambda: export_run(output))
+    for w in summary.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    reviewed = int(regs["reviewed"].sum()) if "reviewed" in regs else 0
+    out.print(f"{len(regs)} registrations ({reviewed} reviewed): {output / 'registrations.csv'}")

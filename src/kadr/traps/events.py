@@ -59,6 +59,7 @@ def parse_gap(text: str | float | pd.Timedelta) -> pd.Timedelta:
 def _animal_photos(photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(timed animal photos sorted by camera/time, untimed animal photos)."""
     df = photos.copy()
+    df["_row"] = np.arange(len(df))  # position in the caller's frame, for membership
     df["detected"] = df["count"].notna()
     df["count"] = df["count"].where(df["detected"], 1.0)  # a class without a count: 1
     is_animal = ~df["class"].str.lower().isin(BACKGROUND_CLASSES) & (df["count"] > 0)
@@ -217,24 +218,45 @@ def form_registrations(
     count_rule: str = "max",
 ) -> pd.DataFrame:
     """Registrations from a normalised per-photo frame; columns as the case's CSV plus ``photos``."""
+    return registrations_with_members(photos, method, gap, split_species=split_species,
+                                      count_rule=count_rule)[0]
+
+
+def registrations_with_members(
+    photos: pd.DataFrame,
+    method: str = "sessions",
+    gap: str | pd.Timedelta = "30m",
+    *,
+    split_species: bool = False,
+    count_rule: str = "max",
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`form_registrations` and, per row of ``photos``, the position of the
+    registration it belongs to (-1: none: a background photo or a repeated row)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     gap = parse_gap(gap)
     df, untimed = _animal_photos(photos)
+    seg = np.zeros(0, np.int64)
     if df.empty:  # no animal anywhere: no registration from timed photos
         regs = pd.DataFrame({"name_folder": pd.Series(dtype=str), "class": pd.Series(dtype=str),
                              "date_registration_start": pd.Series(dtype="datetime64[ns]"),
                              "date_registration_end": pd.Series(dtype="datetime64[ns]"),
                              "count": pd.Series(dtype=float), "photos": pd.Series(dtype=int)})
     elif method == "simple":
-        regs = _by_segment(df, simple_rule(df, gap), df["class"].to_numpy(), df["count"])
+        seg = simple_rule(df, gap)
+        regs = _by_segment(df, seg, df["class"].to_numpy(), df["count"])
     elif method == "window":
         cls, cnt = window_values(df, gap) if len(df) else (np.array([]), np.array([]))
-        regs = _by_segment(df, simple_rule(df, gap, cls, cnt), cls, cnt)
+        seg = simple_rule(df, gap, cls, cnt)
+        regs = _by_segment(df, seg, cls, cnt)
     else:
         seg, cls, cnt = sessions_rule(df, gap, split_species, count_rule)
         regs = _by_segment(df, seg, cls, cnt)
     regs["count"] = regs["count"].fillna(1).astype(int)
+    members = np.full(len(photos), -1, np.int64)
+    if len(df):  # _by_segment orders registrations by segment id
+        members[df["_row"].to_numpy()] = np.unique(seg, return_inverse=True)[1]
     if len(untimed):
+        members[untimed["_row"].to_numpy()] = len(regs) + np.arange(len(untimed))
         regs = pd.concat([regs, _untimed_registrations(untimed)], ignore_index=True)
-    return regs.reset_index(drop=True)
+    return regs.reset_index(drop=True), members

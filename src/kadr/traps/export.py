@@ -175,8 +175,9 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
     labels that are not animal/person/vehicle are left out (the per-photo
     table keeps them).
     """
-    class_names = sorted({c for c in table.get("class", pd.Series(dtype=str)).dropna()
-                          if c.lower() not in BACKGROUND_CLASSES})
+    human = table["human_class"] if "human_class" in table else pd.Series(None, index=table.index)
+    labels = pd.concat([table.get("class", pd.Series(dtype=str)), human]).dropna()
+    class_names = sorted({c for c in labels if str(c).lower() not in BACKGROUND_CLASSES})
     class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
     images = []
     root = _common_folder(table["key"]) if len(table) else ""
@@ -193,7 +194,11 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
             if cat is None:
                 continue
             det = {"category": cat, "conf": d["conf"], "bbox": d["bbox"]}
-            if cat == "1" and r.get("class") in class_ids:
+            decided = r.get("human_class")
+            if cat == "1" and isinstance(decided, str):  # a reviewer's class is certain
+                if decided in class_ids:
+                    det["classifications"] = [[class_ids[decided], 1.0]]
+            elif cat == "1" and r.get("class") in class_ids:
                 prob = r.get("class_prob")
                 det["classifications"] = [[class_ids[r["class"]],
                                            float(prob) if pd.notna(prob) else d["conf"]]]
@@ -303,17 +308,24 @@ def write_camtrap_dp(
     obs = []
     for r in regs[regs["date_registration_start"].notna()].to_dict("records"):
         cls = r["class"]
+        human = bool(r.get("reviewed"))
         obs.append({
             "observationID": r["eventID"], "deploymentID": str(r["name_folder"]), "mediaID": None,
             "eventID": r["eventID"], "eventStart": _iso(r["date_registration_start"], off),
             "eventEnd": _iso(r["date_registration_end"], off), "observationLevel": "event",
             "observationType": "animal", "scientificName": names.get(cls, cls.replace("_", " ")),
-            "count": int(r["count"]), "classificationMethod": "machine", "classifiedBy": "kadr",
-            "classificationTimestamp": now, "classificationProbability": None,
-            "observationTags": f"class:{cls}",
+            "count": int(r["count"]),
+            "classificationMethod": "human" if human else "machine",
+            "classifiedBy": str(r["classified_by"]) if human else "kadr",
+            "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else now,
+            "classificationProbability": None,
+            "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
+                                                 else ""),
         })
     probs = ok.groupby("event_id")["class_prob"].mean() if "event_id" in ok else {}
     for o in obs:
+        if o["classificationMethod"] == "human":
+            continue
         p = probs.get(o["eventID"]) if len(probs) else None
         o["classificationProbability"] = None if p is None or pd.isna(p) else round(float(p), 4)
     for r in ok.to_dict("records"):
@@ -380,6 +392,45 @@ def write_camtrap_dp(
         package["description"] = "Warnings: " + "; ".join(warnings)
     atomic_write_text(folder / "datapackage.json", json.dumps(package, indent=2))
     return warnings
+
+
+def _utc_seconds(stamp: str) -> str:
+    """A decision's time (UTC, with fractions) as Camtrap DP's %Y-%m-%dT%H:%M:%SZ."""
+    return pd.Timestamp(stamp).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def agreement_tables(pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Machine versus human on the reviewed registrations (``pairs``: columns machine,
+    human; "empty" where either said no animal).
+
+    Per class: how many reviewed registrations the human gave that class, how many of
+    them the machine got right, precision and recall; and the confusion matrix (rows:
+    human, columns: machine)."""
+    confusion = pd.crosstab(pairs["human"], pairs["machine"]) if len(pairs) else pd.DataFrame()
+    classes = sorted(set(pairs["human"]) | set(pairs["machine"]))
+    confusion = confusion.reindex(index=classes, columns=classes, fill_value=0)
+    rows = []
+    for c in classes:
+        right = int(confusion.at[c, c])
+        said = int(confusion[c].sum())
+        truth = int(confusion.loc[c].sum())
+        rows.append({"class": c, "reviewed": truth, "machine_predicted": said,
+                     "machine_right": right,
+                     "precision": round(right / said, 4) if said else None,
+                     "recall": round(right / truth, 4) if truth else None})
+    confusion.index.name = "human \\ machine"
+    return pd.DataFrame(rows), confusion
+
+
+def write_agreement(pairs: pd.DataFrame, out_dir: str | Path) -> dict:
+    """``review-agreement.csv`` and ``review-confusion.csv``; returns both for the report."""
+    table, confusion = agreement_tables(pairs)
+    atomic_write_text(Path(out_dir) / "review-agreement.csv", table.to_csv(index=False))
+    atomic_write_text(Path(out_dir) / "review-confusion.csv", confusion.to_csv())
+    total = len(pairs)
+    right = int((pairs["human"] == pairs["machine"]).sum()) if total else 0
+    return {"table": table.to_dict("records"), "confusion": confusion, "reviewed": total,
+            "right": right}
 
 
 def _bbox_polygon(deployments: pd.DataFrame) -> dict:

@@ -25,6 +25,7 @@ from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
 from kadr.core.store import ShardStore, atomic_write_text, read_shards
+from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
 from kadr.traps.tables import normalise_photo_table, registrations_csv
@@ -292,9 +293,15 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
 
 
 def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
-    """What the exports are made from: the store's shards and the settings that shape them."""
+    """What the exports are made from: the store's shards, the reviewers' decisions and
+    the settings that shape them."""
     shards = sorted((out_dir / "photos.store").glob("part-*.parquet"))
     parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
+    decisions = read_decisions(out_dir)
+    parts.append(("decisions", decisions[-1].id if decisions else 0))
+    learned = out_dir / "learned.parquet"
+    if learned.exists():
+        parts.append((learned.name, learned.stat().st_size, learned.stat().st_mtime_ns))
     shaping = {k: v for k, v in settings.__dict__.items()
                if k not in ("progress", "workers", "batch_size", "retry_failed", "extra")}
     if settings.deployments and Path(settings.deployments).exists():
@@ -325,9 +332,14 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
     recorded so that a later resume with nothing to do can leave them all as they are."""
     from kadr.traps import export, report
 
-    events_input = photos_for_events(table)
-    regs = form_registrations(events_input, settings.method, settings.gap)
-    regs, table = export.link_events(regs, table)
+    decisions = read_decisions(out_dir)
+    pairs = None
+    if decisions:
+        regs, table, pairs = reviewed_outputs(table, settings, decisions, out_dir)
+    else:
+        events_input = photos_for_events(table)
+        regs = form_registrations(events_input, settings.method, settings.gap)
+        regs, table = export.link_events(regs, table)
     atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
     import pyarrow as pa
 
@@ -344,9 +356,13 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
     warnings = export.write_camtrap_dp(table, regs, out_dir / "camtrap-dp", scientific_names=names,
                                        deployments_csv=settings.deployments,
                                        utc_offset=settings.utc_offset, media_url=settings.media_url)
+    warnings += file_dated_warning(table)
     summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
+    agreement = None
+    if pairs is not None:
+        agreement = export.write_agreement(pairs, out_dir)
     atomic_write_text(out_dir / "report.html",
-                      report.render_report(table, regs, settings, summary.warnings))
+                      report.render_report(table, regs, settings, summary.warnings, agreement))
     failed = table[table["status"] != "ok"] if len(table) else table
     atomic_write_text(out_dir / "summary.json", json.dumps({
         "photos": len(table), "ok": len(table) - len(failed),
@@ -356,8 +372,67 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
         "photos_without_exif_time": int((table["time_source"] != "exif").sum()) if len(table)
         else 0,
         "registrations": len(regs), "method": settings.method, "gap": settings.gap,
+        "decisions": len(decisions), "reviewed_registrations": int(regs["reviewed"].sum())
+        if "reviewed" in regs else 0,
         "warnings": summary.warnings,
         "outputs_key": key,
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))
     return regs
+
+
+def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: list[Decision],
+                     out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Registrations and the per-photo table with the reviewers' decisions applied: human
+    classes, counts, splits and merges, clock shifts (``time``; ``time_camera`` keeps the
+    camera's own), and the learned classifier's classes for what nobody reviewed. Also the
+    (machine, human) class of every reviewed registration."""
+    from kadr.traps.review import ReviewState, load_learned
+
+    table = table.copy()
+    if "time_camera" in table.columns:
+        table["time"] = table["time_camera"]
+    state = ReviewState(table, settings.__dict__, decisions, load_learned(out_dir))
+    regs = state.registrations()
+    per_photo = state.photo_events().set_index("photo_id")
+    table["time_camera"] = table["time"]
+    ids = table["photo_id"]
+    table["event_id"] = ids.map(per_photo["event_id"])
+    table["human_class"] = ids.map(per_photo["human_class"])
+    shifted = ids.map(per_photo["time"])
+    table["time"] = pd.to_datetime(shifted.where(ids.isin(per_photo.index), table["time"]))
+    return regs, table, state.reviewed_pairs()
+
+
+def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
+    """``kadr traps export``: rewrite every export of a run folder from its per-photo store,
+    with the reviewers' decisions applied. No model is loaded."""
+    from kadr.traps.review import read_run
+
+    out_dir = Path(out)
+    _, saved = read_run(out_dir)
+    before = json.loads((out_dir / "summary.json").read_text())
+    known = TrapSettings.__dataclass_fields__
+    settings = TrapSettings(**{k: v for k, v in saved.items() if k in known})
+    prompts = settings_prompts(settings) if settings.classifier else None
+    store = out_dir / "photos.store"
+    table = per_photo_table(store) if store.exists() else pd.read_parquet(out_dir / "photos.parquet")
+    summary = RunSummary(skipped_files=before.get("skipped_files", []),
+                         empty_groups=before.get("empty_folders", []))
+    regs = write_outputs(table, out_dir, settings, prompts, trap_fingerprint(settings, prompts),
+                         summary, outputs_key(out_dir, settings))
+    return regs, summary
+
+
+def file_dated_warning(table: pd.DataFrame) -> list[str]:
+    """A warning naming registrations dated by a file's name or modification time (no EXIF
+    time): a copied or checked-out photo carries the day it was copied."""
+    if not len(table) or "event_id" not in table:
+        return []
+    guessed = table[(table["time_source"] != "exif") & table["event_id"].notna()]
+    if guessed.empty:
+        return []
+    cams = sorted(guessed["group"].astype(str).unique())
+    return [f"{guessed['event_id'].nunique()} registration(s) on {', '.join(cams[:5])}"
+            f"{' ...' if len(cams) > 5 else ''} are dated by file name or modification time "
+            "(no EXIF time): check those dates, or shift the camera clock in `kadr traps review`"]

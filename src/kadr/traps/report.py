@@ -58,7 +58,8 @@ def _timeline(regs: pd.DataFrame, t0: pd.Timestamp, t1: pd.Timestamp, classes: l
 
 
 def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
-                  warnings: list[str] = ()) -> str:
+                  warnings: list[str] = (), agreement: dict | None = None) -> str:
+    """The report page; ``agreement``: machine versus human on reviewed registrations."""
     from kadr.traps.pipeline import clock_jumps
 
     ok = table[table["status"] == "ok"] if len(table) else table
@@ -71,6 +72,8 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
     best = (table[table["key"].isin(best_keys)].drop_duplicates("key").set_index("key")
             if len(table) else table)
     classes = sorted(regs["class"].unique()) if len(regs) else []
+    guessed_events = set(table.loc[(table["time_source"] != "exif") & table["event_id"].notna(),
+                                   "event_id"]) if "event_id" in table and len(table) else set()
     cameras, shown = [], 0
     for cam, cam_regs in regs.groupby("name_folder", sort=True):
         timeline = None
@@ -82,7 +85,8 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
             card = {"cls": r["class"], "count": r["count"], "start": start, "end": end,
                     "duration": "no time" if pd.isna(start)
                     else duration_text(pd.Timestamp(end) - pd.Timestamp(start)),
-                    "src": None}
+                    "src": None, "guessed_time": r.get("eventID") in guessed_events,
+                    "reviewer": r.get("classified_by") if r.get("reviewed") else None}
             key = r.get("best_key")
             if shown < MAX_GALLERY and isinstance(key, str) and key in best.index:
                 p = best.loc[key]
@@ -106,4 +110,5 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
         jumps=clock_jumps(table) if len(table) else {},
         guessed=int(ok["time_source"].isin(["mtime", "filename"]).sum()) if len(ok) else 0,
         untimed=int(ok["time"].isna().sum()) if len(ok) else 0,
+        agreement=agreement,
     )

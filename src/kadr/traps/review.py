@@ -1,0 +1,426 @@
+"""The reviewed state of a run: the machine's registrations with every human decision applied.
+
+A *unit* is what a reviewer looks at: one registration (camera, class,
+count, start, end) with its photos. Machine units come from the per-photo
+table of ``traps run`` by the run's own rule (sessions, gap); photos the
+machine called empty are grouped the same way into *blank* units, so a
+reviewer can also find the animals the detector missed.
+
+Decisions (:mod:`kadr.traps.decisions`) name photos by content id. Replaying
+them in order makes *human groups*: explicit sets of photos with a class and
+count (accept, relabel, count, empty) or with a fixed extent and the
+machine's vote (split, merge). Photos in no human group form machine units
+again, after the cameras' clock shifts. So the state is a pure function of
+(per-photo table, decision log): the server, ``traps export`` and ``traps
+learn`` all derive it with :func:`load_state`, and a rerun of ``traps run``
+(new photos, another model) keeps every decision. A group whose photos are
+no longer all in the run is flagged for another look, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kadr.traps.decisions import Decision, read_decisions, undone_ids
+from kadr.traps.events import parse_gap, registrations_with_members
+from kadr.traps.tables import BACKGROUND_CLASSES, normalise_photo_table
+
+EMPTY = "empty"
+REQUIRED_COLUMNS = ("key", "path", "group", "photo_id", "time", "time_source", "status", "class",
+                    "class_prob", "count", "detections")
+
+
+class NotARunError(FileNotFoundError):
+    """The folder is not the output of ``traps run`` (or one this kadr cannot read)."""
+
+
+@dataclass
+class Unit:
+    """One registration as the reviewer sees it."""
+
+    id: str
+    camera: str
+    cls: str
+    count: int
+    rows: np.ndarray  # positions in the photo table, in time order
+    prob: float | None  # the machine's (or learned) probability of ``cls``
+    alternatives: list[tuple[str, float]]
+    source: str = "machine"  # machine | human
+    reviewed: bool = False
+    decision: Decision | None = None
+    flags: list[str] = field(default_factory=list)
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+    machine_cls: str | None = None  # the machine's vote over the same photos
+    photo_ids: tuple[str, ...] = ()  # for a group whose photos have all gone
+
+    @property
+    def etag(self) -> str:
+        """Changes whenever anything a reviewer sees of the unit changes."""
+        text = f"{self.id}|{self.cls}|{self.count}|{self.reviewed}|{len(self.rows)}"
+        return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+    @property
+    def blank(self) -> bool:
+        return self.cls == EMPTY
+
+    @property
+    def uncertainty(self) -> float:
+        return 1.0 - (self.prob if self.prob is not None else 1.0)
+
+
+@dataclass
+class Group:
+    """Photos a decision bound together."""
+
+    id: str
+    photos: list[str]
+    decision: Decision
+    cls: str | None  # None: the machine's vote over the photos
+    count: int | None
+    reviewed: bool
+
+
+def read_run(out_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The per-photo table and the settings of a ``traps run`` output folder."""
+    out_dir = Path(out_dir)
+    table_path, summary_path = out_dir / "photos.parquet", out_dir / "summary.json"
+    if not table_path.exists() or not summary_path.exists():
+        raise NotARunError(f"{out_dir} is not an output folder of `kadr traps run` "
+                           "(no photos.parquet and summary.json in it)")
+    table = pd.read_parquet(table_path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise NotARunError(f"{table_path} was made by an older kadr (no column(s) "
+                           f"{', '.join(missing)}); rerun `kadr traps run` on the same output "
+                           "folder to bring it up to date")
+    if "time_camera" in table.columns:  # exported after clock shifts: start from the camera's
+        table["time"] = table["time_camera"]
+    settings = json.loads(summary_path.read_text()).get("settings", {})
+    return table, settings
+
+
+def _shifted_times(table: pd.DataFrame, decisions: list[Decision]) -> pd.Series:
+    """Photo times after the reviewers' clock shifts (each applies to the photos of its
+    camera from its ``from_time`` on, in the camera's own original time)."""
+    times = pd.to_datetime(table["time"]).copy()
+    original = times.copy()
+    for d in decisions:
+        if d.kind != "clock":
+            continue
+        sel = table["group"].astype(str) == str(d.payload["camera"])
+        if d.payload.get("from_time"):
+            sel &= original >= pd.Timestamp(d.payload["from_time"])
+        times[sel] = times[sel] + pd.Timedelta(seconds=float(d.payload["offset_seconds"]))
+    return times
+
+
+def _replay_groups(decisions: list[Decision]) -> dict[str, Group]:
+    groups: dict[str, Group] = {}
+    owner: dict[str, str] = {}
+
+    def take(photos, gid):
+        for p in photos:
+            old = owner.get(p)
+            if old is not None and old in groups:
+                g = groups[old]
+                g.photos.remove(p)
+                if not g.photos:
+                    del groups[old]
+            owner[p] = gid
+
+    for d in decisions:
+        photos = list(d.photos)
+        if d.kind in ("label", "empty"):
+            gid = f"h{d.id}"
+            take(photos, gid)
+            cls = EMPTY if d.kind == "empty" else str(d.payload["class"])
+            count = 0 if d.kind == "empty" else int(d.payload["count"])
+            groups[gid] = Group(gid, photos, d, cls, count, True)
+        elif d.kind == "split":
+            at = photos.index(d.payload["at"])
+            for suffix, part in (("a", photos[:at]), ("b", photos[at:])):
+                take(part, f"h{d.id}{suffix}")
+                groups[f"h{d.id}{suffix}"] = Group(f"h{d.id}{suffix}", part, d, None, None, False)
+        elif d.kind == "merge":
+            take(photos, f"h{d.id}")
+            groups[f"h{d.id}"] = Group(f"h{d.id}", photos, d, None, None, False)
+    return groups
+
+
+class ReviewState:
+    """Units of one run with the decisions applied; rebuilt from scratch or per decision."""
+
+    def __init__(self, table: pd.DataFrame, settings: dict, decisions: list[Decision],
+                 learned: dict[str, dict[str, float]] | None = None):
+        self.settings = settings
+        self.method = settings.get("method", "sessions")
+        self.gap = parse_gap(settings.get("gap", "30m"))
+        ok = table[(table["status"] == "ok") & table["photo_id"].notna()]
+        # A photo listed twice (same bytes) is one photo to review.
+        self.table = ok.drop_duplicates("photo_id").reset_index(drop=True)
+        self.row_of = {p: i for i, p in enumerate(self.table["photo_id"])}
+        self.prob_columns = [c for c in self.table.columns if c.startswith("p_")]
+        self.probs = (self.table[self.prob_columns].to_numpy(dtype=np.float32, na_value=np.nan)
+                      if self.prob_columns else None)
+        self.learned = learned or {}
+        self.decisions = decisions
+        self.rebuild()
+
+    # ------------------------------------------------------------------ building
+    def rebuild(self) -> None:
+        """Everything from the photo table and the log (startup, undo, clock shift)."""
+        active = [d for d in self.decisions if d.id not in undone_ids(self.decisions)
+                  and d.kind != "undo"]
+        self.times = _shifted_times(self.table, active)
+        self.units: dict[str, Unit] = {}
+        self.unit_of_row = np.full(len(self.table), None, dtype=object)
+        self.groups = _replay_groups(active)
+        grouped = np.zeros(len(self.table), bool)
+        for g in self.groups.values():
+            self._add(self._group_unit(g))
+            grouped[[self.row_of[p] for p in g.photos if p in self.row_of]] = True
+        self._machine_units(np.flatnonzero(~grouped))
+
+    def _add(self, unit: Unit) -> None:
+        self.units[unit.id] = unit
+        self.unit_of_row[unit.rows] = unit.id
+
+    def _machine_units(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        sub = self.table.iloc[rows]
+        frame = normalise_photo_table(pd.DataFrame({
+            "camera": sub["group"].astype(str).to_numpy(), "file": sub["key"].to_numpy(),
+            "time": self.times.iloc[rows].to_numpy(), "class": sub["class"].to_numpy(),
+            "count": sub["count"].to_numpy(), "confidence": sub["class_prob"].to_numpy()}))
+        regs, members = registrations_with_members(frame, self.method, self.gap)
+        for i, r in enumerate(regs.to_dict("records")):
+            unit_rows = self._in_time_order(rows[members == i])
+            self._add(self._unit(unit_rows, str(r["class"]), int(r["count"]), "m"))
+        blank = rows[members < 0]
+        self._blank_units(blank)
+
+    def _blank_units(self, rows: np.ndarray) -> None:
+        """Photos in no registration, grouped by camera and gap like a visit."""
+        if not len(rows):
+            return
+        rows = self._in_time_order(rows)
+        cam = self.table["group"].astype(str).to_numpy()[rows]
+        t = self.times.to_numpy()[rows]
+        untimed = pd.isna(t)
+        gaps = np.r_[True, (t[1:] - t[:-1]) > self.gap.to_timedelta64()]
+        brk = np.r_[True, cam[1:] != cam[:-1]] | gaps | untimed | np.r_[True, untimed[:-1]]
+        seg = np.cumsum(brk)
+        for s in np.unique(seg):
+            self._add(self._unit(rows[seg == s], EMPTY, 0, "b"))
+
+    def _in_time_order(self, rows: np.ndarray) -> np.ndarray:
+        order = np.lexsort((self.table["key"].to_numpy()[rows],
+                            self.times.to_numpy()[rows].astype("datetime64[ns]")))
+        return rows[order]
+
+    def _unit(self, rows: np.ndarray, cls: str, count: int, prefix: str) -> Unit:
+        ids = sorted(self.table["photo_id"].to_numpy()[rows])
+        uid = prefix + hashlib.blake2b("|".join(ids).encode(), digest_size=8).hexdigest()
+        alternatives = self._alternatives(rows)
+        prob = dict(alternatives).get(cls)
+        if cls == EMPTY:
+            prob = self._blank_prob(rows)
+        machine_cls = cls
+        learned = self.learned.get(uid)
+        if learned and cls != EMPTY:  # re-scored by `traps learn`
+            alternatives = sorted(learned.items(), key=lambda kv: -kv[1])[:5]
+            cls, prob = alternatives[0]
+        unit = Unit(uid, str(self.table["group"].iat[rows[0]]), cls, count, rows, prob,
+                    alternatives, machine_cls=machine_cls)
+        self._decorate(unit)
+        return unit
+
+    def _group_unit(self, g: Group) -> Unit:
+        rows = np.array([self.row_of[p] for p in g.photos if p in self.row_of], np.int64)
+        rows = self._in_time_order(rows) if len(rows) else rows
+        machine = self._machine_vote(rows) if len(rows) else (None, 0)
+        cls = g.cls if g.cls is not None else (machine[0] or EMPTY)
+        count = g.count if g.count is not None else machine[1]
+        alternatives = self._alternatives(rows) if len(rows) else []
+        unit = Unit(g.id, str(g.decision.payload.get("camera", "")), cls, count, rows,
+                    1.0 if g.reviewed else dict(alternatives).get(cls), alternatives,
+                    source="human", reviewed=g.reviewed, decision=g.decision,
+                    machine_cls=machine[0] or EMPTY, photo_ids=tuple(g.photos))
+        if len(rows):
+            unit.camera = str(self.table["group"].iat[rows[0]])
+        gone = len(g.photos) - len(rows)
+        if gone:
+            unit.flags.append(f"photos changed: {gone} of {len(g.photos)} photos of this "
+                              "decision are no longer in the run; look again")
+            unit.reviewed = False
+        self._decorate(unit)
+        return unit
+
+    def _decorate(self, unit: Unit) -> None:
+        if not len(unit.rows):
+            snap = (unit.decision.payload if unit.decision else {})
+            unit.start, unit.end = (pd.Timestamp(snap["start"]) if snap.get("start") else None,
+                                    pd.Timestamp(snap["end"]) if snap.get("end") else None)
+            return
+        t = self.times.iloc[unit.rows]
+        unit.start, unit.end = (t.min(), t.max()) if t.notna().any() else (None, None)
+        src = self.table["time_source"].to_numpy()[unit.rows]
+        if (src != "exif").any():
+            unit.flags.append(f"time not from EXIF: {int((src != 'exif').sum())} photo(s) dated "
+                              "by file name or modification time")
+
+    def _machine_vote(self, rows: np.ndarray) -> tuple[str | None, int]:
+        """The machine's class and count for photos a human grouped (split, merge)."""
+        sub = self.table.iloc[rows]
+        animal = sub[~sub["class"].fillna("").astype(str).str.lower().isin(BACKGROUND_CLASSES)]
+        if animal.empty:
+            return None, 0
+        votes = animal.groupby("class")["class_prob"].apply(lambda p: p.fillna(1.0).sum())
+        counts = pd.to_numeric(animal["count"], errors="coerce")
+        return str(votes.idxmax()), int(counts.max()) if counts.notna().any() else 1
+
+    def _alternatives(self, rows: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
+        """The machine's classes for these photos, most probable first (mean over photos)."""
+        if self.probs is not None:
+            p = np.nanmean(self.probs[rows], axis=0) if len(rows) else None
+            if p is not None and np.isfinite(p).any():
+                p = np.nan_to_num(p)
+                order = np.argsort(-p)[:top]
+                return [(self.prob_columns[i][2:], round(float(p[i]), 4)) for i in order]
+        sub = self.table.iloc[rows]
+        w = sub.assign(w=sub["class_prob"].fillna(0.0)).groupby("class")["w"].sum()
+        w = w.drop([c for c in w.index if str(c).lower() in BACKGROUND_CLASSES], errors="ignore")
+        if w.sum() <= 0:
+            return []
+        share = (w / max(len(rows), 1)).sort_values(ascending=False)[:top]
+        return [(str(c), round(float(v), 4)) for c, v in share.items()]
+
+    def _blank_prob(self, rows: np.ndarray) -> float:
+        """How sure the machine is that these photos are empty: one minus its best animal box."""
+        best = 0.0
+        for text in self.table["detections"].to_numpy()[rows]:
+            for d in json.loads(text or "[]"):
+                if d.get("category") == "animal":
+                    best = max(best, float(d["conf"]))
+        return round(1.0 - best, 4)
+
+    # ------------------------------------------------------------------ decisions
+    def apply(self, decisions: list[Decision]) -> None:
+        """Bring the state up to date with newly stored decisions."""
+        self.decisions = self.decisions + decisions
+        if any(d.kind in ("undo", "clock") for d in decisions):
+            self.rebuild()
+            return
+        for d in decisions:
+            rows = [self.row_of[p] for p in d.photos if p in self.row_of]
+            touched = {self.unit_of_row[r] for r in rows}
+            for uid in touched:
+                unit = self.units.get(uid)
+                covered = unit is not None and set(unit.rows.tolist()) <= set(rows)
+                if unit is not None and not covered:
+                    # A decision on part of a unit: the rest must be regrouped by the rules.
+                    self.rebuild()
+                    return
+            for uid in touched:
+                self.units.pop(uid, None)
+            fresh = _replay_groups([d])
+            for gid, g in fresh.items():
+                self.groups[gid] = g
+                self._add(self._group_unit(g))
+            for g in list(self.groups.values()):  # groups that lost photos to this decision
+                if g.decision.id != d.id and set(g.photos) & set(d.photos):
+                    g.photos = [p for p in g.photos if p not in set(d.photos)]
+                    if not g.photos:
+                        del self.groups[g.id]
+
+    def decisions_of(self, reviewer: str) -> list[Decision]:
+        gone = undone_ids(self.decisions)
+        return [d for d in self.decisions
+                if d.reviewer == reviewer and d.kind != "undo" and d.id not in gone]
+
+    # ------------------------------------------------------------------ views
+    def classes(self, project: list[str] = ()) -> list[str]:
+        """The project's class list: the prompts' classes, then names reviewers typed."""
+        seen = list(dict.fromkeys([*project, *(c[2:] for c in self.prob_columns),
+                                   *sorted({u.machine_cls or EMPTY for u in self.units.values()})]))
+        for d in self.decisions:
+            c = d.payload.get("class")
+            if c and c not in seen:
+                seen.append(c)
+        return [c for c in seen if c.lower() not in BACKGROUND_CLASSES]
+
+    def registrations(self) -> pd.DataFrame:
+        """Registrations as exported: human groups and machine units that are animals."""
+        rows = []
+        for u in self.units.values():
+            if u.blank or not len(u.rows):
+                continue
+            d = u.decision if u.reviewed else None
+            keys = self.table["key"].to_numpy()[u.rows]
+            n = pd.to_numeric(self.table["n_animals"], errors="coerce").to_numpy()[u.rows] \
+                if "n_animals" in self.table else np.zeros(len(u.rows))
+            rows.append({
+                "name_folder": u.camera, "class": u.cls,
+                "date_registration_start": u.start, "date_registration_end": u.end,
+                "count": int(u.count), "photos": len(u.rows), "eventID": u.id,
+                "best_key": keys[int(np.nanargmax(np.nan_to_num(n, nan=-1)))],
+                "reviewed": bool(d), "machine_class": u.machine_cls,
+                "classified_by": d.reviewer if d else None,
+                "classified_at": d.at if d else None,
+            })
+        regs = pd.DataFrame(rows, columns=[
+            "name_folder", "class", "date_registration_start", "date_registration_end", "count",
+            "photos", "eventID", "best_key", "reviewed", "machine_class", "classified_by",
+            "classified_at"])
+        regs["date_registration_start"] = pd.to_datetime(regs["date_registration_start"])
+        regs["date_registration_end"] = pd.to_datetime(regs["date_registration_end"])
+        return regs.sort_values(["name_folder", "date_registration_start", "eventID"],
+                                kind="stable").reset_index(drop=True)
+
+    def photo_events(self) -> pd.DataFrame:
+        """Per photo id: its registration (event id), the human class where reviewed, and
+        its time after clock shifts."""
+        human = np.full(len(self.table), None, dtype=object)
+        event = np.full(len(self.table), None, dtype=object)
+        for u in self.units.values():
+            if u.reviewed:
+                human[u.rows] = u.cls
+            if not u.blank:
+                event[u.rows] = u.id
+        return pd.DataFrame({"photo_id": self.table["photo_id"], "event_id": event,
+                             "human_class": human, "time": self.times.to_numpy()})
+
+    def reviewed_pairs(self) -> pd.DataFrame:
+        """(machine, human) class of every reviewed unit; "empty" where one saw no animal."""
+        done = [u for u in self.units.values() if u.reviewed]
+        return pd.DataFrame({"unit": [u.id for u in done],
+                             "machine": [u.machine_cls or EMPTY for u in done],
+                             "human": [u.cls for u in done]})
+
+    def orphans(self) -> list[Unit]:
+        return [u for u in self.units.values() if not len(u.rows)]
+
+
+def load_learned(out_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Per unit id, the learned classifier's probabilities (``traps learn``), if any."""
+    path = Path(out_dir) / "learned.parquet"
+    if not path.exists():
+        return {}
+    df = pd.read_parquet(path)
+    classes = [c for c in df.columns if c.startswith("p_")]
+    return {uid: {c[2:]: float(v) for c, v in zip(classes, vals, strict=True)}
+            for uid, *vals in df[["unit", *classes]].itertuples(index=False)}
+
+
+def load_state(out_dir: str | Path) -> ReviewState:
+    """The reviewed state of a run folder (photos, settings, decisions, learned scores)."""
+    table, settings = read_run(out_dir)
+    return ReviewState(table, settings, read_decisions(out_dir), load_learned(out_dir))
