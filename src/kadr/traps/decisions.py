@@ -134,6 +134,10 @@ class DecisionLog:
         return [Decision(i, at, who, kind, tuple(json.loads(p)), json.loads(pl))
                 for i, at, who, kind, p, pl in rows]
 
+    def since(self, after: int) -> list[Decision]:
+        """Decisions stored after id ``after`` (by another server or process)."""
+        return [d for d in self.all() if d.id > after] if self.last_id() > after else []
+
     def last_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
 

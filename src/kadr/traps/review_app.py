@@ -138,7 +138,16 @@ class Review:
                     decided_at=u.decision.at if u.decision else None)
 
     # ------------------------------------------------------------------ decisions
+    def _catch_up(self) -> None:
+        """Apply decisions another server on the same folder stored since we last looked, so
+        that an edit made elsewhere is a conflict here, not silently overwritten."""
+        known = self.state.decisions[-1].id if self.state.decisions else 0
+        newer = self.log.since(known) if self.log is not None else []
+        if newer:
+            self.state.apply(newer)
+
     def _check(self, refs: list[dict]) -> list[Unit]:
+        self._catch_up()
         units, stale = [], []
         for ref in refs:
             u = self.state.units.get(ref.get("id", ""))
@@ -230,6 +239,7 @@ class Review:
         if self.log is None:
             raise PermissionError("decisions are switched off: " + "; ".join(self.problems))
         with self.lock:
+            self._catch_up()
             mine = self.state.decisions_of(self.reviewer)
             if not mine:
                 raise ValueError("nothing of yours to undo")
@@ -245,6 +255,7 @@ class Review:
         if self.log is None:
             raise PermissionError("decisions are switched off: " + "; ".join(self.problems))
         with self.lock:
+            self._catch_up()
             camera = str(body["camera"])
             photo = body.get("photo")
             row = self.state.row_of.get(photo) if photo else None
