@@ -4,7 +4,7 @@
 const cfg = JSON.parse(document.getElementById("config").textContent);
 const $ = (id) => document.getElementById(id);
 const state = {queue: [], idx: 0, photo: 0, details: new Map(), selected: new Set(),
-               classes: [], mode: null, typed: "", busy: false};
+               classes: [], mode: null, typed: "", chain: null};
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -36,7 +36,7 @@ async function loadQueue(focusIds) {
   $("total").textContent = `${data.total} registration(s)` + (data.total > data.units.length ? `, first ${data.units.length} shown` : "");
   let i = 0;
   if (focusIds) { const k = state.queue.findIndex((u) => focusIds.includes(u.id)); if (k >= 0) i = k; }
-  renderQueue(); show(Math.min(i, Math.max(0, state.queue.length - 1)));
+  renderQueue(); return show(Math.min(i, Math.max(0, state.queue.length - 1)));
 }
 function fillSelect(sel, values) {
   const keep = sel.value, have = new Set([...sel.options].map((o) => o.value));
@@ -123,29 +123,41 @@ function showPhoto(k) {
 
 // ------------------------------------------------------------------ decisions
 const ref = (u) => ({id: u.id, etag: u.etag});
-async function decide(action, extra, refs, advance) {
-  if (state.busy) return; state.busy = true;
-  try {
-    const u = state.queue[state.idx]; if (!u && !refs) return;
-    refs = refs || [ref(u)];
-    const {ok, status, data} = await api("api/decide", Object.assign({action, units: refs}, extra || {}));
-    if (status === 409) return conflict(data, action, extra);
+const cur = () => state.queue[state.idx];
+// Actions run one after another, each on the state the one before left (a fast "+ +"
+// counts up twice); "saved" is shown once the server has stored it and the page shows it.
+function enqueue(fn) {
+  state.chain = (state.chain || Promise.resolve()).then(fn).catch((e) => say(String(e), true));
+  return state.chain;
+}
+// refs: a function giving the units at the moment the action runs (default: the current one).
+function decide(action, extra, refs, advance) {
+  return enqueue(async () => {
+    const units = refs ? refs() : (cur() ? [ref(cur())] : []);
+    if (!units || !units.length) return;
+    const body = Object.assign({action, units}, typeof extra === "function" ? extra() : extra || {});
+    const {ok, status, data} = await api("api/decide", body);
+    if (status === 409) return conflict(data, action, body);
     if (!ok) return say(data.error, true);
     $("conflict").hidden = true;
-    say(`saved #${data.saved.join(", #")}`);
-    replaceUnits(refs.map((r) => r.id), data.units, advance);
-  } finally { state.busy = false; }
+    await replaceUnits(units.map((r) => r.id), data.units, advance);
+    const n = data.saved.length;
+    say(n === 1 ? `saved #${data.saved[0]}` : `saved ${n} decisions #${data.saved[0]}–#${data.saved[n - 1]}`);
+    $("status").dataset.saved = data.saved.join(",");
+  });
 }
 function replaceUnits(oldIds, fresh, advance) {
   const pos = Math.min(...oldIds.map((id) => state.queue.findIndex((u) => u.id === id)).filter((i) => i >= 0), state.idx);
+  // Moving on, units the filter hides leave the list; staying (count, split), they remain
+  // until the reviewer moves on, so that + + + counts up the same registration.
   const want = $("filters").reviewed.value;
-  const keep = fresh.filter((u) => want === "all" || (want === "yes") === u.reviewed);
+  const keep = advance ? fresh.filter((u) => want === "all" || (want === "yes") === u.reviewed) : fresh;
   state.queue = state.queue.filter((u) => !oldIds.includes(u.id));
   state.queue.splice(pos, 0, ...keep);
   oldIds.forEach((id) => { state.details.delete(id); state.selected.delete(id); });
-  show(advance ? pos + keep.length : pos);
+  return show(advance ? pos + keep.length : pos);
 }
-function conflict(data, action, extra) {
+function conflict(data, action, body) {
   const box = $("conflict"); box.hidden = false; box.replaceChildren();
   const now = data.conflict.map((c) => c.now ? `${c.now.cls} ×${c.now.count}` + (c.now.reviewer ? ` by ${c.now.reviewer}` : "") : "regrouped or gone");
   box.append(el("span", `Conflict: this registration was changed elsewhere (now ${now.join("; ")}). `));
@@ -154,7 +166,8 @@ function conflict(data, action, extra) {
   const still = data.conflict.filter((c) => c.now);
   if (still.length) {
     const mine = el("button", "apply mine anyway");
-    mine.onclick = () => { box.hidden = true; decide(action, extra, still.map((c) => ref(c.now)), true); };
+    const {units, action: _a, ...extra} = body;
+    mine.onclick = () => { box.hidden = true; decide(action, extra, () => still.map((c) => ref(c.now)), true); };
     box.append(" ", mine);
   }
   say("conflict: nothing saved", true);
@@ -164,11 +177,12 @@ function label(cls) {
   if (!cls) return;
   return state.selected.size ? bulk("label", {cls}) : decide("label", {cls}, null, true);
 }
-async function bulk(action, extra) {
-  const refs = state.queue.filter((u) => state.selected.has(u.id)).map(ref);
-  await decide(action, extra, refs, false); state.selected.clear(); renderQueue();
+function bulk(action, extra) {
+  const chosen = () => state.queue.filter((u) => state.selected.has(u.id)).map(ref);
+  return decide(action, extra, chosen, false).then(() => { state.selected.clear(); renderQueue(); });
 }
-function setCount(n) { if (n >= 0) decide("count", {count: n}, null, false); }
+const setCount = (n) => n >= 0 && decide("count", {count: n}, null, false);
+const countBy = (delta) => decide("count", () => ({count: Math.max(0, (cur()?.count || 0) + delta)}), null, false);
 function split() {
   const d = state.current; if (!d) return;
   if (state.photo === 0) return say("move to the photo where the second registration starts (→), then x", true);
@@ -177,13 +191,15 @@ function split() {
 function merge() {
   const d = state.current; if (!d) return;
   if (!d.previous) return say("no earlier registration on this camera", true);
-  decide("merge", {}, [ref(d.previous), ref(state.queue[state.idx])], false);
+  decide("merge", {}, () => [ref(d.previous), ref(cur())], false);
 }
-async function undo() {
-  const {ok, data} = await api("api/undo", {});
-  if (!ok) return say(data.error, true);
-  say(`undid #${data.undone} (${data.kind})`);
-  loadQueue(data.units.map((u) => u.id));
+function undo() {
+  return enqueue(async () => {
+    const {ok, data} = await api("api/undo", {});
+    if (!ok) return say(data.error, true);
+    await loadQueue(data.units.map((u) => u.id));
+    say(`undid #${data.undone} (${data.kind})`);
+  });
 }
 function toggleSelect(id) { state.selected.has(id) ? state.selected.delete(id) : state.selected.add(id); renderQueue(); }
 function clockDialog() {
@@ -220,8 +236,8 @@ document.addEventListener("keydown", (ev) => {
   else if (k === "Enter") accept();
   else if (/^[1-9]$/.test(k)) label(choiceList()[Number(k) - 1]);
   else if (k === "0" || k === "e") decide("empty", {}, null, true);
-  else if (k === "+" || k === "=") setCount((state.current?.count || 0) + 1);
-  else if (k === "-") setCount((state.current?.count || 0) - 1);
+  else if (k === "+" || k === "=") countBy(1);
+  else if (k === "-") countBy(-1);
   else if (k === "c") { state.mode = "count"; state.typed = ""; say("count: type digits, Enter"); }
   else if (k === "s") { $("species").focus(); }
   else if (k === "ArrowRight") showPhoto(state.photo + 1);
@@ -244,8 +260,7 @@ $("btn-select-all").onclick = () => { state.queue.forEach((u) => state.selected.
 $("btn-bulk-accept").onclick = () => bulk("accept");
 $("actions").onclick = (ev) => {
   const a = ev.target.dataset && ev.target.dataset.act; if (!a) return;
-  ({accept, empty: () => decide("empty", {}, null, true), plus: () => setCount((state.current?.count || 0) + 1),
-    minus: () => setCount((state.current?.count || 0) - 1), split, merge, undo, clock: clockDialog,
+  ({accept, empty: () => decide("empty", {}, null, true), plus: () => countBy(1), minus: () => countBy(-1), split, merge, undo, clock: clockDialog,
     count: () => { const n = prompt("count"); if (n !== null) setCount(parseInt(n, 10)); }})[a]();
 };
 $("btn-export").onclick = async () => { say("exporting…"); const {ok, data} = await api("api/export", {}); say(ok ? `exported ${data.registrations} registrations (${data.reviewed} reviewed)` : data.error, !ok); };

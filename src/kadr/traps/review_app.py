@@ -397,7 +397,8 @@ def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int = 0,
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    sock.listen(128)  # connections wait in the backlog from now on, not refused
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{sock.getsockname()[1]}/t/{token}/"
     for p in review.problems:
         announce(f"warning: {p}")
