@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -244,3 +245,71 @@ def test_decisions_are_durable_and_append_only(tmp_path):
         with pytest.raises(ValueError):
             log.append("ana", [NewDecision("guess", (), {})])
         assert len(log.all()) == 1, "a refused batch stores nothing"
+
+
+def planted_run(root: Path, n: int = 120, seed: int = 0) -> tuple[Path, dict[str, str]]:
+    """Registrations whose embeddings separate three species while the zero-shot
+    probabilities are right only about half the time; returns the truth per photo id."""
+    rng = np.random.default_rng(seed)
+    classes = ["badger", "fox", "marten"]
+    centres = rng.normal(size=(3, 16))
+    rows, truth = [], {}
+    for i in range(n):
+        k = i % 3
+        p = rng.dirichlet(np.ones(3))  # zero-shot: noise, nudged towards the truth
+        p[k] += 0.35
+        p /= p.sum()
+        said = classes[int(p.argmax())]
+        row = photo_row(root, "camA", i, 120 * i, said, 1, float(p.max()))
+        row.update({f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)})
+        row["p_empty"] = 0.0
+        v = centres[k] + 0.5 * rng.normal(size=16)
+        row["embedding"] = (v / np.linalg.norm(v)).astype(np.float32)
+        rows.append(row)
+        truth[row["photo_id"]] = classes[k]
+    return make_run(root, rows), truth
+
+
+def test_learning_beats_zero_shot_on_held_out_registrations(tmp_path):
+    from kadr.traps.learn import learn_run
+
+    out, truth = planted_run(tmp_path)
+    review = Review(out, "ana")
+    units = sorted(review.state.units.values(), key=lambda u: u.id)
+    reviewed, held_out = units[::2], units[1::2]
+    for u in reviewed:
+        cls = truth[review._photo_ids(u)[0]]
+        if cls == u.cls:
+            review.decide({"action": "accept", "units": [ref(u)]})
+        else:
+            review.decide({"action": "label", "units": [ref(u)], "cls": cls})
+    report = learn_run(out)
+    assert report["learned_accuracy"] > report["zero_shot_accuracy"] + 0.2
+    assert report["mix"] > 0 and report["rescored"] == len(held_out)
+    assert {c["class"] for c in report["per_class"]} == {"badger", "fox", "marten"}
+    # The held-out registrations (nobody reviewed them) are re-scored.
+    state = load_state(out)
+    machine = np.mean([u.cls == truth[review._photo_ids(u)[0]] for u in held_out])
+    learned = np.mean([state.units[u.id].cls == truth[review._photo_ids(u)[0]]
+                       for u in held_out])
+    assert learned > machine + 0.2, (learned, machine)
+    # The queue re-orders by the new uncertainty: re-scored units carry learned probabilities.
+    assert all(state.units[u.id].prob is not None for u in held_out)
+    regs, _ = export_run(out)
+    assert set(regs["class"]) <= {"badger", "fox", "marten"}
+    assert "Learned from the reviews" in (out / "report.html").read_text()
+
+
+def test_learning_refuses_with_too_few_examples_or_no_embeddings(tmp_path):
+    from kadr.traps.learn import LearnError, learn_run
+
+    out, truth = planted_run(tmp_path, n=12)
+    review = Review(out, "ana")
+    for u in sorted(review.state.units.values(), key=lambda u: u.id)[:4]:
+        review.decide({"action": "label", "units": [ref(u)],
+                       "cls": truth[review._photo_ids(u)[0]]})
+    with pytest.raises(LearnError, match="at least 3"):
+        learn_run(out)
+    plain = make_run(tmp_path / "plain")
+    with pytest.raises(LearnError, match="no classifier embeddings"):
+        learn_run(plain)

@@ -209,10 +209,19 @@ class ShardStore:
         self._buffer = []
 
 
-def read_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """All shards of a store as one table (an empty table when there are none)."""
+def read_shards(folder: str | os.PathLike, columns: list[str] | None = None,
+                exclude: Iterable[str] = ()) -> pa.Table:
+    """All shards of a store as one table (an empty table when there are none).
+    ``exclude``: columns left unread (vectors a stage does not need)."""
     paths = sorted(Path(folder).glob("part-*.parquet"))
     if not paths:
         return pa.table({})
-    tables = [pq.read_table(p, columns=columns) for p in paths]
+    exclude = set(exclude)
+
+    def wanted(p: Path) -> list[str] | None:
+        if not exclude:
+            return columns
+        return [n for n in (columns or pq.read_schema(p).names) if n not in exclude]
+
+    tables = [pq.read_table(p, columns=wanted(p)) for p in paths]
     return pa.concat_tables(tables, promote_options="permissive")

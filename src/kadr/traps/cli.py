@@ -207,3 +207,22 @@ def export(
         err.print(f"[yellow]warning:[/] {w}")
     reviewed = int(regs["reviewed"].sum()) if "reviewed" in regs else 0
     out.print(f"{len(regs)} registrations ({reviewed} reviewed): {output / 'registrations.csv'}")
+
+
+@app.command()
+def learn(
+    output: Annotated[Path, typer.Argument(help="output folder of `kadr traps run`")],
+    min_per_class: Annotated[int, typer.Option(help="reviewed registrations a class needs")] = 3,
+) -> None:
+    """Fit a classifier on the reviewed registrations (with the zero-shot prior, mixed by
+    cross-validation), re-score the rest and rewrite the exports."""
+    from kadr.traps.learn import learn_run
+    from kadr.traps.pipeline import export_run
+
+    report = guarded(lambda: learn_run(output, min_per_class))
+    out.print(report["message"])
+    for c in report["per_class"]:
+        out.print(f"  {c['class']}: {c['reviewed']} reviewed, zero-shot "
+                  f"{c['zero_shot_accuracy']:.0%}, learned {c['learned_accuracy']:.0%}")
+    guarded(lambda: export_run(output))
+    out.print(f"exports rewritten in {output}; figures in {output / 'learn.json'}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 
 from kadr.core.collection import PhotoCollection
@@ -69,7 +70,7 @@ def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
         prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
         fp.update(classifier={"model": s.classifier, **spec_fingerprint(s.classifier)},
                   classify_on=s.classify_on, crop_margin=s.crop_margin, max_crops=s.max_crops,
-                  crops="full-res padded",
+                  crops="full-res padded", embedding="float32 vote-weighted mean",
                   prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
     return fp
 
@@ -155,7 +156,7 @@ class TrapJob:
                 top = r["_animals"][0] if r["_animals"] else None
                 r.update({"class": top.label if top else EMPTY,
                           "class_prob": round(top.conf, 4) if top else None,
-                          "count": len(r["_animals"])})
+                          "count": len(r["_animals"]), "embedding": None})
         else:
             self._classify(results)
         for r in results:
@@ -176,14 +177,22 @@ class TrapJob:
                 owners.append(i)
                 weights.append(0.5 if r["_animals"] else 1.0)
         probs = np.zeros((len(results), len(self.class_names)), np.float32)
+        vectors = np.zeros((len(results), self.class_emb.shape[1]), np.float32)
         if crops:
             emb = self.model.encode_images(crops)
             p = classify(emb, self.prompts, self.class_emb, self.model.logit_scale)
-            np.add.at(probs, np.array(owners), p * np.array(weights, np.float32)[:, None])
+            w = np.array(weights, np.float32)[:, None]
+            np.add.at(probs, np.array(owners), p * w)
+            # What `traps learn` fits on: the photo's animals (and the photo) as the
+            # classifier saw them, weighted as their votes are.
+            np.add.at(vectors, np.array(owners), emb * w)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), np.nan)
         background = self.prompts.background
         names = self.class_names
         for i, r in enumerate(results):
             total = probs[i].sum()
+            r["embedding"] = None if np.isnan(vectors[i]).any() else vectors[i]
             if total <= 0:  # crops-only mode and nothing detected
                 r.update({"class": EMPTY, "class_prob": None, "count": 0})
                 r.update({f"p_{n}": None for n in names})
@@ -210,7 +219,7 @@ def settings_prompts(settings: TrapSettings) -> PromptSet:
 
 def per_photo_table(store_folder: str | Path) -> pd.DataFrame:
     """The per-photo results as one frame, in camera/time order."""
-    df = read_shards(store_folder).to_pandas()
+    df = read_shards(store_folder, exclude=["embedding"]).to_pandas()  # `traps learn` reads them
     if df.empty:
         return df
     df["time"] = pd.to_datetime(df["time"])
@@ -253,7 +262,7 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         else max(trap.detector.size, trap.model.image_size if trap.model else 0),
         batch_size=settings.batch_size,
         empty_result={"detections": None, "n_animals": None, "class": None,
-                      "class_prob": None, "count": None, "top_bbox": None},
+                      "class_prob": None, "count": None, "top_bbox": None, "embedding": None},
     )
 
 
@@ -277,7 +286,8 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
         trap = TrapJob(settings)
         prompts, job = trap.prompts, trap_job(trap, settings)
     fingerprint = trap_fingerprint(settings, prompts)
-    with ShardStore(out_dir / "photos.store", fingerprint) as store:
+    with ShardStore(out_dir / "photos.store", fingerprint,
+                    column_types={"embedding": pa.float32()}) as store:
         summary = run_job(collection, job, store, workers=settings.workers,
                           time_pattern=settings.time_pattern, progress=settings.progress,
                           retry_failed=settings.retry_failed,
@@ -341,8 +351,6 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
         regs = form_registrations(events_input, settings.method, settings.gap)
         regs, table = export.link_events(regs, table)
     atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
-    import pyarrow as pa
-
     from kadr.core.store import atomic_write_table
 
     atomic_write_table(out_dir / "registrations.parquet",
@@ -361,8 +369,11 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
     agreement = None
     if pairs is not None:
         agreement = export.write_agreement(pairs, out_dir)
+    learned = out_dir / "learn.json"
+    learning = json.loads(learned.read_text()) if learned.exists() and decisions else None
     atomic_write_text(out_dir / "report.html",
-                      report.render_report(table, regs, settings, summary.warnings, agreement))
+                      report.render_report(table, regs, settings, summary.warnings, agreement,
+                                           learning))
     failed = table[table["status"] != "ok"] if len(table) else table
     atomic_write_text(out_dir / "summary.json", json.dumps({
         "photos": len(table), "ok": len(table) - len(failed),

@@ -58,8 +58,10 @@ def _timeline(regs: pd.DataFrame, t0: pd.Timestamp, t1: pd.Timestamp, classes: l
 
 
 def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
-                  warnings: list[str] = (), agreement: dict | None = None) -> str:
-    """The report page; ``agreement``: machine versus human on reviewed registrations."""
+                  warnings: list[str] = (), agreement: dict | None = None,
+                  learning: dict | None = None) -> str:
+    """The report page; ``agreement``: machine versus human on reviewed registrations;
+    ``learning``: the cross-validated figures of ``traps learn``."""
     from kadr.traps.pipeline import clock_jumps
 
     ok = table[table["status"] == "ok"] if len(table) else table
@@ -110,5 +112,5 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
         jumps=clock_jumps(table) if len(table) else {},
         guessed=int(ok["time_source"].isin(["mtime", "filename"]).sum()) if len(ok) else 0,
         untimed=int(ok["time"].isna().sum()) if len(ok) else 0,
-        agreement=agreement,
+        agreement=agreement, learning=learning,
     )
