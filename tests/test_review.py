@@ -313,3 +313,36 @@ def test_learning_refuses_with_too_few_examples_or_no_embeddings(tmp_path):
     plain = make_run(tmp_path / "plain")
     with pytest.raises(LearnError, match="no classifier embeddings"):
         learn_run(plain)
+
+
+def test_learning_on_real_crops_of_the_camtrapr_photos(tmp_path):
+    """The whole path on real photos: `traps run` keeps the classifier's embeddings (a
+    small random CLIP here), a reviewer names every registration from the species folders,
+    and learning beats zero-shot in cross-validation on those reviews."""
+    from kadr.core.store import read_shards
+    from kadr.traps.learn import learn_run
+    from kadr.traps.pipeline import TrapSettings, run_traps
+    from tests.conftest import TINY_CLIP
+
+    src = shared_path("data", "camera_traps", "camtrapR_pictures", "sample_images_species_dir")
+    rows = [{"path": str(p), "camera": p.parents[1].name, "species": p.parent.name}
+            for p in sorted(src.rglob("*.JPG"))]
+    manifest = tmp_path / "photos.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    out = tmp_path / "out"
+    detector = f"yolox:{shared_path('models', 'yolox_nano.onnx')}"
+    run_traps(str(manifest), str(out), TrapSettings(detector=detector, classifier=TINY_CLIP,
+                                                    group_column="camera", progress=False))
+    store = read_shards(out / "photos.store", columns=["embedding"])
+    kind = store.schema.field("embedding").type
+    assert kind.list_size == 64 and str(kind.value_type) == "float", kind
+    assert store.column("embedding").null_count == 0
+    species = {r["path"]: r["species"] for r in rows}
+    review = Review(out, "ana")
+    paths = review.state.table["path"].to_numpy()
+    for u in list(review.state.units.values()):
+        named = pd.Series([species[p] for p in paths[u.rows]]).mode()[0]
+        review.decide({"action": "label", "units": [ref(u)], "cls": named})
+    report = learn_run(out, min_per_class=3)
+    assert len(report["classes"]) >= 3
+    assert report["learned_accuracy"] > report["zero_shot_accuracy"], report["message"]
