@@ -154,6 +154,14 @@ def _replay_groups(decisions: list[Decision]) -> dict[str, Group]:
     return groups
 
 
+def _runs(labels: np.ndarray) -> list[np.ndarray]:
+    """Positions of each distinct label, in order of the labels (one sort, not one scan per
+    label: a season of 100k registrations costs what sorting it costs)."""
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return np.split(order, cuts) if len(order) else []
+
+
 class ReviewState:
     """Units of one run with the decisions applied; rebuilt from scratch or per decision."""
 
@@ -165,9 +173,22 @@ class ReviewState:
         ok = table[(table["status"] == "ok") & table["photo_id"].notna()]
         # A photo listed twice (same bytes) is one photo to review.
         self.table = ok.drop_duplicates("photo_id").reset_index(drop=True)
-        self.row_of = {p: i for i, p in enumerate(self.table["photo_id"])}
-        self.prob_columns = [c for c in self.table.columns if c.startswith("p_")]
-        self.probs = (self.table[self.prob_columns].to_numpy(dtype=np.float32, na_value=np.nan)
+        t = self.table
+        self.row_of = {p: i for i, p in enumerate(t["photo_id"])}
+        # Columns as arrays once: per-unit work indexes them, never the frame.
+        self.pid = t["photo_id"].astype(str).to_numpy()
+        self.key = t["key"].astype(str).to_numpy()
+        self.cam = t["group"].astype(str).to_numpy()
+        self.cls = t["class"].fillna("").astype(str).to_numpy()
+        self.cls_prob = pd.to_numeric(t["class_prob"], errors="coerce").to_numpy(float)
+        self.count = pd.to_numeric(t["count"], errors="coerce").to_numpy(float)
+        self.n_animals = pd.to_numeric(t.get("n_animals", t["count"]),
+                                       errors="coerce").to_numpy(float)
+        self.source = t["time_source"].astype(str).to_numpy()
+        self.detections = t["detections"].to_numpy()
+        self.is_animal = ~pd.Series(self.cls).str.lower().isin(BACKGROUND_CLASSES).to_numpy()
+        self.prob_columns = [c for c in t.columns if c.startswith("p_")]
+        self.probs = (t[self.prob_columns].to_numpy(dtype=np.float32, na_value=np.nan)
                       if self.prob_columns else None)
         self.learned = learned or {}
         self.decisions = decisions
@@ -179,7 +200,9 @@ class ReviewState:
         active = [d for d in self.decisions if d.id not in undone_ids(self.decisions)
                   and d.kind != "undo"]
         self.times = _shifted_times(self.table, active)
+        self.t = self.times.to_numpy().astype("datetime64[ns]")
         self.units: dict[str, Unit] = {}
+        self.by_camera: dict[str, set[str]] = {}
         self.unit_of_row = np.full(len(self.table), None, dtype=object)
         self.groups = _replay_groups(active)
         grouped = np.zeros(len(self.table), bool)
@@ -190,63 +213,67 @@ class ReviewState:
 
     def _add(self, unit: Unit) -> None:
         self.units[unit.id] = unit
+        self.by_camera.setdefault(unit.camera, set()).add(unit.id)
         self.unit_of_row[unit.rows] = unit.id
+
+    def _remove(self, uid: str) -> None:
+        unit = self.units.pop(uid, None)
+        if unit is not None:
+            self.by_camera.get(unit.camera, set()).discard(uid)
 
     def _machine_units(self, rows: np.ndarray) -> None:
         if not len(rows):
             return
-        sub = self.table.iloc[rows]
         frame = normalise_photo_table(pd.DataFrame({
-            "camera": sub["group"].astype(str).to_numpy(), "file": sub["key"].to_numpy(),
-            "time": self.times.iloc[rows].to_numpy(), "class": sub["class"].to_numpy(),
-            "count": sub["count"].to_numpy(), "confidence": sub["class_prob"].to_numpy()}))
+            "camera": self.cam[rows], "file": self.key[rows], "time": self.t[rows],
+            "class": self.cls[rows], "count": self.count[rows],
+            "confidence": self.cls_prob[rows]}))
         regs, members = registrations_with_members(frame, self.method, self.gap)
-        for i, r in enumerate(regs.to_dict("records")):
-            unit_rows = self._in_time_order(rows[members == i])
-            self._add(self._unit(unit_rows, str(r["class"]), int(r["count"]), "m"))
-        blank = rows[members < 0]
-        self._blank_units(blank)
+        classes, counts = regs["class"].astype(str).to_numpy(), regs["count"].to_numpy()
+        inside = members >= 0
+        in_members, in_rows = members[inside], rows[inside]
+        for part in _runs(in_members):
+            i = in_members[part[0]]
+            unit_rows = self._in_time_order(in_rows[part])
+            self._add(self._unit(unit_rows, str(classes[i]), int(counts[i]), "m"))
+        self._blank_units(rows[~inside])
 
     def _blank_units(self, rows: np.ndarray) -> None:
         """Photos in no registration, grouped by camera and gap like a visit."""
         if not len(rows):
             return
-        rows = self._in_time_order(rows)
-        cam = self.table["group"].astype(str).to_numpy()[rows]
-        t = self.times.to_numpy()[rows]
-        untimed = pd.isna(t)
+        order = np.lexsort((self.key[rows], self.t[rows], self.cam[rows]))
+        rows = rows[order]
+        cam, t = self.cam[rows], self.t[rows]
+        untimed = np.isnat(t)
         gaps = np.r_[True, (t[1:] - t[:-1]) > self.gap.to_timedelta64()]
         brk = np.r_[True, cam[1:] != cam[:-1]] | gaps | untimed | np.r_[True, untimed[:-1]]
         seg = np.cumsum(brk)
-        for s in np.unique(seg):
-            self._add(self._unit(rows[seg == s], EMPTY, 0, "b"))
+        for part in _runs(seg):
+            self._add(self._unit(rows[part], EMPTY, 0, "b"))
 
     def _in_time_order(self, rows: np.ndarray) -> np.ndarray:
-        order = np.lexsort((self.table["key"].to_numpy()[rows],
-                            self.times.to_numpy()[rows].astype("datetime64[ns]")))
-        return rows[order]
+        return rows[np.lexsort((self.key[rows], self.t[rows]))]
 
     def _unit(self, rows: np.ndarray, cls: str, count: int, prefix: str) -> Unit:
-        ids = sorted(self.table["photo_id"].to_numpy()[rows])
+        ids = sorted(self.pid[rows])
         uid = prefix + hashlib.blake2b("|".join(ids).encode(), digest_size=8).hexdigest()
         alternatives = self._alternatives(rows)
-        prob = dict(alternatives).get(cls)
-        if cls == EMPTY:
-            prob = self._blank_prob(rows)
+        prob = self._blank_prob(rows) if cls == EMPTY else dict(alternatives).get(cls)
         machine_cls = cls
         learned = self.learned.get(uid)
         if learned and cls != EMPTY:  # re-scored by `traps learn`
             alternatives = sorted(learned.items(), key=lambda kv: -kv[1])[:5]
             cls, prob = alternatives[0]
-        unit = Unit(uid, str(self.table["group"].iat[rows[0]]), cls, count, rows, prob,
-                    alternatives, machine_cls=machine_cls)
+        unit = Unit(uid, str(self.cam[rows[0]]), cls, count, rows, prob, alternatives,
+                    machine_cls=machine_cls)
         self._decorate(unit)
         return unit
 
     def _group_unit(self, g: Group) -> Unit:
         rows = np.array([self.row_of[p] for p in g.photos if p in self.row_of], np.int64)
         rows = self._in_time_order(rows) if len(rows) else rows
-        machine = self._machine_vote(rows) if len(rows) else (None, 0)
+        machine = self._machine_vote(rows)
         cls = g.cls if g.cls is not None else (machine[0] or EMPTY)
         count = g.count if g.count is not None else machine[1]
         alternatives = self._alternatives(rows) if len(rows) else []
@@ -255,7 +282,7 @@ class ReviewState:
                     source="human", reviewed=g.reviewed, decision=g.decision,
                     machine_cls=machine[0] or EMPTY, photo_ids=tuple(g.photos))
         if len(rows):
-            unit.camera = str(self.table["group"].iat[rows[0]])
+            unit.camera = str(self.cam[rows[0]])
         gone = len(g.photos) - len(rows)
         if gone:
             unit.flags.append(f"photos changed: {gone} of {len(g.photos)} photos of this "
@@ -270,44 +297,51 @@ class ReviewState:
             unit.start, unit.end = (pd.Timestamp(snap["start"]) if snap.get("start") else None,
                                     pd.Timestamp(snap["end"]) if snap.get("end") else None)
             return
-        t = self.times.iloc[unit.rows]
-        unit.start, unit.end = (t.min(), t.max()) if t.notna().any() else (None, None)
-        src = self.table["time_source"].to_numpy()[unit.rows]
-        if (src != "exif").any():
-            unit.flags.append(f"time not from EXIF: {int((src != 'exif').sum())} photo(s) dated "
-                              "by file name or modification time")
+        t = self.t[unit.rows]
+        t = t[~np.isnat(t)]
+        unit.start, unit.end = ((pd.Timestamp(t.min()), pd.Timestamp(t.max())) if len(t)
+                                else (None, None))
+        guessed = int((self.source[unit.rows] != "exif").sum())
+        if guessed:
+            unit.flags.append(f"time not from EXIF: {guessed} photo(s) dated by file name or "
+                              "modification time")
+
+    def _votes(self, rows: np.ndarray) -> dict[str, float]:
+        """Per animal class of these photos, the sum of its probabilities (a vote)."""
+        votes: dict[str, float] = {}
+        for r in rows[self.is_animal[rows]]:
+            p = self.cls_prob[r]
+            votes[self.cls[r]] = votes.get(self.cls[r], 0.0) + (1.0 if np.isnan(p) else p)
+        return votes
 
     def _machine_vote(self, rows: np.ndarray) -> tuple[str | None, int]:
         """The machine's class and count for photos a human grouped (split, merge)."""
-        sub = self.table.iloc[rows]
-        animal = sub[~sub["class"].fillna("").astype(str).str.lower().isin(BACKGROUND_CLASSES)]
-        if animal.empty:
+        votes = self._votes(rows) if len(rows) else {}
+        if not votes:
             return None, 0
-        votes = animal.groupby("class")["class_prob"].apply(lambda p: p.fillna(1.0).sum())
-        counts = pd.to_numeric(animal["count"], errors="coerce")
-        return str(votes.idxmax()), int(counts.max()) if counts.notna().any() else 1
+        counts = self.count[rows[self.is_animal[rows]]]
+        counts = counts[~np.isnan(counts)]
+        return max(votes, key=votes.get), int(counts.max()) if len(counts) else 1
 
     def _alternatives(self, rows: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
         """The machine's classes for these photos, most probable first (mean over photos)."""
-        if self.probs is not None:
-            p = np.nanmean(self.probs[rows], axis=0) if len(rows) else None
-            if p is not None and np.isfinite(p).any():
-                p = np.nan_to_num(p)
+        if self.probs is not None and len(rows):
+            p = self.probs[rows]
+            if np.isfinite(p).any():
+                p = np.nan_to_num(np.nanmean(p, axis=0))
                 order = np.argsort(-p)[:top]
                 return [(self.prob_columns[i][2:], round(float(p[i]), 4)) for i in order]
-        sub = self.table.iloc[rows]
-        w = sub.assign(w=sub["class_prob"].fillna(0.0)).groupby("class")["w"].sum()
-        w = w.drop([c for c in w.index if str(c).lower() in BACKGROUND_CLASSES], errors="ignore")
-        if w.sum() <= 0:
-            return []
-        share = (w / max(len(rows), 1)).sort_values(ascending=False)[:top]
-        return [(str(c), round(float(v), 4)) for c, v in share.items()]
+        votes = self._votes(rows)
+        ranked = sorted(votes.items(), key=lambda kv: -kv[1])[:top]
+        return [(c, round(v / max(len(rows), 1), 4)) for c, v in ranked if v > 0]
 
     def _blank_prob(self, rows: np.ndarray) -> float:
         """How sure the machine is that these photos are empty: one minus its best animal box."""
         best = 0.0
-        for text in self.table["detections"].to_numpy()[rows]:
-            for d in json.loads(text or "[]"):
+        for text in self.detections[rows]:
+            if not text or '"animal"' not in text:
+                continue
+            for d in json.loads(text):
                 if d.get("category") == "animal":
                     best = max(best, float(d["conf"]))
         return round(1.0 - best, 4)
@@ -330,7 +364,7 @@ class ReviewState:
                     self.rebuild()
                     return
             for uid in touched:
-                self.units.pop(uid, None)
+                self._remove(uid)
             fresh = _replay_groups([d])
             for gid, g in fresh.items():
                 self.groups[gid] = g
@@ -364,9 +398,8 @@ class ReviewState:
             if u.blank or not len(u.rows):
                 continue
             d = u.decision if u.reviewed else None
-            keys = self.table["key"].to_numpy()[u.rows]
-            n = pd.to_numeric(self.table["n_animals"], errors="coerce").to_numpy()[u.rows] \
-                if "n_animals" in self.table else np.zeros(len(u.rows))
+            keys = self.key[u.rows]
+            n = self.n_animals[u.rows]
             rows.append({
                 "name_folder": u.camera, "class": u.cls,
                 "date_registration_start": u.start, "date_registration_end": u.end,

@@ -11,6 +11,7 @@ run: a URL cannot name any other file.
 
 from __future__ import annotations
 
+import heapq
 import json
 import secrets
 import socket
@@ -100,12 +101,15 @@ class Review:
         lo, hi = float(q.get("pmin") or 0), float(q.get("pmax") or 1)
         units = [u for u in units if lo <= (u.prob if u.prob is not None else 1.0) <= hi]
         if q.get("sort") == "time":
-            units.sort(key=lambda u: (u.camera, u.start or pd.Timestamp.min, u.id))
+            def order(u):
+                return u.camera, u.start or pd.Timestamp.min, u.id
         else:  # least certain first; blanks after animals at equal certainty
-            units.sort(key=lambda u: (-u.uncertainty, u.blank, u.camera, u.id))
+            def order(u):
+                return -u.uncertainty, u.blank, u.camera, u.id
         offset = int(q.get("offset") or 0)
-        return {"total": len(units),
-                "units": [self.summary(u) for u in units[offset:offset + QUEUE_LIMIT]],
+        # Only the page is sorted out of the whole queue (a heap, not a full sort).
+        page = heapq.nsmallest(offset + QUEUE_LIMIT, units, key=order)[offset:]
+        return {"total": len(units), "units": [self.summary(u) for u in page],
                 "cameras": sorted({u.camera for u in self.state.units.values()}),
                 "classes": self.state.classes(self.project)}
 
@@ -126,7 +130,7 @@ class Review:
                 "boxes": [{"bbox": d["bbox"], "conf": d["conf"], "label": d["label"]}
                           for d in dets if d.get("category") == "animal" and d["conf"] >= 0.1],
             })
-        same_cam = sorted((v for v in self.state.units.values() if v.camera == u.camera),
+        same_cam = sorted((self.state.units[v] for v in self.state.by_camera[u.camera]),
                           key=lambda v: (v.start or pd.Timestamp.min, v.id))
         i = next(k for k, v in enumerate(same_cam) if v.id == u.id)
         neighbours = [dict(self.summary(v), here=v.id == u.id)
@@ -162,7 +166,7 @@ class Review:
     def _photo_ids(self, u: Unit) -> tuple[str, ...]:
         if not len(u.rows):
             return u.photo_ids
-        return tuple(self.state.table["photo_id"].to_numpy()[u.rows])
+        return tuple(self.state.pid[u.rows])
 
     def _snapshot(self, u: Unit) -> dict:
         return {"unit": u.id, "camera": u.camera, "start": _time(u.start), "end": _time(u.end),
@@ -396,6 +400,9 @@ def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int = 0,
     token = token or secrets.token_urlsafe(16)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: a keep-alive response is not held back ~40 ms by
+    # Nagle's algorithm waiting for the browser's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(128)  # connections wait in the backlog from now on, not refused
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
