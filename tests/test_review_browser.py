@@ -241,3 +241,34 @@ def test_token_and_paths(demo_run, tmp_path):
     finally:
         server.stop()
 
+
+
+def test_two_tabs_get_a_conflict_to_resolve(demo_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "traps"
+    shutil.copytree(demo_run, out, symlinks=True)
+    server = Server(out)
+    url = server.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            first, second = browser.new_page(), browser.new_page()
+            for page in (first, second):
+                page.goto(url)
+                page.wait_for_selector("#queue li")
+            stale = current(second)
+            press(first, "e")  # the first tab marks the registration empty
+            second.keyboard.press("Enter")  # the second, still showing it, accepts it
+            second.wait_for_selector("#conflict:not([hidden])")
+            assert "changed elsewhere" in second.inner_text("#conflict")
+            assert "conflict" in second.inner_text("#status")
+            second.click("#conflict button")  # show the current state
+            second.wait_for_selector("#conflict", state="hidden")
+            assert current(second) != stale
+            browser.close()
+        with sqlite3.connect(out / "decisions.sqlite") as db:
+            kinds = [r[0] for r in db.execute("SELECT kind FROM decisions")]
+        assert kinds == ["empty"], "the stale accept stored nothing"
+    finally:
+        server.stop()

@@ -194,13 +194,7 @@ def learn_run(out: str | Path, min_per_class: int = MIN_PER_CLASS, folds: int = 
 
 
 def _background(settings: dict) -> set[str]:
-    if not settings.get("classifier"):
-        return set()
-    from kadr.traps.pipeline import TrapSettings, settings_prompts
+    from kadr.traps.pipeline import saved_prompts
 
-    known = TrapSettings.__dataclass_fields__
-    try:
-        return set(settings_prompts(TrapSettings(**{k: v for k, v in settings.items()
-                                                    if k in known})).background)
-    except (OSError, ValueError):
-        return set()
+    prompts = saved_prompts(settings)
+    return set(prompts.background) if prompts else set()

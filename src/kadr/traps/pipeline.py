@@ -217,6 +217,23 @@ def settings_prompts(settings: TrapSettings) -> PromptSet:
     return load_prompts(settings.prompts or str(EXAMPLE))
 
 
+def saved_settings(saved: dict) -> TrapSettings:
+    """The settings of an earlier run, as ``summary.json`` recorded them."""
+    known = TrapSettings.__dataclass_fields__
+    return TrapSettings(**{k: v for k, v in saved.items() if k in known})
+
+
+def saved_prompts(saved: dict) -> PromptSet | None:
+    """The class prompts an earlier run used; None without a classifier, or when its prompt
+    file is gone or unreadable (the run's own tables still name every class)."""
+    if not saved.get("classifier"):
+        return None
+    try:
+        return settings_prompts(saved_settings(saved))
+    except (OSError, ValueError):
+        return None
+
+
 def per_photo_table(store_folder: str | Path) -> pd.DataFrame:
     """The per-photo results as one frame, in camera/time order."""
     df = read_shards(store_folder, exclude=["embedding"]).to_pandas()  # `traps learn` reads them
@@ -423,8 +440,7 @@ def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     out_dir = Path(out)
     _, saved = read_run(out_dir)
     before = json.loads((out_dir / "summary.json").read_text())
-    known = TrapSettings.__dataclass_fields__
-    settings = TrapSettings(**{k: v for k, v in saved.items() if k in known})
+    settings = saved_settings(saved)
     prompts = settings_prompts(settings) if settings.classifier else None
     store = out_dir / "photos.store"
     table = per_photo_table(store) if store.exists() else pd.read_parquet(out_dir / "photos.parquet")

@@ -68,17 +68,10 @@ class Review:
 
     @staticmethod
     def _project_classes(settings: dict) -> list[str]:
-        if not settings.get("classifier"):
-            return []
-        from kadr.traps.pipeline import TrapSettings, settings_prompts
+        from kadr.traps.pipeline import saved_prompts
 
-        known = TrapSettings.__dataclass_fields__
-        try:
-            prompts = settings_prompts(TrapSettings(**{k: v for k, v in settings.items()
-                                                       if k in known}))
-        except (OSError, ValueError):
-            return []
-        return [n for n in prompts.names if n not in prompts.background]
+        prompts = saved_prompts(settings)
+        return [n for n in prompts.names if n not in prompts.background] if prompts else []
 
     # ------------------------------------------------------------------ views
     def summary(self, u: Unit) -> dict:
