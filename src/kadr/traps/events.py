@@ -57,38 +57,64 @@ def parse_gap(text: str | float | pd.Timedelta) -> pd.Timedelta:
 
 
 def _animal_photos(photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(timed animal photos sorted by camera/time, untimed animal photos)."""
-    df = photos.copy()
-    df["_row"] = np.arange(len(df))  # position in the caller's frame, for membership
-    df["detected"] = df["count"].notna()
-    df["count"] = df["count"].where(df["detected"], 1.0)  # a class without a count: 1
-    is_animal = ~df["class"].str.lower().isin(BACKGROUND_CLASSES) & (df["count"] > 0)
-    df = df[is_animal]
-    # The same photo listed twice is one photo.
-    df = df.drop_duplicates(subset=["camera", "file", "time", "class"])
-    untimed = df[df["time"].isna()]
-    timed = df[df["time"].notna()].sort_values(["camera", "time", "file"], kind="stable")
-    return timed.reset_index(drop=True), untimed
+    """(timed animal photos sorted by camera/time/file, untimed animal photos).
+
+    Vectorised on codes: the class test runs on the distinct classes, the sort is
+    one ``lexsort`` on (camera code, time), and file names are compared only where
+    a camera has several photos at the same time (the only place they order rows
+    or can repeat one: the same photo listed twice is one photo).
+    """
+    count = pd.to_numeric(photos["count"], errors="coerce").to_numpy(dtype=float)
+    detected = ~np.isnan(count)
+    count = np.where(detected, count, 1.0)  # a class without a count: 1
+    codes, uniques = pd.factorize(photos["class"])
+    background = np.array([str(u).lower() in BACKGROUND_CLASSES for u in uniques] + [True])
+    rows = np.flatnonzero(~background[codes] & (count > 0))  # code -1 (no class): background
+    t = photos["time"].to_numpy(dtype="datetime64[ns]")[rows]
+    timed_rows, untimed_rows = rows[~np.isnat(t)], rows[np.isnat(t)]
+    cam_codes_all = pd.factorize(photos["camera"], sort=True)[0]  # in the names' order
+    cam_code = cam_codes_all[timed_rows]
+    ti = t[~np.isnat(t)].astype(np.int64)
+    order = np.lexsort((ti, cam_code))  # stable: equal keys keep the caller's order
+    timed_rows, cam_code, ti = timed_rows[order], cam_code[order], ti[order]
+    tied = np.r_[False, (cam_code[1:] == cam_code[:-1]) & (ti[1:] == ti[:-1])]
+    keep = np.ones(len(timed_rows), bool)
+    if tied.any():
+        in_tie = np.flatnonzero(tied | np.r_[tied[1:], False])
+        ties = pd.DataFrame({"run": np.cumsum(~tied)[in_tie],
+                             "file": photos["file"].iloc[timed_rows[in_tie]].to_numpy(),
+                             "cls": photos["class"].iloc[timed_rows[in_tie]].to_numpy(),
+                             "pos": in_tie}).sort_values(["run", "file"], kind="stable")
+        timed_rows[in_tie] = timed_rows[ties["pos"].to_numpy()]
+        keep[in_tie[ties.duplicated(["run", "file", "cls"]).to_numpy()]] = False
+    timed_rows = timed_rows[keep]
+
+    def frame(at: np.ndarray) -> pd.DataFrame:
+        df = photos.iloc[at].reset_index(drop=True)
+        df["count"], df["detected"], df["_row"] = count[at], detected[at], at
+        df["_camera"] = cam_codes_all[at]  # compared instead of the names
+        return df
+
+
+    untimed = frame(untimed_rows).drop_duplicates(subset=["camera", "file", "class"])
+    return frame(timed_rows), untimed
 
 
 def _by_segment(df: pd.DataFrame, seg: np.ndarray, cls, count) -> pd.DataFrame:
-    g = pd.DataFrame({
-        "name_folder": df["camera"].to_numpy(),
-        "class": cls,
-        "date_registration_start": df["time"].to_numpy(),
-        "date_registration_end": df["time"].to_numpy(),
-        "count": count,
-        "seg": seg,
-    }).groupby("seg", sort=True)
-    out = g.agg(
-        name_folder=("name_folder", "first"),
-        **{"class": ("class", "first")},
-        date_registration_start=("date_registration_start", "min"),
-        date_registration_end=("date_registration_end", "max"),
-        count=("count", "max"),
-        photos=("count", "size"),
-    )
-    return out.reset_index(drop=True)
+    """One registration per segment. Segments are runs of rows sorted by camera and time,
+    so a segment's first and last rows hold its camera, class, start and end."""
+    starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]]) if len(seg) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(seg)].astype(np.int64)
+    t = df["time"].to_numpy(dtype="datetime64[ns]")
+    count = np.asarray(count, dtype=float)
+    return pd.DataFrame({
+        "name_folder": df["camera"].iloc[starts].to_numpy(),
+        "class": np.asarray(cls, dtype=object)[starts],
+        "date_registration_start": t[starts],
+        "date_registration_end": t[ends - 1],
+        "count": np.fmax.reduceat(count, starts) if len(starts) else count[:0],
+        "photos": ends - starts,
+    })
 
 
 def _untimed_registrations(untimed: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +129,7 @@ def _untimed_registrations(untimed: pd.DataFrame) -> pd.DataFrame:
 
 
 def _gap_breaks(df: pd.DataFrame, gap: pd.Timedelta) -> np.ndarray:
-    cam = df["camera"].to_numpy()
+    cam = df["_camera"].to_numpy() if "_camera" in df else df["camera"].to_numpy()
     t = df["time"].to_numpy()
     new_cam = np.r_[True, cam[1:] != cam[:-1]]
     long_gap = np.r_[True, (t[1:] - t[:-1]) > gap.to_timedelta64()]
@@ -188,6 +214,22 @@ def _session_split(df: pd.DataFrame, session: np.ndarray, min_run: int) -> np.nd
 UNDETECTED_VOTE = 0.1
 
 
+def _vote_winners(seg: np.ndarray, classes: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per row, the class with the largest summed weight in its segment (ties: the class
+    that appears first in the segment)."""
+    codes, uniques = pd.factorize(classes)
+    n = max(len(uniques), 1)
+    key = seg.astype(np.int64) * n + codes
+    pairs, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    # Rounded so that the order of additions cannot turn a tie into a win.
+    total = np.round(np.bincount(inverse, weights=weight), 9)
+    pair_seg = pairs // n
+    best = np.lexsort((first, -total, pair_seg))
+    winner_of_seg = pd.Series(pairs[best] % n, index=pair_seg[best])
+    winner_of_seg = winner_of_seg[~winner_of_seg.index.duplicated()]
+    return np.asarray(uniques, dtype=object)[winner_of_seg.reindex(seg).to_numpy()]
+
+
 def sessions_rule(
     df: pd.DataFrame,
     gap: pd.Timedelta,
@@ -199,11 +241,7 @@ def sessions_rule(
     seg = _session_split(df, session, min_species_run) if split_species and len(df) else session
     weight = df["confidence"].to_numpy(dtype=float) * np.where(
         df["detected"].to_numpy(), 1.0, UNDETECTED_VOTE)
-    w = pd.DataFrame({"seg": seg, "cls": df["class"].to_numpy(), "w": weight})
-    votes = w.groupby(["seg", "cls"], sort=False)["w"].sum().reset_index()
-    votes = votes.sort_values(["seg", "w"], ascending=[True, False], kind="stable")
-    winner = votes.drop_duplicates("seg").set_index("seg")["cls"]
-    cls = pd.Series(seg).map(winner).to_numpy()
+    cls = _vote_winners(seg, df["class"].to_numpy(), weight)
     if count_rule == "confirmed":
         return seg, cls, _confirmed_max(df["count"], seg)
     return seg, cls, df["count"].to_numpy()

@@ -51,15 +51,17 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     timed = regs[regs["date_registration_start"].notna()]
     intervals = pd.DataFrame({
         "camera": timed["name_folder"].astype(str), "cls": timed["class"].astype(str),
-        "start": pd.to_datetime(timed["date_registration_start"]),
-        "end": pd.to_datetime(timed["date_registration_end"]), "event": timed["eventID"],
+        "start": pd.to_datetime(timed["date_registration_start"]).astype("datetime64[ns]"),
+        "end": pd.to_datetime(timed["date_registration_end"]).astype("datetime64[ns]"),
+        "event": timed["eventID"],
     }).sort_values("start", kind="stable")
     animal = ((table["status"] == "ok") & table["time"].notna()
               & ~table["class"].fillna("").astype(str).str.lower().isin(BACKGROUND_CLASSES))
     photos = pd.DataFrame({"row": np.flatnonzero(animal.to_numpy()),
                            "camera": table.loc[animal, "group"].astype(str).to_numpy(),
                            "cls": table.loc[animal, "class"].astype(str).to_numpy(),
-                           "time": pd.to_datetime(table.loc[animal, "time"]).to_numpy()})
+                           "time": pd.to_datetime(table.loc[animal, "time"]).to_numpy()
+                           .astype("datetime64[ns]")})
     photos = photos.sort_values("time", kind="stable")
     events = np.full(len(table), None, dtype=object)
     for by in (["camera", "cls"], ["camera"]):  # the photo's own class first, then any

@@ -63,9 +63,15 @@ def parse_times(raw: pd.Series, names: pd.Series | None = None, what: str = "tim
         return t.dt.tz_localize(None) if t.dt.tz is not None else t
     text = pd.Series(raw, dtype="string").str.strip()
     missing = text.isna() | text.str.lower().isin(_NO_TIME)
-    # The common form in one vectorised pass; only what it cannot read is rewritten
-    # (EXIF dates, UTC offsets) row by row, so a million ISO times parse at C speed.
-    parsed = pd.to_datetime(text.where(~missing), errors="coerce", format="ISO8601")
+    # The common forms in vectorised passes (the case's own form through Arrow's strptime,
+    # then any ISO 8601); only what they cannot read is rewritten (EXIF dates, UTC
+    # offsets), so a million times parse at C speed.
+    parsed = _case_form(text.where(~missing))
+    rest = (parsed.isna() & ~missing).to_numpy()
+    if rest.any():
+        iso = pd.to_datetime(text[rest], errors="coerce", format="ISO8601")
+        if getattr(iso.dt, "tz", None) is None:  # with UTC offsets: the rewrite below
+            parsed[rest] = iso.to_numpy()
     retry = (parsed.isna() & ~missing).to_numpy()
     if retry.any():
         other = text[retry].str.replace(_EXIF_DATE, r"\1-\2-\3", regex=True)
@@ -82,7 +88,35 @@ def parse_times(raw: pd.Series, names: pd.Series | None = None, what: str = "tim
             f"{len(bad)} {what} value(s) cannot be read as ISO 8601 (2024-07-01 06:00:00) or "
             f"EXIF (2024:07:01 06:00:00) times: " + "; ".join(shown)
             + ("; ..." if len(bad) > 5 else "") + ". Fix or empty those cells.")
-    return parsed
+    return parsed.astype("datetime64[ns]")  # one unit, whichever parser read them
+
+
+def numbers(values: pd.Series) -> pd.Series:
+    """Floats from numbers or text; what is not a number (an empty cell) is NaN. Text goes
+    through Arrow's cast (C speed); pandas' parser reads what Arrow refuses."""
+    if not pd.api.types.is_string_dtype(values.dtype):
+        return pd.to_numeric(values, errors="coerce").astype(float)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        arr = pa.array(values, type=pa.string())
+        arr = pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), None, arr)
+        floats = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+        return pd.Series(floats, index=values.index, dtype=float)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def _case_form(text: pd.Series) -> pd.Series:
+    """``YYYY-MM-DD HH:MM:SS`` times (NaT elsewhere), parsed by Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(text, type=pa.string())
+    stamps = pc.strptime(arr, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    values = stamps.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
+    return pd.Series(values, index=text.index)
 
 
 def _read_any(path: str) -> pd.DataFrame:
@@ -95,10 +129,28 @@ def _read_any(path: str) -> pd.DataFrame:
         return pd.read_parquet(p)
     if p.endswith(".json"):
         return megadetector_to_frame(json.loads(Path(p).read_text()))
-    # skipinitialspace + strip: the case's own sample file pads every field with spaces.
-    df = pd.read_csv(p, skipinitialspace=True, dtype=str, keep_default_na=False)
-    df.columns = [c.strip() for c in df.columns]
-    return df.apply(lambda s: s.str.strip() if s.dtype == object or s.dtype == "str" else s)
+    return read_text_csv(p)
+
+
+def read_text_csv(path: str) -> pd.DataFrame:
+    """A CSV with every cell as text, stripped (the case's own sample file pads every field
+    with spaces); empty cells stay empty strings. Arrow's multithreaded reader; pandas' for
+    what it refuses (ragged rows, other encodings), which gives the same frame."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = next(__import__("csv").reader(f), [])
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False))
+        return pd.DataFrame({name.strip(): pc.utf8_trim_whitespace(table.column(i)).to_pandas()
+                             for i, name in enumerate(table.column_names)})
+    except (pa.ArrowInvalid, UnicodeDecodeError, StopIteration):
+        df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False)
+        df.columns = [c.strip() for c in df.columns]
+        return df.apply(lambda s: s.str.strip() if s.dtype == object or s.dtype == "str" else s)
 
 
 def normalise_photo_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -113,8 +165,8 @@ def normalise_photo_table(df: pd.DataFrame) -> pd.DataFrame:
     out["file"] = out["file"].astype(str).str.strip()
     out["time"] = parse_times(out["time"], out["file"]).to_numpy()
     out["class"] = out["class"].fillna("").astype(str).str.strip()
-    out["count"] = pd.to_numeric(out["count"], errors="coerce")
-    out["confidence"] = pd.to_numeric(out["confidence"], errors="coerce").fillna(1.0)
+    out["count"] = numbers(out["count"])
+    out["confidence"] = numbers(out["confidence"]).fillna(1.0)
     status = np.where(out["time"].isna(), "no_time", "ok")
     out["row_status"] = status
     if "registrations_id" in df.columns:
