@@ -258,11 +258,20 @@ def registrations_csv(regs: pd.DataFrame) -> str:
     """The case's submission format: exact header, clean fields, YYYY-MM-DD HH:MM:SS."""
     out = regs[REGISTRATION_COLUMNS].copy()
     for c in ("date_registration_start", "date_registration_end"):
-        out[c] = pd.to_datetime(out[c]).dt.strftime(TIME_FORMAT)
+        out[c] = time_text(out[c])
     out["count"] = out["count"].astype(int)
     buf = io.StringIO()
     out.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()
+
+
+def time_text(times: pd.Series) -> np.ndarray:
+    """``YYYY-MM-DD HH:MM:SS`` (TIME_FORMAT) for each time; "" where there is none.
+    NumPy's formatter: a hundred times faster than strftime per row."""
+    t = pd.to_datetime(times).to_numpy(dtype="datetime64[s]")
+    text = np.char.replace(np.datetime_as_string(t, unit="s"), "T", " ").astype(object)
+    text[np.isnat(t)] = ""
+    return text
 
 
 def write_registrations(regs: pd.DataFrame, path: str) -> None:
