@@ -248,11 +248,12 @@ def test_photos_link_to_the_registration_of_their_camera_time_and_class():
     t = pd.Timestamp("2024-05-01 10:00:00")
     m = pd.Timedelta(minutes=1)
     table = pd.DataFrame({
-        "key": list("abcdefg"), "group": ["1", "1", "1", "1", "1", "2", "1"],
-        "status": ["ok"] * 6 + ["unreadable"],
-        "time": [t, t + 5 * m, t + 6 * m, t + 20 * m, t + 90 * m, t + 5 * m, t + 5 * m],
-        "class": ["Bear", "Bear", "Fox", "Bear", "Bear", "Bear", "Bear"],
-        "n_animals": [1, 2, 1, 1, 1, 1, 1], "class_prob": [0.9] * 7})
+        "key": list("abcdefgh"), "group": ["1", "1", "1", "1", "1", "2", "1", "1"],
+        "status": ["ok"] * 6 + ["unreadable", "ok"],
+        "time": [t, t + 5 * m, t + 6 * m, t + 20 * m, t + 90 * m, t + 5 * m, t + 5 * m,
+                 t + 10 * m],
+        "class": ["Bear", "Bear", "Fox", "Bear", "Bear", "Bear", "Bear", "Wolf"],
+        "n_animals": [1, 2, 1, 1, 1, 1, 1, 1], "class_prob": [0.9] * 8})
     regs = pd.DataFrame({
         "name_folder": ["1", "1", "2"], "class": ["Bear", "Fox", "Bear"], "count": [2, 1, 1],
         "date_registration_start": [t, t + 4 * m, t + 5 * m],
@@ -265,6 +266,7 @@ def test_photos_link_to_the_registration_of_their_camera_time_and_class():
     assert ev["f"] == cam2, "another camera's registration"
     assert pd.isna(ev["e"]), "after every registration"
     assert pd.isna(ev["g"]), "a failed photo belongs to none"
+    assert ev["h"] == bear, "no class match: the visit that still holds it, not the later one"
     assert regs.loc[0, "best_key"] == "b", "most animals"
 
 

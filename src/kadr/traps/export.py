@@ -72,6 +72,20 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
                               left_on="time", right_on="start", by=by, direction="backward")
         inside = found["event"].notna() & (found["time"] <= found["end"])
         events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()
+    # Where visits of one camera overlap, the latest-starting one may have ended while an
+    # earlier, longer one still holds the photo: the camera's running longest interval.
+    todo = photos[pd.isna(events[photos["row"].to_numpy()])]
+    if not todo.empty:
+        reach = intervals.sort_values(["camera", "start"], kind="stable").copy()
+        longest = reach.groupby("camera")["end"].cummax()
+        reach["event"] = reach["event"].where(reach["end"] == longest)
+        reach["event"] = reach.groupby("camera")["event"].ffill()
+        reach["end"] = longest
+        found = pd.merge_asof(todo, reach.drop(columns=["cls"]).sort_values("start"),
+                              left_on="time", right_on="start", by="camera",
+                              direction="backward")
+        inside = found["event"].notna() & (found["time"] <= found["end"])
+        events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()
     table["event_id"] = events
     best = (table[table["event_id"].notna()]
             .assign(_n=lambda d: d["n_animals"].fillna(0), _p=lambda d: d["class_prob"].fillna(0))
