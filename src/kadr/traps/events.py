@@ -247,17 +247,11 @@ def sessions_rule(
     return seg, cls, df["count"].to_numpy()
 
 
-def form_registrations(
-    photos: pd.DataFrame,
-    method: str = "sessions",
-    gap: str | pd.Timedelta = "30m",
-    *,
-    split_species: bool = False,
-    count_rule: str = "max",
-) -> pd.DataFrame:
-    """Registrations from a normalised per-photo frame; columns as the case's CSV plus ``photos``."""
-    return registrations_with_members(photos, method, gap, split_species=split_species,
-                                      count_rule=count_rule)[0]
+def form_registrations(photos: pd.DataFrame, method: str = "sessions",
+                       gap: str | pd.Timedelta = "30m", **options) -> pd.DataFrame:
+    """Registrations from a normalised per-photo frame; columns as the case's CSV plus
+    ``photos``. ``options``: ``split_species``, ``count_rule`` (see the module's text)."""
+    return registrations_with_members(photos, method, gap, **options)[0]
 
 
 def registrations_with_members(
