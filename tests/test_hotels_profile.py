@@ -83,6 +83,22 @@ def test_imbalance_figures():
     assert im["top_1pct_share"] == pytest.approx(100 / 199, abs=1e-3)
 
 
+def test_hash_pairs_equals_brute_force_and_caps_hot_buckets():
+    rng = np.random.default_rng(3)
+    # Skewed hashes, as real ones are: most bits shared, a few random.
+    base = np.uint64(0xFFFF0000FFFF0000)
+    noise = rng.integers(0, 2**12, 400, dtype=np.int64).astype(np.uint64)
+    a = base ^ noise
+    b = base ^ rng.integers(0, 2**12, 300, dtype=np.int64).astype(np.uint64)
+    brute = {(i, j) for i in range(len(a)) for j in range(len(b))
+             if bin(int(a[i]) ^ int(b[j])).count("1") <= 3}
+    assert hash_pairs(a, b, 3) == brute and len(brute) > 1000
+    skipped: dict = {}
+    capped = hash_pairs(a, b, 3, max_bucket=1000, skipped=skipped)
+    assert capped <= brute, "a cap leaves pairs out, never adds wrong ones"
+    assert skipped["buckets"] > 0 and skipped["comparisons"] > 1000
+
+
 def test_hash_pairs_finds_all_within_distance():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2**63, 500, dtype=np.int64).astype(np.uint64)
