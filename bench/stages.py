@@ -1,0 +1,164 @@
+"""Stages after the models at 100k and 1M photos: time and peak memory, and their ratios.
+
+No model runs: each stage gets a synthetic input of N photos, in a fresh
+process (peak memory is the process's high-water mark, VmHWM):
+
+- ``listing``: a manifest of N photos listed by ``PhotoCollection``;
+- ``exports``: ``traps run``'s exports from a store of N per-photo rows
+  (registrations CSV/Parquet, photos table, MegaDetector JSON, Camtrap DP,
+  report), as a resume that must rewrite them does;
+- ``duplicates``: the hotel profile's duplicate search on N hashes in families
+  of ten (re-encoded copies and copies turned by 90 degrees).
+
+    python bench/stages.py [--sizes 100000 1000000] [--stages listing exports duplicates]
+
+Targets (issue): time ratio <= 12 for 10x the photos; peak memory at 1M <= 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def listing(n: int, folder: Path) -> None:
+    from kadr.core.collection import PhotoCollection
+
+    manifest = folder / "manifest.csv"
+    pd.DataFrame({"path": [f"/photos/cam{i % 100:03d}/IMG_{i:07d}.JPG" for i in range(n)],
+                  "camera": [f"cam{i % 100:03d}" for i in range(n)]}).to_csv(manifest, index=False)
+    t = time.perf_counter()
+    count = sum(1 for _ in PhotoCollection(str(manifest), group_column="camera"))
+    assert count == n, count
+    return time.perf_counter() - t
+
+
+def trap_store(n: int, out: Path) -> None:
+    """A `traps run` store of n photos: 100 cameras, visits of three photos, half empty."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    store = out / "photos.store"
+    store.mkdir(parents=True)
+    cam = np.array([f"cam{c:03d}" for c in range(100)])[np.arange(n) % 100]
+    seq = np.arange(n) // 100
+    t = pd.Timestamp("2024-01-01") + pd.to_timedelta(seq * 600 + (seq % 3) * 5, unit="s")
+    animal = (seq // 3) % 2 == 0
+    det = json.dumps([{"label": "deer", "category": "animal", "conf": 0.8,
+                       "bbox": [0.1, 0.2, 0.3, 0.3]}])
+    keys = np.char.add(np.char.add(cam, "/IMG_"), seq.astype(str))
+    shard = 50_000
+    for k, a in enumerate(range(0, n, shard)):
+        b = min(n, a + shard)
+
+        def same(value, size=b - a):
+            return np.full(size, value)
+
+        pq.write_table(pa.table({
+            "key": keys[a:b], "path": np.char.add("/photos/", keys[a:b]), "group": cam[a:b],
+            "photo_id": [f"{i:032x}" for i in range(a, b)], "time": t[a:b],
+            "time_source": same("exif"), "width": same(2048), "height": same(1536),
+            "format": same("JPEG"), "mode": same("RGB"), "status": same("ok"),
+            "reason": pa.nulls(b - a, pa.string()),
+            "detections": np.where(animal[a:b], det, "[]"),
+            "n_animals": animal[a:b].astype(np.int64),
+            "class": np.where(animal[a:b], "deer", "empty"),
+            "class_prob": np.where(animal[a:b], rng.uniform(0.5, 1, b - a), np.nan),
+            "count": animal[a:b].astype(np.int64),
+            "top_bbox": pa.nulls(b - a, pa.string())}), store / f"part-{k:06d}.parquet")
+
+
+def exports(n: int, folder: Path) -> float:
+    from kadr.core.runner import RunSummary
+    from kadr.traps.pipeline import TrapSettings, outputs_key, per_photo_table, write_outputs
+
+    out = folder / "out"
+    trap_store(n, out)
+    settings = TrapSettings(detector="yolox:bench.onnx", classifier=None, progress=False)
+    t = time.perf_counter()
+    table = per_photo_table(out / "photos.store")
+    regs = write_outputs(table, out, settings, None, {"detector": settings.detector},
+                         RunSummary(), outputs_key(out, settings))
+    assert len(regs) > 0
+    return time.perf_counter() - t
+
+
+def duplicates(n: int, folder: Path) -> float:
+    from kadr.hotels.profile import duplicates as find
+
+    rng = np.random.default_rng(0)
+    originals = rng.integers(0, 2**63, n // 10, dtype=np.int64).astype(np.uint64)
+    upright = np.repeat(originals, 10) ^ (rng.integers(0, 4, n, dtype=np.int64)
+                                          .astype(np.uint64))  # re-encoding flips a bit or two
+    turned = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+    rotate = np.arange(n) % 10 >= 8  # two of each ten are turned by 90 degrees
+    phash = {r: rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) for r in (90, 180, 270)}
+    phash[0] = np.where(rotate, turned, upright)
+    phash[270] = np.where(rotate, upright, phash[270])  # turning it back gives the original
+    photos = pd.DataFrame({"key": [f"p{i}" for i in range(n)], "status": "ok",
+                           "photo_id": [f"{i:032x}" for i in range(n)],
+                           **{f"phash_{r}": [f"{h:016x}" for h in v] for r, v in phash.items()}})
+    t = time.perf_counter()
+    dups = find(photos, 4)
+    assert (dups["kind"] == "rotated").sum() >= n // 10, dups["kind"].value_counts()
+    return time.perf_counter() - t
+
+
+STAGES = {"listing": listing, "exports": exports, "duplicates": duplicates}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES))
+    ap.add_argument("--one", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:  # the child process: one stage at one size
+        seconds = STAGES[a.one[0]](int(a.one[1]), Path(tempfile.mkdtemp(prefix="kadr-stage-")))
+        print(json.dumps({"seconds": seconds, "peak_mb": peak_mb()}))
+        return
+    rows = []
+    for stage in a.stages:
+        figures = {}
+        for n in a.sizes:
+            r = subprocess.run([sys.executable, __file__, "--one", stage, str(n)],
+                               capture_output=True, text=True)
+            if r.returncode:
+                print(r.stderr[-2000:], file=sys.stderr)
+                figures[n] = None
+                continue
+            figures[n] = json.loads(r.stdout.strip().splitlines()[-1])
+            print(f"{stage} {n}: {figures[n]}", flush=True)
+        rows.append((stage, figures))
+    small, large = a.sizes[0], a.sizes[-1]
+    print(f"\n| stage | {small:,} s | {large:,} s | time ratio | {small:,} MB | {large:,} MB "
+          "| memory ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for stage, f in rows:
+        if f.get(small) and f.get(large):
+            s, g = f[small], f[large]
+            print(f"| {stage} | {s['seconds']:.1f} | {g['seconds']:.1f} | "
+                  f"{g['seconds'] / s['seconds']:.1f} | {s['peak_mb']:.0f} | {g['peak_mb']:.0f} | "
+                  f"{g['peak_mb'] / s['peak_mb']:.2f} |")
+        else:
+            print(f"| {stage} | failed: see above | | | | | |")
+
+
+if __name__ == "__main__":
+    main()
