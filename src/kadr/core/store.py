@@ -12,12 +12,14 @@ shard (rewritten atomically), so each key has one row, the newest.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,14 +38,18 @@ PERMANENT_FAILURES = frozenset({"empty_file", "truncated", "not_an_image", "too_
                                 "decode_error"})
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never half."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """A file that readers see whole or not at all: written under a temporary name,
+    fsynced, then renamed over ``path``. Large outputs are written through it piece by
+    piece, never held whole in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with (os.fdopen(fd, "wb") if binary
+              else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
@@ -54,14 +60,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see either the old content or the new, never half."""
+    with atomic_open(path, binary=True) as f:
+        f.write(data)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_table(path: str | os.PathLike, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    with atomic_open(path, binary=True) as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def atomic_write_csv(path: str | os.PathLike, frame, rows_per_chunk: int = 50_000,
+                     **to_csv) -> None:
+    """A pandas frame as CSV, written a chunk of rows at a time (no whole-file string)."""
+    with atomic_open(path) as f:
+        for start in range(0, max(len(frame), 1), rows_per_chunk):
+            frame.iloc[start:start + rows_per_chunk].to_csv(
+                f, index=False, header=start == 0, lineterminator="\n", **to_csv)
 
 
 class ShardStore:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kadr.core.store import atomic_write_text
+from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text
 from kadr.traps.tables import BACKGROUND_CLASSES
 
 CAMTRAP_VERSION = "1.0.2"
@@ -195,37 +195,8 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
     labels = pd.concat([table.get("class", pd.Series(dtype=str)), human]).dropna()
     class_names = sorted({c for c in labels if str(c).lower() not in BACKGROUND_CLASSES})
     class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
-    images = []
     root = _common_folder(table["key"]) if len(table) else ""
-    for r in table.to_dict("records"):
-        # Timelapse and MegaDetector's tools read ``file`` relative to the image folder.
-        entry: dict = {"file": os.path.relpath(r["key"], root) if root else r["key"]}
-        if r["status"] != "ok":
-            entry["failure"] = f"{r['status']}: {r['reason']}"
-            images.append(entry)
-            continue
-        dets = []
-        for d in _one_box_per_animal(json.loads(r["detections"] or "[]")):
-            cat = MD_CATEGORY_IDS.get(d["category"])
-            if cat is None:
-                continue
-            det = {"category": cat, "conf": d["conf"], "bbox": d["bbox"]}
-            decided = r.get("human_class")
-            if cat == "1" and isinstance(decided, str):  # a reviewer's class is certain
-                if decided in class_ids:
-                    det["classifications"] = [[class_ids[decided], 1.0]]
-            elif cat == "1" and r.get("class") in class_ids:
-                prob = r.get("class_prob")
-                det["classifications"] = [[class_ids[r["class"]],
-                                           float(prob) if pd.notna(prob) else d["conf"]]]
-            dets.append(det)
-        entry["detections"] = dets
-        entry["max_detection_conf"] = max((d["conf"] for d in dets), default=0.0)
-        if pd.notna(r["time"]):
-            entry["datetime"] = pd.Timestamp(r["time"]).strftime("%Y:%m:%d %H:%M:%S")
-        images.append(entry)
-    doc = {
-        "images": images,
+    head = {
         "detection_categories": {v: k for k, v in MD_CATEGORY_IDS.items()},
         "classification_categories": {v: k for k, v in class_ids.items()},
         "info": {
@@ -236,7 +207,49 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
             "detector_metadata": {"typical_detection_threshold": fingerprint.get("threshold")},
         },
     }
-    atomic_write_text(path, json.dumps(doc, indent=1))
+    # Written an image at a time: a million photos never become one string in memory.
+    with atomic_open(path) as f:
+        f.write(json.dumps(head, indent=1)[:-2] + ',\n "images": [')
+        first = True
+        for chunk in _chunks(table):
+            for r in chunk.to_dict("records"):
+                f.write(("\n  " if first else ",\n  ") + json.dumps(_md_image(r, root, class_ids)))
+                first = False
+        f.write("\n ]\n}\n")
+
+
+def _chunks(table: pd.DataFrame, rows: int = 50_000):
+    for start in range(0, len(table), rows):
+        yield table.iloc[start:start + rows]
+
+
+def _md_image(r: dict, root: str, class_ids: dict[str, str]) -> dict:
+    """One photo's entry of a MegaDetector batch output."""
+    # Timelapse and MegaDetector's tools read ``file`` relative to the image folder.
+    entry: dict = {"file": os.path.relpath(r["key"], root) if root else r["key"]}
+    if r["status"] != "ok":
+        entry["failure"] = f"{r['status']}: {r['reason']}"
+        return entry
+    dets = []
+    for d in _one_box_per_animal(json.loads(r["detections"] or "[]")):
+        cat = MD_CATEGORY_IDS.get(d["category"])
+        if cat is None:
+            continue
+        det = {"category": cat, "conf": d["conf"], "bbox": d["bbox"]}
+        decided = r.get("human_class")
+        if cat == "1" and isinstance(decided, str):  # a reviewer's class is certain
+            if decided in class_ids:
+                det["classifications"] = [[class_ids[decided], 1.0]]
+        elif cat == "1" and r.get("class") in class_ids:
+            prob = r.get("class_prob")
+            det["classifications"] = [[class_ids[r["class"]],
+                                       float(prob) if pd.notna(prob) else d["conf"]]]
+        dets.append(det)
+    entry["detections"] = dets
+    entry["max_detection_conf"] = max((d["conf"] for d in dets), default=0.0)
+    if pd.notna(r["time"]):
+        entry["datetime"] = pd.Timestamp(r["time"]).strftime("%Y:%m:%d %H:%M:%S")
+    return entry
 
 
 UNKNOWN_OFFSET = ("camera clock offset unknown: times are the camera's local clock written as "
@@ -344,40 +357,25 @@ def write_camtrap_dp(
             continue
         p = probs.get(o["eventID"]) if len(probs) else None
         o["classificationProbability"] = None if p is None or pd.isna(p) else round(float(p), 4)
-    for r in ok.to_dict("records"):
-        dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
-        cls = r.get("class") or ""
-        is_blank = cls.lower() in BACKGROUND_CLASSES or not dets
-        media_id = r["mediaID"]
-        event_id = r.get("event_id")
-        base = {
-            "deploymentID": str(r["group"]), "mediaID": media_id,
-            "eventID": event_id if isinstance(event_id, str) else None,
-            "eventStart": _iso(r["time"], off), "eventEnd": _iso(r["time"], off),
-            "observationLevel": "media",
-            "classificationMethod": "machine", "classifiedBy": "kadr",
-            "classificationTimestamp": now,
-        }
-        if is_blank:
-            obs.append({**base, "observationID": f"{media_id}_0", "observationType": "blank"})
-            continue
-        for i, d in enumerate(dets, 1):
-            x, y, w, h = d["bbox"]
-            prob = r.get("class_prob")
-            obs.append({**base, "observationID": f"{media_id}_{i}", "observationType": "animal",
-                        "scientificName": names.get(cls, cls.replace("_", " ")), "count": 1,
-                        "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
-                        "classificationProbability": float(prob) if pd.notna(prob) else d["conf"]})
-    observations = pd.DataFrame(obs)
-    if "count" in observations:
-        observations["count"] = observations["count"].astype("Int64")
-    for name, frame in (("deployments", deployments), ("media", media),
-                        ("observations", observations)):
-        cols = CAMTRAP_COLUMNS[name]
-        frame = frame.reindex(columns=cols)
-        atomic_write_text(folder / f"{name}.csv", frame.to_csv(index=False))
+    cols = CAMTRAP_COLUMNS["observations"]
+    taxa: set[str] = set()
+
+    def write_observations(rows: list[dict], header: bool) -> None:
+        frame = pd.DataFrame(rows).reindex(columns=cols)
+        frame["count"] = frame["count"].astype("Int64")
+        frame.to_csv(f, index=False, header=header, lineterminator="\n")
+        taxa.update(o["scientificName"] for o in rows if o.get("scientificName"))
+
+    # Event-level observations first, then the media-level ones a chunk of photos at a time.
+    with atomic_open(folder / "observations.csv") as f:
+        write_observations(obs, header=True)
+        for chunk in _chunks(ok):
+            write_observations([o for r in chunk.to_dict("records")
+                                for o in _media_observations(r, off, now, names)], header=False)
+    for name, frame in (("deployments", deployments), ("media", media)):
+        atomic_write_csv(folder / f"{name}.csv", frame.reindex(columns=CAMTRAP_COLUMNS[name]))
     times = ok["time"]
-    taxa = sorted({o["scientificName"] for o in obs if o.get("scientificName")})
+    taxa = sorted(taxa)
     package = {
         "profile": f"{CAMTRAP_BASE}/camtrap-dp-profile.json",
         "name": "kadr-camera-trap-registrations",
@@ -408,6 +406,30 @@ def write_camtrap_dp(
         package["description"] = "Warnings: " + "; ".join(warnings)
     atomic_write_text(folder / "datapackage.json", json.dumps(package, indent=2))
     return warnings
+
+
+def _media_observations(r: dict, off: str, now: str, names: dict) -> list[dict]:
+    """One photo's media-level observations: a blank, or one per animal box."""
+    dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
+    cls = r.get("class") or ""
+    media_id = r["mediaID"]
+    event_id = r.get("event_id")
+    base = {
+        "deploymentID": str(r["group"]), "mediaID": media_id,
+        "eventID": event_id if isinstance(event_id, str) else None,
+        "eventStart": _iso(r["time"], off), "eventEnd": _iso(r["time"], off),
+        "observationLevel": "media",
+        "classificationMethod": "machine", "classifiedBy": "kadr",
+        "classificationTimestamp": now,
+    }
+    if cls.lower() in BACKGROUND_CLASSES or not dets:
+        return [{**base, "observationID": f"{media_id}_0", "observationType": "blank"}]
+    prob = r.get("class_prob")
+    return [{**base, "observationID": f"{media_id}_{i}", "observationType": "animal",
+             "scientificName": names.get(cls, cls.replace("_", " ")), "count": 1,
+             "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
+             "classificationProbability": float(prob) if pd.notna(prob) else d["conf"]}
+            for i, d in enumerate(dets, 1) for x, y, w, h in [d["bbox"]]]
 
 
 def _utc_seconds(stamp: str) -> str:

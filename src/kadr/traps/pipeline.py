@@ -25,11 +25,11 @@ from kadr.core.models.detectors import Detection, nms
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
-from kadr.core.store import ShardStore, atomic_write_text, read_shards
+from kadr.core.store import ShardStore, atomic_write_csv, atomic_write_text, read_shards
 from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
-from kadr.traps.tables import normalise_photo_table, registrations_csv
+from kadr.traps.tables import normalise_photo_table, registrations_csv, time_text
 
 EMPTY = "empty"
 
@@ -372,9 +372,7 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
 
     atomic_write_table(out_dir / "registrations.parquet",
                        pa.Table.from_pandas(regs, preserve_index=False))
-    flat = table.copy()
-    flat["time"] = flat["time"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(out_dir / "photos.csv", flat.to_csv(index=False))
+    atomic_write_csv(out_dir / "photos.csv", table.assign(time=time_text(table["time"])))
     atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(table, preserve_index=False))
     names = prompts.scientific_names() if prompts else {}
     export.write_megadetector_json(table, out_dir / "megadetector.json", fingerprint)
