@@ -214,3 +214,83 @@ def test_coca_tag_matches_open_clip_generate(offline_hub, tmp_path, monkeypatch)
     got = load_model(f"coca:{arch}@{tag}", kind="captioner").caption(images)
     assert got == want
     assert len(set(want)) > 1, "the test model's captions depend on the photo"
+
+
+def florence2(tmp: Path):
+    """A tiny Florence-2 (DaViT vision tower + BART) with its processor: a byte-level BPE
+    tokenizer with Florence's ``<image>`` token, and the ``pure_text`` post-processing."""
+    from transformers import (
+        BartConfig,
+        BartTokenizerFast,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+    )
+
+    folder = tmp / "florence-tok"
+    folder.mkdir(parents=True, exist_ok=True)
+    words = [*WORDS, "what", "does", "image", "describe"]
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
+    merges = []
+    for ch in sorted(set("".join(words)) | {"Ġ", "?"}):
+        vocab.setdefault(ch, len(vocab))
+    for word in words:
+        for piece in ("Ġ", ""):
+            for ch in word:
+                if piece:
+                    merges.append(f"{piece} {ch}")
+                piece += ch
+                vocab.setdefault(piece, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)))
+    tokenizer = BartTokenizerFast(vocab=str(folder / "vocab.json"),
+                                  merges=str(folder / "merges.txt"),
+                                  extra_special_tokens={"image_token": "<image>"})
+    vision = Florence2VisionConfig(depths=(1, 1, 1, 1), embed_dim=(16, 32, 32, 32),
+                                   num_heads=(2, 2, 2, 2), num_groups=(2, 2, 2, 2), window_size=2,
+                                   projection_dim=32, max_position_embeddings=8,
+                                   initializer_range=0.5)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                      decoder_ffn_dim=64, max_position_embeddings=128, init_std=0.5,
+                      bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    torch.manual_seed(0)
+    model = Florence2ForConditionalGeneration(Florence2Config(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)).eval()
+    image_processor = CLIPImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False)
+    with torch.no_grad():  # the tokens one photo becomes: what the processor must insert
+        tokens = model.get_image_features(torch.zeros(1, 3, 64, 64)).pooler_output.shape[1]
+    image_processor.image_seq_length = tokens
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                   post_processor_config={"pure_text": {}})
+    return model, processor
+
+
+@pytest.mark.slow
+def test_florence2_caption_task_matches_its_processor(offline_hub, tmp_path):  # noqa: F811
+    """`hf-caption:florence-community/Florence-2-base` (transformers' own Florence-2) gives
+    what the model card's recipe gives: the <CAPTION> task prompt, greedy generate, and
+    the processor's post_process_generation."""
+    import transformers
+
+    repo = "florence-community/Florence-2-base"
+    save_pretrained_to_hub_cache(offline_hub, repo, *florence2(tmp_path))
+    images = photos()
+    kwargs = {"cache_dir": str(offline_hub), "local_files_only": True}
+    model = transformers.Florence2ForConditionalGeneration.from_pretrained(repo, **kwargs).eval()
+    processor = transformers.AutoProcessor.from_pretrained(repo, **kwargs)
+    want = []
+    for image in images:
+        inputs = processor(text="<CAPTION>", images=image, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, num_beams=1,
+                                 do_sample=False)
+        text = processor.batch_decode(out, skip_special_tokens=False)[0]
+        want.append(processor.post_process_generation(text, task="<CAPTION>",
+                                                      image_size=image.size)["<CAPTION>"])
+    assert len(set(want)) > 1 and all(want), want
+    got = load_model(f"hf-caption:{repo}", kind="captioner").caption(images)
+    assert got == want

@@ -155,7 +155,8 @@ class HFCaptionBackend:
     def known(self) -> list[KnownModel]:
         out = []
         for name in ("Salesforce/blip-image-captioning-large", "Salesforce/blip2-opt-2.7b",
-                     "microsoft/git-large-coco", "microsoft/Florence-2-base"):
+                     "microsoft/git-large-coco", "florence-community/Florence-2-base",
+                     "microsoft/Florence-2-base"):
             out.append(hub_known("hf-caption", self.kind, name, ("model.safetensors",
                                                                   "pytorch_model.bin")))
         out.append(KnownModel("hf-caption:kadr/tiny-blip@random", self.kind, "tiny BLIP for tests",
