@@ -152,6 +152,10 @@ def test_second_tab_or_reviewer_gets_a_conflict_not_an_overwrite(tmp_path):
     assert c.value.units[0]["now"] is None, "the unit ben saw is gone (regrouped by ana)"
     current = unit_with(ben, "marten")
     assert current.decision.reviewer == "ana", "ben now sees ana's decision"
+    # Ben's pages show what ana decides without ben acting first.
+    ana.decide({"action": "accept", "units": [ref(unit_with(ana, "deer", "camB"))]})
+    shown = ben.queue({"reviewed": "yes"})["units"]
+    assert {u["cls"] for u in shown} == {"marten", "deer"}
     ben.decide({"action": "label", "units": [ref(current)], "cls": "badger"})  # resolved
     # Same server, two tabs: a stale etag is refused too.
     fox = unit_with(ana, "fox")

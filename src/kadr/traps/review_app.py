@@ -83,6 +83,8 @@ class Review:
                 "reviewer": d.reviewer if d is not None else None}
 
     def queue(self, q: dict) -> dict:
+        with self.lock:  # what another server on this folder decided shows here too
+            self._catch_up()
         units = list(self.state.units.values())
         if q.get("camera"):
             units = [u for u in units if u.camera == q["camera"]]
@@ -107,6 +109,8 @@ class Review:
                 "classes": self.state.classes(self.project)}
 
     def detail(self, uid: str) -> dict:
+        with self.lock:
+            self._catch_up()
         u = self.state.units.get(uid)
         if u is None:
             raise KeyError(uid)
