@@ -129,14 +129,14 @@ class DecisionLog:
         return stored
 
     def all(self) -> list[Decision]:
-        rows = self.db.execute(
-            "SELECT id, at, reviewer, kind, photos, payload FROM decisions ORDER BY id")
-        return [Decision(i, at, who, kind, tuple(json.loads(p)), json.loads(pl))
-                for i, at, who, kind, p, pl in rows]
+        return self.since(0)
 
     def since(self, after: int) -> list[Decision]:
-        """Decisions stored after id ``after`` (by another server or process)."""
-        return [d for d in self.all() if d.id > after] if self.last_id() > after else []
+        """Decisions stored after id ``after`` (by another server or process), in order."""
+        rows = self.db.execute("SELECT id, at, reviewer, kind, photos, payload FROM decisions "
+                               "WHERE id > ? ORDER BY id", (after,))
+        return [Decision(i, at, who, kind, tuple(json.loads(p)), json.loads(pl))
+                for i, at, who, kind, p, pl in rows]
 
     def last_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
@@ -148,6 +148,14 @@ def read_decisions(out_dir: str | Path) -> list[Decision]:
         return []
     with DecisionLog(out_dir, create=False) as log:
         return log.all()
+
+
+def last_decision_id(out_dir: str | Path) -> int:
+    """The id of the newest decision of an output folder; 0 when nobody has reviewed it."""
+    if not (Path(out_dir) / DB_NAME).exists():
+        return 0
+    with DecisionLog(out_dir, create=False) as log:
+        return log.last_id()
 
 
 def undone_ids(decisions: Iterable[Decision]) -> set[int]:

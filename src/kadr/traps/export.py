@@ -64,25 +64,20 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
                            .astype("datetime64[ns]")})
     photos = photos.sort_values("time", kind="stable")
     events = np.full(len(table), None, dtype=object)
-    for by in (["camera", "cls"], ["camera"]):  # the photo's own class first, then any
+    # Where visits of one camera overlap, the latest-starting one may have ended while an
+    # earlier, longer one still holds the photo: the camera's running longest interval.
+    reach = intervals.sort_values(["camera", "start"], kind="stable").copy()
+    longest = reach.groupby("camera")["end"].cummax()
+    reach["event"] = reach["event"].where(reach["end"] == longest)
+    reach["event"] = reach.groupby("camera")["event"].ffill()
+    reach["end"] = longest
+    # The photo's own class first, then the latest visit of its camera, then the longest.
+    for right, by in ((intervals, ["camera", "cls"]), (intervals.drop(columns=["cls"]), ["camera"]),
+                      (reach.drop(columns=["cls"]).sort_values("start"), ["camera"])):
         todo = photos[pd.isna(events[photos["row"].to_numpy()])]
         if todo.empty:
             break
-        found = pd.merge_asof(todo, intervals.drop(columns=[] if "cls" in by else ["cls"]),
-                              left_on="time", right_on="start", by=by, direction="backward")
-        inside = found["event"].notna() & (found["time"] <= found["end"])
-        events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()
-    # Where visits of one camera overlap, the latest-starting one may have ended while an
-    # earlier, longer one still holds the photo: the camera's running longest interval.
-    todo = photos[pd.isna(events[photos["row"].to_numpy()])]
-    if not todo.empty:
-        reach = intervals.sort_values(["camera", "start"], kind="stable").copy()
-        longest = reach.groupby("camera")["end"].cummax()
-        reach["event"] = reach["event"].where(reach["end"] == longest)
-        reach["event"] = reach.groupby("camera")["event"].ffill()
-        reach["end"] = longest
-        found = pd.merge_asof(todo, reach.drop(columns=["cls"]).sort_values("start"),
-                              left_on="time", right_on="start", by="camera",
+        found = pd.merge_asof(todo, right, left_on="time", right_on="start", by=by,
                               direction="backward")
         inside = found["event"].notna() & (found["time"] <= found["end"])
         events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()

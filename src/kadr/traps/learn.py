@@ -40,8 +40,8 @@ def photo_embeddings(out_dir: Path) -> dict[str, np.ndarray]:
     """Per photo id, the classifier embedding ``traps run`` stored (absent: no classifier)."""
     store = out_dir / "photos.store"
     if store.exists():
-        table = read_shards(store).select(["photo_id", "embedding"]) \
-            if _has_embeddings(store) else None
+        table = (read_shards(store, columns=["photo_id", "embedding"])
+                 if _has_embeddings(store) else None)
     else:
         table = pd.read_parquet(out_dir / "photos.parquet")
         table = table[["photo_id", "embedding"]] if "embedding" in table else None
@@ -64,9 +64,8 @@ def unit_features(state: ReviewState, vectors: dict[str, np.ndarray]
                   ) -> tuple[list[str], np.ndarray]:
     """Unit ids with at least one embedded photo, and their mean (renormalised) embedding."""
     ids, rows = [], []
-    pids = state.table["photo_id"].to_numpy()
     for u in state.units.values():
-        vs = [vectors[p] for p in pids[u.rows] if p in vectors]
+        vs = [vectors[p] for p in state.pid[u.rows] if p in vectors]
         if vs:
             m = np.mean(vs, axis=0)
             ids.append(u.id)

@@ -26,7 +26,7 @@ from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
 from kadr.core.store import ShardStore, atomic_write_csv, atomic_write_text, read_shards
-from kadr.traps.decisions import Decision, read_decisions
+from kadr.traps.decisions import Decision, last_decision_id, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
 from kadr.traps.tables import normalise_photo_table, registrations_csv, time_text
@@ -324,8 +324,7 @@ def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
     the settings that shape them."""
     shards = sorted((out_dir / "photos.store").glob("part-*.parquet"))
     parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
-    decisions = read_decisions(out_dir)
-    parts.append(("decisions", decisions[-1].id if decisions else 0))
+    parts.append(("decisions", last_decision_id(out_dir)))
     learned = out_dir / "learned.parquet"
     if learned.exists():
         parts.append((learned.name, learned.stat().st_size, learned.stat().st_mtime_ns))
@@ -413,11 +412,9 @@ def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: lis
     classes, counts, splits and merges, clock shifts (``time``; ``time_camera`` keeps the
     camera's own), and the learned classifier's classes for what nobody reviewed. Also the
     (machine, human) class of every reviewed registration."""
-    from kadr.traps.review import ReviewState, load_learned
+    from kadr.traps.review import ReviewState, camera_times, load_learned
 
-    table = table.copy()
-    if "time_camera" in table.columns:
-        table["time"] = table["time_camera"]
+    table = camera_times(table).copy()
     state = ReviewState(table, settings.__dict__, decisions, load_learned(out_dir))
     regs = state.registrations()
     per_photo = state.photo_events().set_index("photo_id")
@@ -433,12 +430,11 @@ def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: lis
 def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     """``kadr traps export``: rewrite every export of a run folder from its per-photo store,
     with the reviewers' decisions applied. No model is loaded."""
-    from kadr.traps.review import read_run
+    from kadr.traps.review import run_summary
 
     out_dir = Path(out)
-    _, saved = read_run(out_dir)
-    before = json.loads((out_dir / "summary.json").read_text())
-    settings = saved_settings(saved)
+    before = run_summary(out_dir)
+    settings = saved_settings(before.get("settings", {}))
     prompts = settings_prompts(settings) if settings.classifier else None
     store = out_dir / "photos.store"
     table = per_photo_table(store) if store.exists() else pd.read_parquet(out_dir / "photos.parquet")

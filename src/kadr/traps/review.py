@@ -87,23 +87,37 @@ class Group:
     reviewed: bool
 
 
-def read_run(out_dir: str | Path) -> tuple[pd.DataFrame, dict]:
-    """The per-photo table and the settings of a ``traps run`` output folder."""
+def run_summary(out_dir: str | Path) -> dict:
+    """``summary.json`` of a ``traps run`` output folder (its ``settings`` among it), once
+    the folder is known to be one this kadr can read (its table's schema, not its rows)."""
+    import pyarrow.parquet as pq
+
     out_dir = Path(out_dir)
-    table_path, summary_path = out_dir / "photos.parquet", out_dir / "summary.json"
-    if not table_path.exists() or not summary_path.exists():
+    table_path = out_dir / "photos.parquet"
+    if not table_path.exists() or not (out_dir / "summary.json").exists():
         raise NotARunError(f"{out_dir} is not an output folder of `kadr traps run` "
                            "(no photos.parquet and summary.json in it)")
-    table = pd.read_parquet(table_path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    columns = pq.read_schema(table_path).names
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise NotARunError(f"{table_path} was made by an older kadr (no column(s) "
                            f"{', '.join(missing)}); rerun `kadr traps run` on the same output "
                            "folder to bring it up to date")
-    if "time_camera" in table.columns:  # exported after clock shifts: start from the camera's
-        table["time"] = table["time_camera"]
-    settings = json.loads(summary_path.read_text()).get("settings", {})
-    return table, settings
+    return json.loads((out_dir / "summary.json").read_text())
+
+
+def camera_times(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with each photo's time as its camera wrote it: an export made after clock
+    shifts keeps that in ``time_camera``, and shifts always start from it."""
+    if "time_camera" in table.columns:
+        table = table.assign(time=table["time_camera"])
+    return table
+
+
+def read_run(out_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The per-photo table and the settings of a ``traps run`` output folder."""
+    settings = run_summary(out_dir).get("settings", {})
+    return camera_times(pd.read_parquet(Path(out_dir) / "photos.parquet")), settings
 
 
 def _shifted_times(table: pd.DataFrame, decisions: list[Decision]) -> pd.Series:
@@ -167,7 +181,6 @@ class ReviewState:
 
     def __init__(self, table: pd.DataFrame, settings: dict, decisions: list[Decision],
                  learned: dict[str, dict[str, float]] | None = None):
-        self.settings = settings
         self.method = settings.get("method", "sessions")
         self.gap = parse_gap(settings.get("gap", "30m"))
         ok = table[(table["status"] == "ok") & table["photo_id"].notna()]
@@ -197,8 +210,8 @@ class ReviewState:
     # ------------------------------------------------------------------ building
     def rebuild(self) -> None:
         """Everything from the photo table and the log (startup, undo, clock shift)."""
-        active = [d for d in self.decisions if d.id not in undone_ids(self.decisions)
-                  and d.kind != "undo"]
+        undone = undone_ids(self.decisions)
+        active = [d for d in self.decisions if d.id not in undone and d.kind != "undo"]
         self.times = _shifted_times(self.table, active)
         self.t = self.times.to_numpy().astype("datetime64[ns]")
         self.units: dict[str, Unit] = {}
@@ -369,9 +382,10 @@ class ReviewState:
             for gid, g in fresh.items():
                 self.groups[gid] = g
                 self._add(self._group_unit(g))
+            taken = set(d.photos)
             for g in list(self.groups.values()):  # groups that lost photos to this decision
-                if g.decision.id != d.id and set(g.photos) & set(d.photos):
-                    g.photos = [p for p in g.photos if p not in set(d.photos)]
+                if g.decision.id != d.id and taken.intersection(g.photos):
+                    g.photos = [p for p in g.photos if p not in taken]
                     if not g.photos:
                         del self.groups[g.id]
 
@@ -437,9 +451,6 @@ class ReviewState:
         return pd.DataFrame({"unit": [u.id for u in done],
                              "machine": [u.machine_cls or EMPTY for u in done],
                              "human": [u.cls for u in done]})
-
-    def orphans(self) -> list[Unit]:
-        return [u for u in self.units.values() if not len(u.rows)]
 
 
 def load_learned(out_dir: str | Path) -> dict[str, dict[str, float]]:

@@ -18,6 +18,7 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -86,6 +87,7 @@ class Review:
         with self.lock:  # what another server on this folder decided shows here too
             self._catch_up()
         units = list(self.state.units.values())
+        cameras = sorted(cam for cam, ids in self.state.by_camera.items() if ids)
         if q.get("camera"):
             units = [u for u in units if u.camera == q["camera"]]
         if q.get("cls"):
@@ -105,7 +107,7 @@ class Review:
         # Only the page is sorted out of the whole queue (a heap, not a full sort).
         page = heapq.nsmallest(offset + QUEUE_LIMIT, units, key=order)[offset:]
         return {"total": len(units), "units": [self.summary(u) for u in page],
-                "cameras": sorted({u.camera for u in self.state.units.values()}),
+                "cameras": cameras,
                 "classes": self.state.classes(self.project)}
 
     def detail(self, uid: str) -> dict:
@@ -114,16 +116,15 @@ class Review:
         u = self.state.units.get(uid)
         if u is None:
             raise KeyError(uid)
-        t = self.state.table
+        s = self.state
         photos = []
         for r in u.rows:
-            dets = json.loads(t["detections"].iat[r] or "[]")
+            dets = json.loads(s.detections[r] or "[]")
             photos.append({
-                "id": t["photo_id"].iat[r], "name": str(t["key"].iat[r]).rsplit("/", 1)[-1],
-                "key": str(t["key"].iat[r]), "time": _time(self.state.times.iat[r]),
-                "time_camera": _time(t["time"].iat[r]), "time_source": t["time_source"].iat[r],
-                "cls": t["class"].iat[r], "prob": None if pd.isna(t["class_prob"].iat[r])
-                else float(t["class_prob"].iat[r]),
+                "id": s.pid[r], "name": s.key[r].rsplit("/", 1)[-1], "key": s.key[r],
+                "time": _time(s.t[r]), "time_camera": _time(s.table["time"].iat[r]),
+                "time_source": s.source[r], "cls": s.cls[r],
+                "prob": None if np.isnan(s.cls_prob[r]) else float(s.cls_prob[r]),
                 "boxes": [{"bbox": d["bbox"], "conf": d["conf"], "label": d["label"]}
                           for d in dets if d.get("category") == "animal" and d["conf"] >= 0.1],
             })
@@ -169,9 +170,13 @@ class Review:
         return {"unit": u.id, "camera": u.camera, "start": _time(u.start), "end": _time(u.end),
                 "machine": u.machine_cls}
 
-    def decide(self, body: dict) -> dict:
+    def _writable(self) -> DecisionLog:
         if self.log is None:
             raise PermissionError("decisions are switched off: " + "; ".join(self.problems))
+        return self.log
+
+    def decide(self, body: dict) -> dict:
+        log = self._writable()
         action = body.get("action")
         with self.lock:
             units = self._check(body.get("units") or [])
@@ -179,7 +184,7 @@ class Review:
                 raise ValueError("no registration given")
             new = [self._decision(action, units, body)] if action in ("split", "merge") \
                 else [self._decision(action, [u], body) for u in units]
-            stored = self.log.append(self.reviewer, new)
+            stored = log.append(self.reviewer, new)
             self.state.apply(stored)
             return {"saved": [d.id for d in stored], "units": self._units_of(stored)}
 
@@ -237,24 +242,22 @@ class Review:
         return [self.summary(u) for u in seen.values()]
 
     def undo(self) -> dict:
-        if self.log is None:
-            raise PermissionError("decisions are switched off: " + "; ".join(self.problems))
+        log = self._writable()
         with self.lock:
             self._catch_up()
             mine = self.state.decisions_of(self.reviewer)
             if not mine:
                 raise ValueError("nothing of yours to undo")
             last = mine[-1]
-            stored = self.log.append(self.reviewer, [NewDecision("undo", last.photos,
-                                                                 {"undoes": last.id})])
+            stored = log.append(self.reviewer, [NewDecision("undo", last.photos,
+                                                            {"undoes": last.id})])
             self.state.apply(stored)
             return {"undone": last.id, "kind": last.kind, "units": self._units_of([last])}
 
     def clock(self, body: dict) -> dict:
         """Shift a camera's clock: by an offset, or so that one photo shows its true time;
         for all its photos, or from that photo on."""
-        if self.log is None:
-            raise PermissionError("decisions are switched off: " + "; ".join(self.problems))
+        log = self._writable()
         with self.lock:
             self._catch_up()
             camera = str(body["camera"])
@@ -271,7 +274,7 @@ class Review:
                 offset = float(body["offset_seconds"])
             from_time = (_time(self.state.table["time"].iat[row])
                          if body.get("from_photo_on") and row is not None else None)
-            stored = self.log.append(self.reviewer, [NewDecision(
+            stored = log.append(self.reviewer, [NewDecision(
                 "clock", (photo,) if photo else (),
                 {"camera": camera, "offset_seconds": offset, "from_time": from_time})])
             self.state.apply(stored)

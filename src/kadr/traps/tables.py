@@ -7,6 +7,7 @@ what was wrong with a row), whatever the input looked like.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -142,7 +143,7 @@ def read_text_csv(path: str) -> pd.DataFrame:
 
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            header = next(__import__("csv").reader(f), [])
+            header = next(csv.reader(f), [])
         table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header}, strings_can_be_null=False))
         return pd.DataFrame({name.strip(): pc.utf8_trim_whitespace(table.column(i)).to_pandas()
