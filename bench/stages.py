@@ -36,7 +36,7 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def listing(n: int, folder: Path) -> None:
+def listing(n: int, folder: Path) -> float:
     from kadr.core.collection import PhotoCollection
 
     manifest = folder / "manifest.csv"

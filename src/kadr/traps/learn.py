@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from kadr.core.store import atomic_write_table, atomic_write_text, read_shards
 from kadr.traps.decisions import read_decisions
@@ -105,6 +106,13 @@ def _fit(x: np.ndarray, y: np.ndarray):
     return LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced").fit(x, y)
 
 
+def _class_probs(model, x: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The model's probabilities in ``classes`` order (0 for a class it was not fit on)."""
+    p = np.zeros((len(x), len(classes)))
+    p[:, [classes.index(c) for c in model.classes_]] = model.predict_proba(x)
+    return p
+
+
 def cross_validate(x: np.ndarray, y: np.ndarray, prior: np.ndarray, classes: list[str],
                    folds: int = 5, seed: int = 0) -> tuple[float, np.ndarray]:
     """The mix chosen on held-out folds and its out-of-fold predictions."""
@@ -114,9 +122,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, prior: np.ndarray, classes: lis
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     held_out = np.zeros((len(MIXES), len(y), len(classes)))
     for train, test in splitter.split(x, y):
-        model = _fit(x[train], y[train])
-        p = np.zeros((len(test), len(classes)))
-        p[:, [classes.index(c) for c in model.classes_]] = model.predict_proba(x[test])
+        p = _class_probs(_fit(x[train], y[train]), x[test], classes)
         for k, a in enumerate(MIXES):
             held_out[k, test] = mix(p, prior[test], a)
     truth = np.array([classes.index(c) for c in y])
@@ -165,14 +171,10 @@ def learn_run(out: str | Path, min_per_class: int = MIN_PER_CLASS, folds: int = 
     todo = [u for u in state.units.values() if not u.reviewed and u.id in index and not u.blank]
     scores = np.zeros((0, len(classes)))
     if todo:
-        p = np.zeros((len(todo), len(classes)))
-        p[:, [classes.index(c) for c in model.classes_]] = model.predict_proba(
-            features[[index[u.id] for u in todo]])
+        p = _class_probs(model, features[[index[u.id] for u in todo]], classes)
         scores = mix(p, zero_shot_prior(state, [u.id for u in todo], classes, background), a)
     frame = pd.DataFrame(scores.astype(np.float32), columns=[f"p_{c}" for c in classes])
     frame.insert(0, "unit", [u.id for u in todo])
-    import pyarrow as pa
-
     atomic_write_table(out_dir / "learned.parquet", pa.Table.from_pandas(frame,
                                                                         preserve_index=False))
     changed = int(sum(classes[int(k)] != u.cls for u, k in zip(todo, scores.argmax(1),
