@@ -95,7 +95,6 @@ def _animal_photos(photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         df["_camera"] = cam_codes_all[at]  # compared instead of the names
         return df
 
-
     untimed = frame(untimed_rows).drop_duplicates(subset=["camera", "file", "class"])
     return frame(timed_rows), untimed
 
