@@ -86,15 +86,14 @@ def trap_store(n: int, out: Path) -> None:
 
 def exports(n: int, folder: Path) -> float:
     from kadr.core.runner import RunSummary
-    from kadr.traps.pipeline import TrapSettings, outputs_key, per_photo_table, write_outputs
+    from kadr.traps.pipeline import TrapSettings, outputs_key, write_outputs
 
     out = folder / "out"
     trap_store(n, out)
     settings = TrapSettings(detector="yolox:bench.onnx", classifier=None, progress=False)
     t = time.perf_counter()
-    table = per_photo_table(out / "photos.store")
-    regs = write_outputs(table, out, settings, None, {"detector": settings.detector},
-                         RunSummary(), outputs_key(out, settings))
+    regs = write_outputs(out, settings, None, {"detector": settings.detector}, RunSummary(),
+                         outputs_key(out, settings))
     assert len(regs) > 0
     return time.perf_counter() - t
 

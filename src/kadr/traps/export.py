@@ -7,10 +7,12 @@ standard's own schemas when a copy of them is given).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,20 +123,25 @@ def media_file_path(path: str, key: str, media_url: str | None) -> str:
     return f"{MEDIA_FOLDER}/{key}"
 
 
-def link_media_folder(package: Path, ok: pd.DataFrame) -> str | None:
-    """Make ``media/KEY`` resolve inside the package: a symlink to the photos' root folder.
+def photo_roots(photos: pd.DataFrame) -> set[str | None]:
+    """The folders local photos sit under: each path without its key (None where a path
+    does not end in its key)."""
+    local = photos[~photos["path"].str.contains("://", regex=False)]
+    return {p[: -len(k)] if p.replace(os.sep, "/").endswith(k.replace(os.sep, "/")) else None
+            for p, k in zip(local["path"], local["key"], strict=True)}
+
+
+def link_media_folder(package: Path, roots: set[str | None]) -> str | None:
+    """Make ``media/KEY`` resolve inside the package: a symlink to the photos' root folder
+    (``roots``: :func:`photo_roots` of every photo; empty when none is local).
 
     Returns a warning when the photos share no root (a manifest of scattered
     files) or the link cannot be made; the user then copies them there."""
-    local = ok[~ok["path"].str.contains("://", regex=False)]
-    if local.empty:
+    if not roots:
         return None
-    # Each photo's root is its path without its key; one shared root can be linked.
-    roots = {p[: -len(k)] if p.replace(os.sep, "/").endswith(k.replace(os.sep, "/")) else None
-             for p, k in zip(local["path"], local["key"], strict=True)}
     link = package / MEDIA_FOLDER
     if len(roots) == 1 and None not in roots:
-        target = Path(roots.pop() or ".").resolve()
+        target = Path(next(iter(roots)) or ".").resolve()
         try:
             if link.is_symlink() and link.resolve() == target:
                 return None
@@ -179,18 +186,22 @@ def _common_folder(keys: pd.Series) -> str:
     return os.path.commonpath([os.path.dirname(k) for k in keys.str.split("#").str[0]])
 
 
-def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
-    """MegaDetector batch output (format 1.4) with per-box classifications.
+@contextlib.contextmanager
+def megadetector_json(path: str | Path, fingerprint: dict, photos: pd.DataFrame
+                      ) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """MegaDetector batch output (format 1.4) with per-box classifications, written a chunk
+    of photos at a time: yields the function that writes one chunk.
 
-    Timelapse and the MegaDetector postprocessing tools open it. Boxes of COCO
-    labels that are not animal/person/vehicle are left out (the per-photo
-    table keeps them).
+    ``photos``: every photo's ``key``, ``class`` and ``human_class`` (the class list and
+    the image folder come from all of them). Timelapse and the MegaDetector
+    postprocessing tools open the file. Boxes of COCO labels that are not
+    animal/person/vehicle are left out (the per-photo table keeps them).
     """
-    human = table["human_class"] if "human_class" in table else pd.Series(None, index=table.index)
-    labels = pd.concat([table.get("class", pd.Series(dtype=str)), human]).dropna()
-    class_names = sorted({c for c in labels if str(c).lower() not in BACKGROUND_CLASSES})
+    labels = pd.concat([photos[c] for c in ("class", "human_class") if c in photos]).dropna()
+    class_names = sorted({str(c) for c in labels.unique()
+                          if str(c).lower() not in BACKGROUND_CLASSES})
     class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
-    root = _common_folder(table["key"]) if len(table) else ""
+    root = _common_folder(photos["key"]) if len(photos) else ""
     head = {
         "detection_categories": {v: k for k, v in MD_CATEGORY_IDS.items()},
         "classification_categories": {v: k for k, v in class_ids.items()},
@@ -202,15 +213,25 @@ def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: 
             "detector_metadata": {"typical_detection_threshold": fingerprint.get("threshold")},
         },
     }
-    # Written an image at a time: a million photos never become one string in memory.
     with atomic_open(path) as f:
         f.write(json.dumps(head, indent=1)[:-2] + ',\n "images": [')
-        first = True
-        for chunk in _chunks(table):
+        separator = "\n  "
+
+        def write(chunk: pd.DataFrame) -> None:
+            nonlocal separator
             for r in chunk.to_dict("records"):
-                f.write(("\n  " if first else ",\n  ") + json.dumps(_md_image(r, root, class_ids)))
-                first = False
+                f.write(separator + json.dumps(_md_image(r, root, class_ids)))
+                separator = ",\n  "
+
+        yield write
         f.write("\n ]\n}\n")
+
+
+def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
+    """The MegaDetector batch output of a per-photo table (see :func:`megadetector_json`)."""
+    with megadetector_json(path, fingerprint, table) as write:
+        for chunk in _chunks(table):
+            write(chunk)
 
 
 def _chunks(table: pd.DataFrame, rows: int = 50_000):
@@ -286,128 +307,170 @@ def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str |
     return pd.DataFrame(rows), notes
 
 
-def write_camtrap_dp(
-    table: pd.DataFrame,
-    regs: pd.DataFrame,
-    folder: str | Path,
-    scientific_names: dict | None = None,
-    deployments_csv: str | None = None,
-    utc_offset: str | None = None,
-    media_url: str | None = None,
-) -> list[str]:
-    """A Camtrap DP 1.0 package: datapackage.json, deployments, media, observations.
+def _timed_ok(photos: pd.DataFrame) -> pd.DataFrame:
+    """The photos Camtrap DP describes: read, and with a time."""
+    return photos[(photos["status"] == "ok") & photos["time"].notna()]
 
-    Event-level observations come from registrations, media-level ones from
-    detections (with boxes). ``utc_offset`` is the cameras' clock offset
-    (e.g. ``+03:00``); without it times are written as UTC and every
-    deployment says ``timestampIssues``. ``media_url``: where the photos
-    will be published (``filePath`` is that URL plus the photo's key; else a
-    path relative to the package). Returns warnings for the user.
+
+class CamtrapPackage:
+    """A Camtrap DP 1.0 package (datapackage.json, deployments, media, observations), its
+    media written a chunk of photos at a time::
+
+        with CamtrapPackage(folder, photos, regs) as package:
+            for chunk in chunks:
+                package.write(chunk)
+        package.warnings
+
+    ``photos``: every photo's ``key``, ``group``, ``photo_id``, ``time``,
+    ``time_source``, ``status``, ``class_prob`` and ``event_id`` (deployments,
+    event observations, the package id and its time span come from them); the
+    chunks add ``path``, ``format``, ``class`` and ``detections``. Event-level
+    observations come from registrations, media-level ones from detections (with
+    boxes). ``utc_offset`` is the cameras' clock offset (e.g. ``+03:00``); without
+    it times are written as UTC and every deployment says ``timestampIssues``.
+    ``media_url``: where the photos will be published (``filePath`` is that URL
+    plus the photo's key; else a path relative to the package).
     """
-    folder = Path(folder)
-    names = scientific_names or {}
-    ok = table[(table["status"] == "ok") & table["time"].notna()].copy()
-    off = utc_offset or "Z"
-    deployments, no_coords = _deployments(ok, deployments_csv, utc_offset)
-    warnings = ([f"{len(no_coords)} deployment(s) without coordinates: {', '.join(no_coords)}"]
-                if no_coords else [])
-    if utc_offset is None and len(ok):
-        warnings.append("Camtrap DP: the cameras' UTC offset is unknown, so timestamps are "
-                        "local clock times marked as UTC and timestampIssues is true; rerun "
-                        "with --utc-offset (e.g. +03:00) before publishing")
-    ok["mediaID"] = [short_id(k) for k in ok["key"]]
-    media = pd.DataFrame({
-        "mediaID": ok["mediaID"], "deploymentID": ok["group"].astype(str),
-        "captureMethod": "activityDetection", "timestamp": ok["time"].map(lambda t: _iso(t, off)),
-        "filePath": [media_file_path(p, k, media_url)
-                     for p, k in zip(ok["path"], ok["key"], strict=True)],
-        "filePublic": bool(media_url),
-        "fileName": ok["key"].map(os.path.basename),
-        "fileMediatype": ok["format"].map(lambda f: MEDIATYPES.get(str(f), "image/jpeg")),
-    })
-    if not media_url:
-        folder.mkdir(parents=True, exist_ok=True)
-        warnings += filter(None, [link_media_folder(folder, ok)])
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    obs = []
-    for r in regs[regs["date_registration_start"].notna()].to_dict("records"):
-        cls = r["class"]
-        human = bool(r.get("reviewed"))
-        obs.append({
-            "observationID": r["eventID"], "deploymentID": str(r["name_folder"]), "mediaID": None,
-            "eventID": r["eventID"], "eventStart": _iso(r["date_registration_start"], off),
-            "eventEnd": _iso(r["date_registration_end"], off), "observationLevel": "event",
-            "observationType": "animal", "scientificName": names.get(cls, cls.replace("_", " ")),
-            "count": int(r["count"]),
-            "classificationMethod": "human" if human else "machine",
-            "classifiedBy": str(r["classified_by"]) if human else "kadr",
-            "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else now,
-            "classificationProbability": None,
-            "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
-                                                 else ""),
-        })
-    probs = ok.groupby("event_id")["class_prob"].mean() if "event_id" in ok else {}
-    for o in obs:
-        if o["classificationMethod"] == "human":
-            continue
-        p = probs.get(o["eventID"]) if len(probs) else None
-        o["classificationProbability"] = None if p is None or pd.isna(p) else round(float(p), 4)
-    cols = CAMTRAP_COLUMNS["observations"]
-    taxa: set[str] = set()
 
-    def write_observations(rows: list[dict], header: bool) -> None:
-        frame = pd.DataFrame(rows).reindex(columns=cols)
+    def __init__(self, folder: str | Path, photos: pd.DataFrame, regs: pd.DataFrame,
+                 scientific_names: dict | None = None, deployments_csv: str | None = None,
+                 utc_offset: str | None = None, media_url: str | None = None):
+        self.folder = Path(folder)
+        self.names = scientific_names or {}
+        self.off = utc_offset or "Z"
+        self.media_url = media_url
+        self.now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ok = _timed_ok(photos)
+        self.deployments, no_coords = _deployments(ok, deployments_csv, utc_offset)
+        self.warnings = ([f"{len(no_coords)} deployment(s) without coordinates: "
+                          f"{', '.join(no_coords)}"] if no_coords else [])
+        if utc_offset is None and len(ok):
+            self.warnings.append(
+                "Camtrap DP: the cameras' UTC offset is unknown, so timestamps are local clock "
+                "times marked as UTC and timestampIssues is true; rerun with --utc-offset "
+                "(e.g. +03:00) before publishing")
+        self.events = self._event_observations(regs, ok)
+        self.id = package_id(ok["photo_id"] if "photo_id" in ok else ok["key"].map(short_id))
+        times = ok["time"]
+        self.span = [t.strftime("%Y-%m-%d") if len(times) else "1970-01-01"
+                     for t in (times.min(), times.max())]
+        self.roots: set[str | None] = set()
+        self.taxa: set[str] = set()
+
+    def _event_observations(self, regs: pd.DataFrame, ok: pd.DataFrame) -> list[dict]:
+        probs = ok.groupby("event_id")["class_prob"].mean() if "event_id" in ok else pd.Series()
+        obs = []
+        for r in regs[regs["date_registration_start"].notna()].to_dict("records"):
+            cls = r["class"]
+            human = bool(r.get("reviewed"))
+            p = None if human else probs.get(r["eventID"])
+            obs.append({
+                "observationID": r["eventID"], "deploymentID": str(r["name_folder"]),
+                "mediaID": None, "eventID": r["eventID"],
+                "eventStart": _iso(r["date_registration_start"], self.off),
+                "eventEnd": _iso(r["date_registration_end"], self.off),
+                "observationLevel": "event", "observationType": "animal",
+                "scientificName": self.names.get(cls, cls.replace("_", " ")),
+                "count": int(r["count"]),
+                "classificationMethod": "human" if human else "machine",
+                "classifiedBy": str(r["classified_by"]) if human else "kadr",
+                "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else self.now,
+                "classificationProbability": None if p is None or pd.isna(p)
+                else round(float(p), 4),
+                "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
+                                                     else ""),
+            })
+        return obs
+
+    def __enter__(self) -> CamtrapPackage:
+        self._files = contextlib.ExitStack()
+        self._media = self._files.enter_context(atomic_open(self.folder / "media.csv"))
+        self._observations = self._files.enter_context(
+            atomic_open(self.folder / "observations.csv"))
+        pd.DataFrame(columns=CAMTRAP_COLUMNS["media"]).to_csv(self._media, index=False,
+                                                              lineterminator="\n")
+        self._write_observations(self.events, header=True)  # event-level ones first
+        return self
+
+    def _write_observations(self, rows: list[dict], header: bool = False) -> None:
+        frame = pd.DataFrame(rows).reindex(columns=CAMTRAP_COLUMNS["observations"])
         frame["count"] = frame["count"].astype("Int64")
-        frame.to_csv(f, index=False, header=header, lineterminator="\n")
-        taxa.update(o["scientificName"] for o in rows if o.get("scientificName"))
+        frame.to_csv(self._observations, index=False, header=header, lineterminator="\n")
+        self.taxa.update(o["scientificName"] for o in rows if o.get("scientificName"))
 
-    # Event-level observations first, then the media-level ones a chunk of photos at a time.
-    with atomic_open(folder / "observations.csv") as f:
-        write_observations(obs, header=True)
-        for chunk in _chunks(ok):
-            write_observations([o for r in chunk.to_dict("records")
-                                for o in _media_observations(r, off, now, names)], header=False)
-    for name, frame in (("deployments", deployments), ("media", media)):
-        atomic_write_csv(folder / f"{name}.csv", frame.reindex(columns=CAMTRAP_COLUMNS[name]))
-    times = ok["time"]
-    taxa = sorted(taxa)
-    package = {
-        "profile": f"{CAMTRAP_BASE}/camtrap-dp-profile.json",
-        "name": "kadr-camera-trap-registrations",
-        "id": package_id(ok["photo_id"] if "photo_id" in ok else ok["mediaID"]),
-        "created": now,
-        "title": "Camera-trap registrations made by kadr",
-        "contributors": [{"title": "kadr", "role": "contributor"}],
-        "version": "1.0",
-        "project": {
-            "title": "Camera-trap registrations", "samplingDesign": "opportunistic",
-            "captureMethod": ["activityDetection"], "individualAnimals": False,
-            "observationLevel": ["media", "event"],
-        },
-        "spatial": _bbox_polygon(deployments),
-        "temporal": {
-            "start": times.min().strftime("%Y-%m-%d") if len(times) else "1970-01-01",
-            "end": times.max().strftime("%Y-%m-%d") if len(times) else "1970-01-01",
-        },
-        "taxonomic": [{"scientificName": t} for t in taxa],
-        "resources": [
-            {"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource", "format": "csv",
-             "mediatype": "text/csv", "encoding": "utf-8",
-             "schema": f"{CAMTRAP_BASE}/{n}-table-schema.json"}
-            for n in ("deployments", "media", "observations")
-        ],
-    }
-    if warnings:
-        package["description"] = "Warnings: " + "; ".join(warnings)
-    atomic_write_text(folder / "datapackage.json", json.dumps(package, indent=2))
-    return warnings
+    def write(self, chunk: pd.DataFrame) -> None:
+        """One chunk of photos: their media rows and media-level observations."""
+        ok = _timed_ok(chunk)
+        media_ids = [short_id(k) for k in ok["key"]]
+        pd.DataFrame({
+            "mediaID": media_ids, "deploymentID": ok["group"].astype(str).to_numpy(),
+            "captureMethod": "activityDetection",
+            "timestamp": [_iso(t, self.off) for t in ok["time"]],
+            "filePath": [media_file_path(p, k, self.media_url)
+                         for p, k in zip(ok["path"], ok["key"], strict=True)],
+            "filePublic": bool(self.media_url),
+            "fileName": ok["key"].map(os.path.basename).to_numpy(),
+            "fileMediatype": ok["format"].map(lambda f: MEDIATYPES.get(str(f), "image/jpeg"))
+            .to_numpy(),
+        }).reindex(columns=CAMTRAP_COLUMNS["media"]).to_csv(
+            self._media, index=False, header=False, lineterminator="\n")
+        self._write_observations([
+            o for r, media_id in zip(ok.to_dict("records"), media_ids, strict=True)
+            for o in _media_observations(r, media_id, self.off, self.now, self.names)])
+        if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
+            self.roots |= photo_roots(ok)
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self._files.__exit__(kind, value, traceback)  # nothing half-written is kept
+            return
+        self._files.close()
+        atomic_write_csv(self.folder / "deployments.csv",
+                         self.deployments.reindex(columns=CAMTRAP_COLUMNS["deployments"]))
+        if not self.media_url:
+            self.warnings += filter(None, [link_media_folder(self.folder, self.roots)])
+        package = {
+            "profile": f"{CAMTRAP_BASE}/camtrap-dp-profile.json",
+            "name": "kadr-camera-trap-registrations",
+            "id": self.id,
+            "created": self.now,
+            "title": "Camera-trap registrations made by kadr",
+            "contributors": [{"title": "kadr", "role": "contributor"}],
+            "version": "1.0",
+            "project": {
+                "title": "Camera-trap registrations", "samplingDesign": "opportunistic",
+                "captureMethod": ["activityDetection"], "individualAnimals": False,
+                "observationLevel": ["media", "event"],
+            },
+            "spatial": _bbox_polygon(self.deployments),
+            "temporal": {"start": self.span[0], "end": self.span[1]},
+            "taxonomic": [{"scientificName": t} for t in sorted(self.taxa)],
+            "resources": [
+                {"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource",
+                 "format": "csv", "mediatype": "text/csv", "encoding": "utf-8",
+                 "schema": f"{CAMTRAP_BASE}/{n}-table-schema.json"}
+                for n in ("deployments", "media", "observations")
+            ],
+        }
+        if self.warnings:
+            package["description"] = "Warnings: " + "; ".join(self.warnings)
+        atomic_write_text(self.folder / "datapackage.json", json.dumps(package, indent=2))
 
 
-def _media_observations(r: dict, off: str, now: str, names: dict) -> list[dict]:
+def write_camtrap_dp(table: pd.DataFrame, regs: pd.DataFrame, folder: str | Path,
+                     **options) -> list[str]:
+    """The Camtrap DP package of a per-photo table (see :class:`CamtrapPackage`, which
+    takes the same ``options``); returns warnings for the user."""
+    with CamtrapPackage(folder, table, regs, **options) as package:
+        for chunk in _chunks(table):
+            package.write(chunk)
+    return package.warnings
+
+
+def _media_observations(r: dict, media_id: str, off: str, now: str, names: dict) -> list[dict]:
     """One photo's media-level observations: a blank, or one per animal box."""
     dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
     cls = r.get("class") or ""
-    media_id = r["mediaID"]
     event_id = r.get("event_id")
     base = {
         "deploymentID": str(r["group"]), "mediaID": media_id,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from kadr.core.collection import PhotoCollection
@@ -23,9 +24,10 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.models.spec import spec_fingerprint
+from kadr.core.ordered import FILE, ORDER, ROW, ordered_batches, parquet_files, read_with_positions
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
-from kadr.core.store import ShardStore, atomic_write_csv, atomic_write_text, read_shards
+from kadr.core.store import ShardStore, atomic_open, atomic_write_table, atomic_write_text
 from kadr.traps.decisions import Decision, last_decision_id, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
@@ -234,9 +236,30 @@ def saved_prompts(saved: dict) -> PromptSet | None:
         return None
 
 
-def per_photo_table(store_folder: str | Path) -> pd.DataFrame:
-    """The per-photo results as one frame, in camera/time order."""
-    df = read_shards(store_folder, exclude=["embedding"]).to_pandas()  # `traps learn` reads them
+# The per-photo columns registrations, links, the report and the summary read. The wide ones
+# (detections, paths, per-class probabilities, embeddings) stay on disk until the exports
+# stream them, a batch of photos at a time.
+SMALL_COLUMNS = ("key", "group", "photo_id", "time", "time_source", "status", "reason", "class",
+                 "class_prob", "count", "n_animals", "time_camera")
+
+
+def photo_files(out_dir: str | Path) -> list[Path]:
+    """Where a run's per-photo rows are: the store's shards, else the exported table (a
+    folder copied without its store)."""
+    out_dir = Path(out_dir)
+    store = out_dir / "photos.store"
+    return parquet_files(store) if store.exists() else parquet_files(out_dir / "photos.parquet")
+
+
+def per_photo_table(files: list[Path], columns: tuple[str, ...] | None = SMALL_COLUMNS,
+                    class_probabilities: bool = False) -> pd.DataFrame:
+    """The per-photo results in camera/time order: ``columns`` (None: all but the
+    embeddings, which `traps learn` reads), the ``p_<class>`` columns with
+    ``class_probabilities``, and each row's address in ``files`` (for :func:`ordered_batches`)."""
+    names = list(dict.fromkeys(n for f in files for n in pq.read_schema(f).names))
+    wanted = [n for n in names if n != "embedding" and (
+        columns is None or n in columns or (class_probabilities and n.startswith("p_")))]
+    df = read_with_positions(files, wanted).to_pandas()
     if df.empty:
         return df
     df["time"] = pd.to_datetime(df["time"])
@@ -314,8 +337,7 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
     unchanged = _unchanged_outputs(out_dir, key, summary)
     if unchanged is not None:
         return summary, unchanged
-    table = per_photo_table(out_dir / "photos.store")
-    regs = write_outputs(table, out_dir, settings, prompts, fingerprint, summary, key)
+    regs = write_outputs(out_dir, settings, prompts, fingerprint, summary, key)
     return summary, regs
 
 
@@ -351,43 +373,72 @@ def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataF
     return regs
 
 
-def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
-                  prompts: PromptSet | None, fingerprint: dict, summary: RunSummary,
-                  key: str) -> pd.DataFrame:
-    """Every export of a run, from the per-photo table; ``key`` (:func:`outputs_key`) is
-    recorded so that a later resume with nothing to do can leave them all as they are."""
+def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | None,
+                  fingerprint: dict, summary: RunSummary, key: str) -> pd.DataFrame:
+    """Every export of a run, from its per-photo rows (:func:`photo_files`); ``key``
+    (:func:`outputs_key`) is recorded so that a later resume with nothing to do can leave
+    them all as they are.
+
+    Registrations come from the small columns; the per-photo exports then stream
+    the rows in camera/time order, a batch at a time, through every writer at once."""
     from kadr.traps import export, report
 
+    files = photo_files(out_dir)
     decisions = read_decisions(out_dir)
+    table = per_photo_table(files, class_probabilities=bool(decisions))
     pairs = None
     if decisions:
         regs, table, pairs = reviewed_outputs(table, settings, decisions, out_dir)
     else:
-        events_input = photos_for_events(table)
-        regs = form_registrations(events_input, settings.method, settings.gap)
+        regs = form_registrations(photos_for_events(table), settings.method, settings.gap)
         regs, table = export.link_events(regs, table)
     atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
-    from kadr.core.store import atomic_write_table
-
     atomic_write_table(out_dir / "registrations.parquet",
                        pa.Table.from_pandas(regs, preserve_index=False))
-    atomic_write_csv(out_dir / "photos.csv", table.assign(time=time_text(table["time"])))
-    atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(table, preserve_index=False))
-    names = prompts.scientific_names() if prompts else {}
-    export.write_megadetector_json(table, out_dir / "megadetector.json", fingerprint)
-    warnings = export.write_camtrap_dp(table, regs, out_dir / "camtrap-dp", scientific_names=names,
-                                       deployments_csv=settings.deployments,
-                                       utc_offset=settings.utc_offset, media_url=settings.media_url)
-    warnings += file_dated_warning(table)
+    # What the exports add to the stored rows, each row named by its address.
+    added = [c for c in ("time", "time_camera", "event_id", "human_class") if c in table]
+    later = pa.Table.from_pandas(table[[FILE, ROW, *added]].assign(**{ORDER: np.arange(len(table))}),
+                                 preserve_index=False) if len(table) else pa.table({})
+    gallery = set(report.gallery_keys(regs))
+    best = []
+    camtrap = export.CamtrapPackage(
+        out_dir / "camtrap-dp", table, regs,
+        scientific_names=prompts.scientific_names() if prompts else {},
+        deployments_csv=settings.deployments, utc_offset=settings.utc_offset,
+        media_url=settings.media_url)
+    with (atomic_open(out_dir / "photos.csv") as photos_csv,
+          atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
+          export.megadetector_json(out_dir / "megadetector.json", fingerprint, table) as md_json,
+          camtrap):
+        parquet = None  # opened on the first batch, with its schema
+        for batch in ordered_batches(files, later, spill_dir=out_dir,
+                                     exclude=("embedding", *PREVIOUS_EXPORT_COLUMNS)):
+            chunk = batch.to_pandas()
+            chunk.assign(time=time_text(chunk["time"])).to_csv(
+                photos_csv, index=False, header=parquet is None, lineterminator="\n")
+            if parquet is None:
+                parquet = pq.ParquetWriter(photos_parquet, batch.schema, compression="zstd")
+            parquet.write_batch(batch)
+            md_json(chunk)
+            camtrap.write(chunk)
+            best.append(chunk[chunk["key"].isin(gallery)][["key", "path", "detections",
+                                                          "class_prob"]])
+        if parquet is None:  # no photos: the tables keep their columns
+            pq.write_table(pa.Table.from_pandas(table.drop(columns=[FILE, ROW], errors="ignore"),
+                                                preserve_index=False), photos_parquet)
+        else:
+            parquet.close()
+    warnings = camtrap.warnings + file_dated_warning(table)
     summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
     agreement = None
     if pairs is not None:
         agreement = export.write_agreement(pairs, out_dir)
     learned = out_dir / "learn.json"
     learning = json.loads(learned.read_text()) if learned.exists() and decisions else None
+    best_rows = pd.concat(best).drop_duplicates("key").set_index("key") if best else None
     atomic_write_text(out_dir / "report.html",
                       report.render_report(table, regs, settings, summary.warnings, agreement,
-                                           learning))
+                                           learning, best_rows))
     failed = table[table["status"] != "ok"] if len(table) else table
     atomic_write_text(out_dir / "summary.json", json.dumps({
         "photos": len(table), "ok": len(table) - len(failed),
@@ -404,6 +455,11 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, settings: TrapSettings,
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))
     return regs
+
+
+# Columns an earlier export added to photos.parquet, which is the source when a folder has
+# no store: this export computes them afresh.
+PREVIOUS_EXPORT_COLUMNS = ("event_id", "human_class", "time_camera")
 
 
 def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: list[Decision],
@@ -436,11 +492,9 @@ def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     before = run_summary(out_dir)
     settings = saved_settings(before.get("settings", {}))
     prompts = settings_prompts(settings) if settings.classifier else None
-    store = out_dir / "photos.store"
-    table = per_photo_table(store) if store.exists() else pd.read_parquet(out_dir / "photos.parquet")
     summary = RunSummary(skipped_files=before.get("skipped_files", []),
                          empty_groups=before.get("empty_folders", []))
-    regs = write_outputs(table, out_dir, settings, prompts, trap_fingerprint(settings, prompts),
+    regs = write_outputs(out_dir, settings, prompts, trap_fingerprint(settings, prompts),
                          summary, outputs_key(out_dir, settings))
     return regs, summary
 

@@ -57,11 +57,22 @@ def _timeline(regs: pd.DataFrame, t0: pd.Timestamp, t1: pd.Timestamp, classes: l
             "end": f"{t1:%Y-%m-%d %H:%M:%S}"}
 
 
+def gallery_keys(regs: pd.DataFrame) -> list[str]:
+    """The best photos the gallery may show, in its order (a few spare for photos that
+    cannot be read): the only photos whose paths and boxes the report needs."""
+    if "best_key" not in regs or regs.empty:
+        return []
+    ordered = regs.sort_values("name_folder", kind="stable")["best_key"].dropna()
+    return ordered.head(2 * MAX_GALLERY).tolist()
+
+
 def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
                   warnings: list[str] = (), agreement: dict | None = None,
-                  learning: dict | None = None) -> str:
+                  learning: dict | None = None, best: pd.DataFrame | None = None) -> str:
     """The report page; ``agreement``: machine versus human on reviewed registrations;
-    ``learning``: the cross-validated figures of ``traps learn``."""
+    ``learning``: the cross-validated figures of ``traps learn``. ``best``: the rows of
+    :func:`gallery_keys` (path, detections, class_prob) by key; taken from ``table``
+    when it has those columns."""
     from kadr.traps.pipeline import clock_jumps
 
     ok = table[table["status"] == "ok"] if len(table) else table
@@ -70,9 +81,9 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
     per_cam = (timed.groupby("group")["time"].agg(["min", "max"]) if len(timed)
                else pd.DataFrame(columns=["min", "max"]))
     photos_per_cam = ok.groupby("group").size() if len(ok) else pd.Series(dtype=int)
-    best_keys = set(regs["best_key"].dropna()) if "best_key" in regs else set()
-    best = (table[table["key"].isin(best_keys)].drop_duplicates("key").set_index("key")
-            if len(table) else table)
+    if best is None:
+        rows = table[table["key"].isin(gallery_keys(regs))] if len(table) else table
+        best = rows.drop_duplicates("key").set_index("key")
     classes = sorted(regs["class"].unique()) if len(regs) else []
     guessed_events = set(table.loc[(table["time_source"] != "exif") & table["event_id"].notna(),
                                    "event_id"]) if "event_id" in table and len(table) else set()

@@ -198,7 +198,9 @@ class ReviewState:
         self.n_animals = pd.to_numeric(t.get("n_animals", t["count"]),
                                        errors="coerce").to_numpy(float)
         self.source = t["time_source"].astype(str).to_numpy()
-        self.detections = t["detections"].to_numpy()
+        # Exports replay decisions without the detections; the review app reads them.
+        self.detections = (t["detections"].to_numpy() if "detections" in t
+                           else np.full(len(t), None, object))
         self.is_animal = ~pd.Series(self.cls).str.lower().isin(BACKGROUND_CLASSES).to_numpy()
         self.prob_columns = [c for c in t.columns if c.startswith("p_")]
         self.probs = (t[self.prob_columns].to_numpy(dtype=np.float32, na_value=np.nan)
