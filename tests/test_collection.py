@@ -32,12 +32,16 @@ def test_manifest_with_extra_columns_and_repeats(photo_folder, tmp_path):
     rows = [
         {"path": "photos/camA/IMG_0000.JPG", "hotel_id": 7, "site": "x"},
         {"path": "photos/camA/IMG_0000.JPG", "hotel_id": 8, "site": "y"},
+        {"path": "photos/camA/IMG_0001.JPG", "hotel_id": 9, "site": "y"},
+        {"path": " photos/camA/IMG_0000.JPG", "hotel_id": 10, "site": "z"},
     ]
     manifest = tmp_path / "m.csv"
     pd.DataFrame(rows).rename(columns={"path": " path "}).to_csv(manifest, index=False)
     refs = list(PhotoCollection(manifest, group_column="site"))
-    assert [r.key for r in refs] == ["photos/camA/IMG_0000.JPG", "photos/camA/IMG_0000.JPG#1"]
-    assert refs[0].extra == {"hotel_id": 7, "site": "x"} and refs[1].group == "y"
+    assert [r.key for r in refs] == ["photos/camA/IMG_0000.JPG", "photos/camA/IMG_0000.JPG#1",
+                                     "photos/camA/IMG_0001.JPG", "photos/camA/IMG_0000.JPG#2"]
+    # A CSV's columns are text as written, so an id like "007" keeps its zeros.
+    assert refs[0].extra == {"hotel_id": "7", "site": "x"} and refs[1].group == "y"
     assert refs[0].path == str(photo_folder / "camA" / "IMG_0000.JPG")
 
 

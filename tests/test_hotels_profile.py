@@ -92,9 +92,9 @@ def test_hash_pairs_equals_brute_force_and_caps_hot_buckets():
     b = base ^ rng.integers(0, 2**12, 300, dtype=np.int64).astype(np.uint64)
     brute = {(i, j) for i in range(len(a)) for j in range(len(b))
              if bin(int(a[i]) ^ int(b[j])).count("1") <= 3}
-    assert hash_pairs(a, b, 3) == brute and len(brute) > 1000
+    assert pair_set(hash_pairs(a, b, 3)) == brute and len(brute) > 1000
     skipped: dict = {}
-    capped = hash_pairs(a, b, 3, max_bucket=1000, skipped=skipped)
+    capped = pair_set(hash_pairs(a, b, 3, max_bucket=1000, skipped=skipped))
     assert capped <= brute, "a cap leaves pairs out, never adds wrong ones"
     assert skipped["buckets"] > 0 and skipped["comparisons"] > 1000
 
@@ -103,9 +103,41 @@ def test_hash_pairs_finds_all_within_distance():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2**63, 500, dtype=np.int64).astype(np.uint64)
     flipped = base ^ np.uint64(0b1011)  # 3 bits differ
-    pairs = hash_pairs(base, flipped, 4)
-    assert {(i, i) for i in range(500)} <= pairs
-    assert not {(i, i) for i in range(500)} & hash_pairs(base, flipped, 2)
+    for distance in range(3, 9):  # one-bit probes (4, 5) and exact chunks (3) alike
+        assert {(i, i) for i in range(500)} <= pair_set(hash_pairs(base, flipped, distance))
+    assert not {(i, i) for i in range(500)} & pair_set(hash_pairs(base, flipped, 2))
+
+
+def pair_set(pairs: np.ndarray) -> set[tuple[int, int]]:
+    return set(map(tuple, pairs.tolist()))
+
+
+def test_families_root_and_turns_agree_with_every_edge():
+    from kadr.hotels.profile import _families
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    orientation = rng.integers(0, 4, n) * 90  # each photo's true turn from upright
+    i = rng.integers(0, n, 2500)
+    j = rng.integers(0, n, 2500)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    r = (orientation[i] - orientation[j]) % 360  # turning i by r gives j
+    root, turn = _families(n, np.column_stack([i, j, r]))
+    # The same families as a plain union-find, each rooted at its first row.
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(i, j, strict=True):
+        parent[max(find(a), find(b))] = min(find(a), find(b))
+    assert [find(x) for x in range(n)] == root.tolist()
+    assert (turn[root] == 0).all()
+    assert ((r + turn[j]) % 360 == turn[i]).all(), "every edge's rotation composes"
 
 
 def test_fix_rotation_writes_upright_copies(tmp_path):

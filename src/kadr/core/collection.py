@@ -7,11 +7,13 @@ inside the batch runner's worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -120,43 +122,83 @@ class PhotoCollection:
                 self.report.empty_groups.append(rel_dir)
 
     # -- manifests ---------------------------------------------------------
-    def read_manifest(self) -> pa.Table:
-        if "://" in self.source:
-            import fsspec
+    MANIFEST_BATCH = 10_000  # rows of a manifest held at a time
 
-            with fsspec.open(self.source, "rb") as f:
-                data = pa.BufferReader(f.read())
-        else:
-            data = self.source
-        if self.source.lower().endswith((".parquet", ".pq")):
-            return pq.read_table(data)
-        opts = pacsv.ConvertOptions(strings_can_be_null=False)
-        table = pacsv.read_csv(data, convert_options=opts)
-        # Tolerate stray spaces around header names.
-        return table.rename_columns([c.strip() for c in table.column_names])
+    @contextlib.contextmanager
+    def _manifest_reader(self, columns: list[str] | None = None
+                         ) -> Iterator[tuple[list[str], Iterator[pa.RecordBatch]]]:
+        """The manifest's column names (header spaces stripped) and its rows as record
+        batches, read as they are needed. A CSV's columns are text, as written ("007"
+        stays "007"); a Parquet file keeps its types. ``columns``: read only these."""
+        import fsspec
+
+        with fsspec.open(self.source, "rb") as f:
+            if self.source.lower().endswith((".parquet", ".pq")):
+                parquet = pq.ParquetFile(f)
+                names = parquet.schema_arrow.names
+                yield names, parquet.iter_batches(self.MANIFEST_BATCH, columns=columns)
+                return
+            header = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 16))
+            raw = header.schema.names
+            f.seek(0)
+            names = [c.strip() for c in raw]  # tolerate stray spaces around header names
+            stripped = dict(zip(raw, names, strict=True))
+            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                                    convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in raw}, strings_can_be_null=False,
+                include_columns=[c for c in raw if stripped[c] in columns] if columns else None))
+            yield names, (b.rename_columns([stripped[c] for c in b.schema.names])
+                          for b in reader)
+
+    def _repeated_paths(self, col: str) -> set[str]:
+        """Paths listed more than once, found by a first pass that keeps 8 bytes per row
+        (a hash), not the paths themselves."""
+        hashes = []
+        with self._manifest_reader([col]) as (_, batches):
+            for batch in batches:
+                hashes.append(np.fromiter((hash(str(v).strip()) for v in
+                                           batch.column(0).to_pylist()), np.int64, batch.num_rows))
+        if not hashes:
+            return set()
+        values, counts = np.unique(np.concatenate(hashes), return_counts=True)
+        repeated = set(values[counts > 1].tolist())
+        found: set[str] = set()
+        if repeated:
+            with self._manifest_reader([col]) as (_, batches):
+                for batch in batches:
+                    found.update(p for p in (str(v).strip() for v in batch.column(0).to_pylist())
+                                 if hash(p) in repeated)
+        return found
 
     def _iter_manifest(self) -> Iterator[PhotoRef]:
-        table = self.read_manifest()
-        col = self.path_column or next((c for c in PATH_COLUMNS if c in table.column_names), None)
-        if col is None or col not in table.column_names:
+        with self._manifest_reader() as (names, _):
+            pass  # the names only
+        col = self.path_column or next((c for c in PATH_COLUMNS if c in names), None)
+        if col is None or col not in names:
             raise ValueError(
-                f"manifest {self.source} has no path column; columns: {table.column_names}. "
+                f"manifest {self.source} has no path column; columns: {names}. "
                 f"Name one with --path-column (looked for {', '.join(PATH_COLUMNS)})."
             )
-        if self.group_column and self.group_column not in table.column_names:
-            raise ValueError(f"group column {self.group_column!r} not in {table.column_names}")
+        if self.group_column and self.group_column not in names:
+            raise ValueError(f"group column {self.group_column!r} not in {names}")
         base = self.source.rsplit("/", 1)[0] if "://" in self.source else os.path.dirname(
             os.path.abspath(self.source))
+        # The same path listed twice is two rows the user gave: both are kept, the second
+        # keyed "PATH#1". Only repeated paths are counted, so memory does not grow with
+        # the manifest.
+        repeated = self._repeated_paths(col)
         seen: dict[str, int] = {}
-        for batch in table.to_batches(10_000):
-            for row in batch.to_pylist():
-                raw = str(row[col]).strip()
-                path = raw if ("://" in raw or os.path.isabs(raw)) else (
-                    f"{base}/{raw}" if "://" in base else os.path.join(base, raw))
-                # The same path listed twice is two rows the user gave: keep both.
-                n = seen.get(raw, 0)
-                seen[raw] = n + 1
-                key = raw if n == 0 else f"{raw}#{n}"
-                group = str(row[self.group_column]) if self.group_column else ""
-                extra = {k: v for k, v in row.items() if k != col}
-                yield PhotoRef(key=key, path=path, group=group, extra=extra)
+        with self._manifest_reader() as (_, batches):
+            for batch in batches:
+                for row in batch.to_pylist():
+                    raw = str(row[col]).strip()
+                    path = raw if ("://" in raw or os.path.isabs(raw)) else (
+                        f"{base}/{raw}" if "://" in base else os.path.join(base, raw))
+                    key = raw
+                    if raw in repeated:
+                        n = seen.get(raw, 0)
+                        seen[raw] = n + 1
+                        key = raw if n == 0 else f"{raw}#{n}"
+                    group = str(row[self.group_column]) if self.group_column else ""
+                    extra = {k: v for k, v in row.items() if k != col}
+                    yield PhotoRef(key=key, path=path, group=group, extra=extra)

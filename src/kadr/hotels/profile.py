@@ -163,91 +163,115 @@ def imbalance(counts: pd.Series) -> dict:
 # most bits), and one hot bucket would otherwise make the search quadratic.
 MAX_BUCKET_COMPARISONS = 4_000_000
 _BLOCK = 2_000_000  # candidate pairs checked at once (bounded memory)
+MAX_CHUNK_BITS = 22  # a chunk's lookup table has 2**bits entries
+
+
+def _chunking(max_distance: int) -> tuple[list[int], int]:
+    """Chunk widths and the probe radius: with m chunks, two hashes within ``max_distance``
+    bits differ in at most ``max_distance // m`` bits on some chunk (pigeonhole). Radius 1
+    keeps the chunks wide (few false candidates) at 1 + width probes per chunk."""
+    m = max(-(-HASH_BITS // MAX_CHUNK_BITS), -(-(max_distance + 1) // 2))
+    widths = [HASH_BITS // m + (1 if i < HASH_BITS % m else 0) for i in range(m)]
+    return widths, max_distance // m
 
 
 def hash_pairs(a: np.ndarray, b: np.ndarray, max_distance: int,
                max_bucket: int = MAX_BUCKET_COMPARISONS,
-               skipped: dict | None = None) -> set[tuple[int, int]]:
-    """Pairs (i, j) with popcount(a[i] ^ b[j]) <= ``max_distance`` (64-bit hashes).
+               skipped: dict | None = None) -> np.ndarray:
+    """Pairs ``[i, j]`` (sorted, unique) with popcount(a[i] ^ b[j]) <= ``max_distance``.
 
-    Each hash is split into ``max_distance + 1`` chunks: two hashes that differ
-    in at most that many bits agree exactly on at least one chunk
-    (pigeonhole), so only hashes sharing a chunk are compared, all in NumPy:
-    buckets of equal chunks are found by sorting, and their candidate pairs are
-    expanded and checked in blocks. A bucket that would need more than
-    ``max_bucket`` comparisons is skipped in that chunk (the pairs it holds are
-    still found through any other chunk they share); ``skipped`` counts the
-    comparisons left out that way.
+    Each 64-bit hash is split into chunks of at most 22 bits so that two hashes
+    within ``max_distance`` agree on some chunk up to one bit (see
+    :func:`_chunking`). ``b``'s chunks go into a lookup table (start and size
+    of each chunk value's bucket); each of ``a``'s chunks, and each with one bit
+    flipped, is looked up there, and the candidates are checked on the whole
+    hash, all in NumPy blocks. The cost grows with the photos, not their square,
+    while buckets stay small. A bucket whose comparisons would exceed
+    ``max_bucket`` is skipped in that probe (its pairs are still found through
+    any other chunk they share); ``skipped`` counts them.
     """
-    chunks = max_distance + 1
-    widths = [HASH_BITS // chunks + (1 if i < HASH_BITS % chunks else 0) for i in range(chunks)]
     a, b = a.astype(np.uint64), b.astype(np.uint64)
+    widths, radius = _chunking(max_distance)
     found: list[np.ndarray] = []
     shift = 0
     for w in widths:
         mask = np.uint64((1 << w) - 1)
-        ka, kb = (a >> np.uint64(shift)) & mask, (b >> np.uint64(shift)) & mask
+        ka = ((a >> np.uint64(shift)) & mask).astype(np.int64)
+        kb = ((b >> np.uint64(shift)) & mask).astype(np.int64)
         shift += w
-        order_a, order_b = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
-        keys_a, start_a, size_a = np.unique(ka[order_a], return_index=True, return_counts=True)
-        keys_b, start_b, size_b = np.unique(kb[order_b], return_index=True, return_counts=True)
-        _, ia, ib = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
-        sa, na, sb, nb = start_a[ia], size_a[ia], start_b[ib], size_b[ib]
-        work = na.astype(np.int64) * nb
-        hot = work > max_bucket
-        if skipped is not None:
-            skipped["comparisons"] = skipped.get("comparisons", 0) + int(work[hot].sum())
-            skipped["buckets"] = skipped.get("buckets", 0) + int(hot.sum())
-        sa, na, sb, nb, work = sa[~hot], na[~hot], sb[~hot], nb[~hot], work[~hot]
-        # Expand every bucket's candidate pairs, a block of buckets at a time.
-        ends = np.cumsum(work)
-        first = 0
-        while first < len(work):
-            last = int(np.searchsorted(ends, (ends[first - 1] if first else 0) + _BLOCK,
-                                       side="right"))
-            last = max(last, first + 1)
-            block = slice(first, last)
-            n = work[block]
-            bucket = np.repeat(np.arange(len(n)), n)
-            offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            i = order_a[sa[block][bucket] + offset // nb[block][bucket]]
-            j = order_b[sb[block][bucket] + offset % nb[block][bucket]]
-            close = np.bitwise_count(a[i] ^ b[j]) <= max_distance
-            found.append(np.stack([i[close], j[close]], axis=1))
-            first = last
+        order_b = np.argsort(kb, kind="stable")
+        size_b = np.bincount(kb, minlength=1 << w)
+        start_b = np.concatenate([[0], np.cumsum(size_b)[:-1]])
+        size_a = np.bincount(ka, minlength=1 << w)
+        for flip in [0, *(1 << k for k in range(w))][: 1 + w * radius]:
+            probe = ka ^ flip
+            hits = size_b[probe]
+            hot = size_a[ka] * hits > max_bucket
+            if skipped is not None and hot.any():
+                skipped["comparisons"] = skipped.get("comparisons", 0) + int(hits[hot].sum())
+                skipped["buckets"] = skipped.get("buckets", 0) + len(np.unique(ka[hot]))
+            rows = np.flatnonzero((hits > 0) & ~hot)
+            ends = np.cumsum(hits[rows])
+            first = 0
+            while first < len(rows):  # a block of rows whose candidates fit in _BLOCK
+                last = max(first + 1, int(np.searchsorted(
+                    ends, (ends[first - 1] if first else 0) + _BLOCK, side="right")))
+                block = rows[first:last]
+                n = hits[block]
+                i = np.repeat(block, n)
+                offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+                j = order_b[np.repeat(start_b[probe[block]], n) + offset]
+                close = np.bitwise_count(a[i] ^ b[j]) <= max_distance
+                found.append(i[close] * len(b) + j[close])
+                first = last
     if not found:
-        return set()
-    pairs = np.unique(np.concatenate(found), axis=0)
-    return set(map(tuple, pairs.tolist()))
+        return np.empty((0, 2), np.int64)
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // len(b), codes % len(b)], axis=1)
 
 
-def _families(n: int, edges: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+def _families(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Connected families of ``n`` photos and each member's orientation within its family.
 
-    ``edges`` are ``(i, j, r)``: photo ``i`` turned by ``r`` degrees
+    ``edges`` are rows ``[i, j, r]``: photo ``i`` turned by ``r`` degrees
     (counter-clockwise) looks like photo ``j``. Returns the family root of
-    every photo and ``turn[i]``, the rotation that brings ``i`` to the
-    orientation of its root (rotations compose by adding angles).
+    every photo (its family's first row) and ``turn[i]``, the rotation that
+    brings ``i`` to the orientation of its root (rotations compose by adding
+    angles). A breadth-first search from every root at once (scipy), then the
+    turns are carried down the tree a level at a time.
     """
-    # neighbours[j] holds (i, r): turning i by r gives j.
-    neighbours: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    for i, j, r in edges:
-        neighbours[j].append((i, r))
-        neighbours[i].append((j, (360 - r) % 360))
-    root = np.full(n, -1, dtype=np.int64)
-    turn = np.zeros(n, dtype=np.int64)
-    for start in range(n):
-        if root[start] >= 0:
-            continue
-        root[start] = start
-        stack = [start]
-        while stack:
-            j = stack.pop()
-            for i, r in neighbours[j]:
-                if root[i] < 0:
-                    # turning i by r gives j; turning j by turn[j] gives the root.
-                    root[i], turn[i] = start, (r + turn[j]) % 360
-                    stack.append(i)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+    i, j, r = (edges[:, k].astype(np.int64) for k in range(3)) if len(edges) else (
+        np.empty(0, np.int64),) * 3
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
+    _, label = connected_components(graph, directed=False)
+    root = np.full(label.max() + 1 if n else 0, n, np.int64)
+    np.minimum.at(root, label, np.arange(n))
+    root = root[label]
+    # One search from a node linked to every root reaches each family from its root.
+    hub = np.unique(root)
+    tree = coo_matrix((np.ones(len(i) + len(hub)),
+                       (np.concatenate([i, np.full(len(hub), n)]), np.concatenate([j, hub]))),
+                      shape=(n + 1, n + 1)).tocsr()
+    _, parent = breadth_first_order(tree, n, directed=False, return_predecessors=True)
+    parent = parent[:n]
+    # The rotation along each tree edge (child -> parent): turning the child by it gives the
+    # parent. An edge stored as (i, j, r) read backwards turns by -r.
+    codes = np.concatenate([i * n + j, j * n + i])
+    rotation = np.concatenate([r, (360 - r) % 360])
+    codes, first = np.unique(codes, return_index=True)
+    rotation = rotation[first]
+    turn = np.zeros(n, np.int64)
+    todo = np.flatnonzero(root != np.arange(n))
+    done = root == np.arange(n)
+    step = rotation[np.searchsorted(codes, todo * n + parent[todo])]
+    while len(todo):
+        ready = done[parent[todo]]
+        turn[todo[ready]] = (step[ready] + turn[parent[todo[ready]]]) % 360
+        done[todo[ready]] = True
+        todo, step = todo[~ready], step[~ready]
     return root, turn
 
 
@@ -280,37 +304,56 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     ok = photos[photos["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         return pd.DataFrame(columns=cols)
-    hashes = {r: ok[f"phash_{r}"].map(lambda s: int(s, 16)).to_numpy(np.uint64) for r in ROTATIONS}
+    hashes = {r: np.array([int(h, 16) for h in ok[f"phash_{r}"]], np.uint64) for r in ROTATIONS}
     pid = ok["photo_id"].to_numpy()
-    edges = [(i, j, 0) for i, j in hash_pairs(hashes[0], hashes[0], max_distance,
-                                              skipped=skipped) if i < j]
-    linked = {(i, j) for i, j, _ in edges}
+    n = len(ok)
+    upright = hash_pairs(hashes[0], hashes[0], max_distance, skipped=skipped)
+    upright = upright[upright[:, 0] < upright[:, 1]]
+    edges = [np.column_stack([upright, np.zeros(len(upright), np.int64)])]
+    linked = upright[:, 0] * n + upright[:, 1]
     for r in ROTATIONS[1:]:
-        edges += [(i, j, r) for i, j in hash_pairs(hashes[r], hashes[0], max_distance,
-                                                   skipped=skipped)
-                  if i != j and (min(i, j), max(i, j)) not in linked]
+        turned = hash_pairs(hashes[r], hashes[0], max_distance,
+                            skipped=skipped)
+        pair = np.sort(turned, axis=1)
+        keep = (turned[:, 0] != turned[:, 1]) & ~np.isin(pair[:, 0] * n + pair[:, 1], linked)
+        edges.append(np.column_stack([turned[keep], np.full(int(keep.sum()), r)]))
     # Photos with the same bytes: each linked to the first row holding them.
-    rows = np.arange(len(ok))
+    rows = np.arange(n)
     first_row = pd.Series(rows).groupby(pid).transform("min").to_numpy()
-    edges += [(int(first_row[i]), int(i), 0) for i in np.flatnonzero(first_row != rows)]
-    root, turn = _families(len(ok), edges)
+    same = np.flatnonzero(first_row != rows)
+    edges.append(np.column_stack([first_row[same], same, np.zeros(len(same), np.int64)]))
+    root, turn = _families(n, np.concatenate(edges))
     clip_turn = None
     if "rotation_needed" in ok and ok["rotation_needed"].notna().any():
         confident = ok["rotation_confidence"].fillna(0).to_numpy() >= rotation_threshold
         clip_turn = np.where(confident, ok["rotation_needed"].fillna(-1).to_numpy(), -1)
-    exact = ok["photo_id"].duplicated(keep=False).to_numpy()
-    out = []
-    for members in pd.Series(rows).groupby(root).indices.values():
-        if len(members) < 2:
-            continue
-        upright = _upright_turn(members, turn, clip_turn)
-        group = pid[members.min()]
-        for i in sorted(members):
-            rotation = int((turn[i] - upright) % 360)
-            kind = "rotated" if rotation else ("exact" if exact[i] else "near")
-            out.append({"key": ok.at[i, "key"], "kind": kind, "group": group,
-                        "rotation": rotation})
-    return pd.DataFrame(out, columns=cols)
+    size = np.bincount(root, minlength=n)
+    members = np.flatnonzero(size[root] > 1)  # in row order
+    family_upright = _upright_turns(root[members], turn[members], members, clip_turn)
+    rotation = (turn[members] - family_upright) % 360
+    exact = ok["photo_id"].duplicated(keep=False).to_numpy()[members]
+    return pd.DataFrame({
+        "key": ok["key"].to_numpy()[members],
+        "kind": np.where(rotation != 0, "rotated", np.where(exact, "exact", "near")),
+        "group": pid[root[members]], "rotation": rotation.astype(int)}, columns=cols)
+
+
+def _upright_turns(family: np.ndarray, turn: np.ndarray, rows: np.ndarray,
+                   clip_turn: np.ndarray | None) -> np.ndarray:
+    """Each member's family orientation taken as upright (see :func:`_upright_turn`):
+    counted for every family at once; only families whose count ties go one by one."""
+    fam, index = np.unique(family, return_inverse=True)
+    counts = np.zeros((len(fam), 4), np.int64)
+    np.add.at(counts, (index, turn // 90), 1)
+    best = counts.argmax(axis=1) * 90
+    tied = np.flatnonzero((counts == counts.max(axis=1, keepdims=True)).sum(axis=1) > 1)
+    if len(tied):
+        full_turn = np.zeros(rows.max() + 1, np.int64)
+        full_turn[rows] = turn
+        by_family = pd.Series(rows).groupby(index).indices
+        for f in tied:
+            best[f] = _upright_turn(rows[by_family[f]], full_turn, clip_turn)
+    return best[index]
 
 
 def group_columns(photos: pd.DataFrame) -> dict[str, str]:

@@ -45,8 +45,7 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     regs = regs.reset_index(drop=True).copy()
     regs["eventID"] = [short_id(r["name_folder"], r["date_registration_start"], r["class"], i)
                        for i, r in enumerate(regs.to_dict("records"))]
-    table = table.copy()
-    table["event_id"] = None
+    table = table.assign(event_id=None)  # copy-on-write: the other columns are shared
     if table.empty or regs.empty:
         regs["best_key"] = None
         return regs, table
@@ -83,7 +82,7 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
                               direction="backward")
         inside = found["event"].notna() & (found["time"] <= found["end"])
         events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()
-    table["event_id"] = events
+    table = table.assign(event_id=events)
     best = (table[table["event_id"].notna()]
             .assign(_n=lambda d: d["n_animals"].fillna(0), _p=lambda d: d["class_prob"].fillna(0))
             .sort_values(["event_id", "_n", "_p"], ascending=[True, False, False])
