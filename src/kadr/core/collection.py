@@ -130,25 +130,38 @@ class PhotoCollection:
         """The manifest's column names (header spaces stripped) and its rows as record
         batches, read as they are needed. A CSV's columns are text, as written ("007"
         stays "007"); a Parquet file keeps its types. ``columns``: read only these."""
-        import fsspec
+        with contextlib.ExitStack() as stack:
+            def stream():  # a local file is read by Arrow itself, a URL through fsspec
+                if "://" not in self.source:
+                    return self.source
+                import fsspec
 
-        with fsspec.open(self.source, "rb") as f:
+                return stack.enter_context(fsspec.open(self.source, "rb"))
+
             if self.source.lower().endswith((".parquet", ".pq")):
-                parquet = pq.ParquetFile(f)
-                names = parquet.schema_arrow.names
-                yield names, parquet.iter_batches(self.MANIFEST_BATCH, columns=columns)
+                parquet = pq.ParquetFile(stream())
+                yield (parquet.schema_arrow.names,
+                       parquet.iter_batches(self.MANIFEST_BATCH, columns=columns))
                 return
-            header = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 16))
-            raw = header.schema.names
-            f.seek(0)
+            raw = self._csv_header(stream())
             names = [c.strip() for c in raw]  # tolerate stray spaces around header names
             stripped = dict(zip(raw, names, strict=True))
-            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 20),
+            reader = pacsv.open_csv(stream(), read_options=pacsv.ReadOptions(block_size=1 << 20),
                                     convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in raw}, strings_can_be_null=False,
                 include_columns=[c for c in raw if stripped[c] in columns] if columns else None))
             yield names, (b.rename_columns([stripped[c] for c in b.schema.names])
                           for b in reader)
+
+    @staticmethod
+    def _csv_header(source) -> list[str]:
+        """A CSV's column names as written, from its first line."""
+        with (open(source, "rb") if isinstance(source, str) else contextlib.nullcontext(source)
+              ) as f:
+            line = f.readline()
+            if not isinstance(source, str):
+                f.seek(0)
+        return pacsv.read_csv(pa.BufferReader(line)).column_names
 
     def _repeated_paths(self, col: str) -> set[str]:
         """Paths listed more than once, found by a first pass that keeps 8 bytes per row
