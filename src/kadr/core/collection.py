@@ -146,21 +146,27 @@ class PhotoCollection:
             raw = self._csv_header(stream())
             names = [c.strip() for c in raw]  # tolerate stray spaces around header names
             stripped = dict(zip(raw, names, strict=True))
-            reader = pacsv.open_csv(stream(), read_options=pacsv.ReadOptions(block_size=1 << 20),
-                                    convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in raw}, strings_can_be_null=False,
-                include_columns=[c for c in raw if stripped[c] in columns] if columns else None))
-            yield names, (b.rename_columns([stripped[c] for c in b.schema.names])
-                          for b in reader)
+
+            def batches() -> Iterator[pa.RecordBatch]:  # opened when read: names cost a line
+                reader = pacsv.open_csv(stream(), read_options=pacsv.ReadOptions(
+                    block_size=1 << 20), convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in raw}, strings_can_be_null=False,
+                    include_columns=[c for c in raw if stripped[c] in columns] if columns
+                    else None))
+                for batch in reader:
+                    yield batch.rename_columns([stripped[c] for c in batch.schema.names])
+
+            yield names, batches()
 
     @staticmethod
     def _csv_header(source) -> list[str]:
-        """A CSV's column names as written, from its first line."""
-        with (open(source, "rb") if isinstance(source, str) else contextlib.nullcontext(source)
-              ) as f:
-            line = f.readline()
-            if not isinstance(source, str):
-                f.seek(0)
+        """A CSV's column names as written, from its first line (``source``: a path, or a
+        file object opened for this alone)."""
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                line = f.readline()
+        else:
+            line = source.readline()
         return pacsv.read_csv(pa.BufferReader(line)).column_names
 
     def _repeated_paths(self, col: str) -> set[str]:

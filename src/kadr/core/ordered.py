@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -59,11 +58,10 @@ def _with_later(files: Sequence[str | os.PathLike], later: pa.Table, exclude: se
     later = later.take(np.lexsort((later[ROW].to_numpy(), later[FILE].to_numpy())))
     per_file = np.bincount(later[FILE].to_numpy(), minlength=len(files))
     added = [c for c in later.column_names if c not in (FILE, ROW)]
-    stored = _unified_schema(files, exclude | set(added))  # what is read from the files
-    in_files = _unified_schema(files, exclude).names  # the output keeps their column order
-    schema = pa.schema([later.schema.field(c) if c in added else stored.field(c)
-                        for c in in_files]
-                       + [later.schema.field(c) for c in added if c not in in_files])
+    in_files = _unified_schema(files, exclude)  # the output keeps their column order
+    stored = [f.name for f in in_files if f.name not in added]  # what is read from the files
+    schema = pa.schema([later.schema.field(f.name) if f.name in added else f for f in in_files]
+                       + [later.schema.field(c) for c in added if c not in in_files.names])
 
     def batches() -> Iterator[pa.RecordBatch]:
         start = 0
@@ -72,12 +70,12 @@ def _with_later(files: Sequence[str | os.PathLike], later: pa.Table, exclude: se
             if parquet.metadata.num_rows != per_file[i]:
                 raise ValueError(f"{path} has {parquet.metadata.num_rows} rows; "
                                  f"{per_file[i]} were named")
-            present = [c for c in stored.names if c in parquet.schema_arrow.names]
+            present = [c for c in stored if c in parquet.schema_arrow.names]
             for batch in parquet.iter_batches(READ_ROWS, columns=present):
                 rows = later.slice(start, batch.num_rows)
                 start += batch.num_rows
                 columns = {c: batch.column(c) if c in present else pa.nulls(batch.num_rows)
-                           for c in stored.names}
+                           for c in stored}
                 columns.update({c: rows.column(c).combine_chunks() for c in added})
                 yield pa.RecordBatch.from_arrays(
                     [columns[f.name].cast(f.type) for f in schema], schema=schema)
@@ -107,9 +105,3 @@ def ordered_batches(files: Sequence[str | os.PathLike], later: pa.Table, *,
     finally:
         con.close()
         spill.cleanup()
-
-
-def parquet_files(source: str | os.PathLike) -> list[Path]:
-    """A store folder's shards, or a single Parquet file."""
-    source = Path(source)
-    return sorted(source.glob("part-*.parquet")) if source.is_dir() else [source]

@@ -153,7 +153,7 @@ class ShardStore:
 
     # -- reading ----------------------------------------------------------------
     def shard_paths(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+        return shard_files(self.folder)
 
     def _key_status(self, path: Path) -> tuple[list, list]:
         names = pq.read_schema(path).names
@@ -229,19 +229,15 @@ class ShardStore:
         self._buffer = []
 
 
-def read_shards(folder: str | os.PathLike, columns: list[str] | None = None,
-                exclude: Iterable[str] = ()) -> pa.Table:
-    """All shards of a store as one table (an empty table when there are none).
-    ``exclude``: columns left unread (vectors a stage does not need)."""
-    paths = sorted(Path(folder).glob("part-*.parquet"))
+def shard_files(folder: str | os.PathLike) -> list[Path]:
+    """A store's shards, in the order they were written."""
+    return sorted(Path(folder).glob("part-*.parquet"))
+
+
+def read_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """All shards of a store as one table (an empty table when there are none)."""
+    paths = shard_files(folder)
     if not paths:
         return pa.table({})
-    exclude = set(exclude)
-
-    def wanted(p: Path) -> list[str] | None:
-        if not exclude:
-            return columns
-        return [n for n in (columns or pq.read_schema(p).names) if n not in exclude]
-
-    tables = [pq.read_table(p, columns=wanted(p)) for p in paths]
+    tables = [pq.read_table(p, columns=columns) for p in paths]
     return pa.concat_tables(tables, promote_options="permissive")

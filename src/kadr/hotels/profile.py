@@ -317,8 +317,7 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     edges = [np.column_stack([upright, np.zeros(len(upright), np.int64)])]
     linked = upright[:, 0] * n + upright[:, 1]
     for r in ROTATIONS[1:]:
-        turned = hash_pairs(hashes[r], hashes[0], max_distance,
-                            skipped=skipped)
+        turned = hash_pairs(hashes[r], hashes[0], max_distance, skipped=skipped)
         pair = np.sort(turned, axis=1)
         keep = (turned[:, 0] != turned[:, 1]) & ~np.isin(pair[:, 0] * n + pair[:, 1], linked)
         edges.append(np.column_stack([turned[keep], np.full(int(keep.sum()), r)]))
@@ -334,7 +333,7 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
         clip_turn = np.where(confident, ok["rotation_needed"].fillna(-1).to_numpy(), -1)
     size = np.bincount(root, minlength=n)
     members = np.flatnonzero(size[root] > 1)  # in row order
-    family_upright = _upright_turns(root[members], turn[members], members, clip_turn)
+    family_upright = _upright_turns(members, root, turn, clip_turn)
     rotation = (turn[members] - family_upright) % 360
     exact = ok["photo_id"].duplicated(keep=False).to_numpy()[members]
     return pd.DataFrame({
@@ -343,21 +342,19 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
         "group": pid[root[members]], "rotation": rotation.astype(int)}, columns=cols)
 
 
-def _upright_turns(family: np.ndarray, turn: np.ndarray, rows: np.ndarray,
+def _upright_turns(members: np.ndarray, root: np.ndarray, turn: np.ndarray,
                    clip_turn: np.ndarray | None) -> np.ndarray:
     """Each member's family orientation taken as upright (see :func:`_upright_turn`):
     counted for every family at once; only families whose count ties go one by one."""
-    fam, index = np.unique(family, return_inverse=True)
-    counts = np.zeros((len(fam), 4), np.int64)
-    np.add.at(counts, (index, turn // 90), 1)
+    families, index = np.unique(root[members], return_inverse=True)
+    counts = np.zeros((len(families), 4), np.int64)
+    np.add.at(counts, (index, turn[members] // 90), 1)
     best = counts.argmax(axis=1) * 90
     tied = np.flatnonzero((counts == counts.max(axis=1, keepdims=True)).sum(axis=1) > 1)
     if len(tied):
-        full_turn = np.zeros(rows.max() + 1, np.int64)
-        full_turn[rows] = turn
-        by_family = pd.Series(rows).groupby(index).indices
+        by_family = pd.Series(members).groupby(index).indices
         for f in tied:
-            best[f] = _upright_turn(rows[by_family[f]], full_turn, clip_turn)
+            best[f] = _upright_turn(members[by_family[f]], turn, clip_turn)
     return best[index]
 
 

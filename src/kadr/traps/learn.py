@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from kadr.core.store import atomic_write_table, atomic_write_text, read_shards
+from kadr.core.store import atomic_write_table, atomic_write_text, read_shards, shard_files
 from kadr.traps.decisions import read_decisions
 from kadr.traps.review import EMPTY, ReviewState, read_run
 
@@ -57,7 +57,7 @@ def photo_embeddings(out_dir: Path) -> dict[str, np.ndarray]:
 def _has_embeddings(store: Path) -> bool:
     import pyarrow.parquet as pq
 
-    shards = sorted(store.glob("part-*.parquet"))
+    shards = shard_files(store)
     return bool(shards) and all("embedding" in pq.read_schema(p).names for p in shards)
 
 

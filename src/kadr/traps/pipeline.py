@@ -24,10 +24,16 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.models.spec import spec_fingerprint
-from kadr.core.ordered import FILE, ORDER, ROW, ordered_batches, parquet_files, read_with_positions
+from kadr.core.ordered import FILE, ORDER, ROW, ordered_batches, read_with_positions
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
-from kadr.core.store import ShardStore, atomic_open, atomic_write_table, atomic_write_text
+from kadr.core.store import (
+    ShardStore,
+    atomic_open,
+    atomic_write_table,
+    atomic_write_text,
+    shard_files,
+)
 from kadr.traps.decisions import Decision, last_decision_id, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
@@ -243,12 +249,17 @@ SMALL_COLUMNS = ("key", "group", "photo_id", "time", "time_source", "status", "r
                  "class_prob", "count", "n_animals", "time_camera")
 
 
+# Columns an earlier export added to photos.parquet, which is the source when a folder has
+# no store: this export computes them afresh.
+PREVIOUS_EXPORT_COLUMNS = ("event_id", "human_class", "time_camera")
+
+
 def photo_files(out_dir: str | Path) -> list[Path]:
     """Where a run's per-photo rows are: the store's shards, else the exported table (a
     folder copied without its store)."""
     out_dir = Path(out_dir)
     store = out_dir / "photos.store"
-    return parquet_files(store) if store.exists() else parquet_files(out_dir / "photos.parquet")
+    return shard_files(store) if store.exists() else [out_dir / "photos.parquet"]
 
 
 def per_photo_table(files: list[Path], columns: tuple[str, ...] | None = SMALL_COLUMNS,
@@ -344,7 +355,7 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
 def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
     """What the exports are made from: the store's shards, the reviewers' decisions and
     the settings that shape them."""
-    shards = sorted((out_dir / "photos.store").glob("part-*.parquet"))
+    shards = shard_files(out_dir / "photos.store")
     parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
     parts.append(("decisions", last_decision_id(out_dir)))
     learned = out_dir / "learned.parquet"
@@ -455,11 +466,6 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))
     return regs
-
-
-# Columns an earlier export added to photos.parquet, which is the source when a folder has
-# no store: this export computes them afresh.
-PREVIOUS_EXPORT_COLUMNS = ("event_id", "human_class", "time_camera")
 
 
 def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: list[Decision],
