@@ -90,6 +90,50 @@ def test_events_cli_reads_exif_times(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_events_cli_agrees_with_the_frame_route_on_a_messy_table(tmp_path):
+    """The CLI reads a CSV straight into Arrow; the library takes a pandas frame. Same rules,
+    same registrations: bursts at one second (ordered by file name), a photo listed twice,
+    untimed photos, padded cells, a camera name with a comma (quoted in the output)."""
+    rng = np.random.default_rng(3)
+    lines = ["name_folder,name,date_registration,class_predict,count"]
+    for i in range(400):
+        cam = rng.choice(["1", " 2 ", '"cam, north"'])
+        second = int(rng.integers(0, 7200)) // 5 * 5  # many photos share a second
+        stamp = "" if i % 37 == 0 else f"2024-07-01 {6 + second // 3600:02d}:" \
+            f"{second // 60 % 60:02d}:{second % 60:02d}"
+        cls = rng.choice(["Bear", "Wolf", "empty"])
+        lines.append(f"{cam},f{rng.integers(0, 300):03d}.jpg,{stamp},{cls},"
+                     f"{rng.choice(['1', '2', ''])}")
+    lines += lines[5:40]  # photos listed twice
+    src = tmp_path / "photos.csv"
+    src.write_text("\n".join(lines) + "\n")
+    for method, extra in (("sessions", ["--split-species", "--count-rule", "confirmed"]),
+                          ("simple", []), ("window", [])):
+        out = tmp_path / f"{method}.csv"
+        r = subprocess.run([sys.executable, "-m", "kadr.cli", "traps", "events", str(src),
+                            "-o", str(out), "--method", method, *extra],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        options = {"split_species": True, "count_rule": "confirmed"} if extra else {}
+        expected = registrations_csv(form_registrations(read_photo_table(str(src)), method,
+                                                        **options))
+        assert out.read_text() == expected
+        assert '"cam, north",' in expected and ",,," in expected  # quoted; untimed
+        assert "photos have no usable time" in r.stderr
+
+
+def test_split_species_splits_only_between_sustained_runs_of_one_visit():
+    def visit(hour, classes):
+        return [("1", f"{hour}-{i}", f"2024-07-01 {hour:02d}:{i:02d}:00", c, 1)
+                for i, c in enumerate(classes)]
+    fox, mixed = visit(6, ["Fox"] * 5), visit(9, ["Bear"] * 2 + ["Wolf"] * 4)
+    r = form_registrations(photos(fox + mixed), split_species=True)
+    # the second visit's first sustained run follows no other in that visit: no split
+    assert list(r["class"]) == ["Fox", "Wolf"] and list(r["photos"]) == [5, 6]
+    r = form_registrations(photos(visit(9, ["Bear"] * 4 + ["Wolf"] * 4)), split_species=True)
+    assert list(r["class"]) == ["Bear", "Wolf"] and list(r["photos"]) == [4, 4]
+
+
 def test_duplicates_and_shuffled_rows_do_not_change_the_result():
     rows = [("1", f"f{i}", T + f"{i:02d}:00", "Bear", 1) for i in range(5)]
     a = form_registrations(photos(rows))

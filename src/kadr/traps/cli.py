@@ -110,22 +110,22 @@ def events(
                                                      "change")] = False,
 ) -> None:
     """Turn a per-photo table into registrations (the case's CSV format)."""
-    from kadr.traps.events import form_registrations
-    from kadr.traps.tables import read_photo_table, write_registrations
+    from kadr.traps.events import PhotoColumns, registrations
+    from kadr.traps.tables import read_photo_arrow, write_registrations
 
     def body():
-        photos = read_photo_table(predictions)
-        regs = form_registrations(photos, method, gap, count_rule=count_rule,
-                                  split_species=split_species)
-        write_registrations(regs, str(output))
+        photos = read_photo_arrow(predictions)  # Arrow and NumPy from CSV to CSV
+        regs = registrations(PhotoColumns.from_arrow(photos), method, gap,
+                             count_rule=count_rule, split_species=split_species)
+        write_registrations(regs.columns(), str(output))
         return photos, regs
 
     photos, regs = guarded(body)
-    untimed = int((photos["row_status"] == "no_time").sum())
+    untimed = photos.column("time").null_count
     if untimed:
         err.print(f"[yellow]{untimed} photos have no usable time; each forms its own "
                   "registration with empty times[/]")
-    out.print(f"{len(photos)} photos -> {len(regs)} registrations ({method}): {output}")
+    out.print(f"{photos.num_rows} photos -> {len(regs)} registrations ({method}): {output}")
 
 
 @app.command()

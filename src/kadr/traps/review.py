@@ -261,7 +261,7 @@ class ReviewState:
         rows = rows[order]
         cam, t = self.cam[rows], self.t[rows]
         untimed = np.isnat(t)
-        gaps = np.r_[True, (t[1:] - t[:-1]) > self.gap.to_timedelta64()]
+        gaps = np.r_[True, (t[1:] - t[:-1]) > self.gap]
         brk = np.r_[True, cam[1:] != cam[:-1]] | gaps | untimed | np.r_[True, untimed[:-1]]
         seg = np.cumsum(brk)
         for part in _runs(seg):

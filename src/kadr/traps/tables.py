@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kadr.core.store import atomic_write_text
 
@@ -93,52 +95,60 @@ def parse_times(raw: pd.Series, names: pd.Series | None = None, what: str = "tim
 
 
 def numbers(values: pd.Series) -> pd.Series:
-    """Floats from numbers or text; what is not a number (an empty cell) is NaN. Text goes
-    through Arrow's cast (C speed); pandas' parser reads what Arrow refuses."""
-    if not pd.api.types.is_string_dtype(values.dtype):
-        return pd.to_numeric(values, errors="coerce").astype(float)
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """Floats from numbers or text; what is not a number (an empty cell) is NaN."""
+    return pd.Series(_numbers(pa.array(values, from_pandas=True)).to_numpy(zero_copy_only=False),
+                     index=values.index, dtype=float)
 
+
+def _numbers(col: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """float64 from a column of numbers or text (nulls where a cell is not a number). Text
+    goes through Arrow's cast (C speed); pandas' parser reads what Arrow refuses."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        try:
+            return pc.cast(col, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            col = pc.cast(col, pa.string())
+    text = pc.utf8_trim_whitespace(col)
     try:
-        arr = pa.array(values, type=pa.string())
-        arr = pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), None, arr)
-        floats = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
-        return pd.Series(floats, index=values.index, dtype=float)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pd.to_numeric(values, errors="coerce").astype(float)
+        return pc.cast(pc.if_else(pc.equal(text, ""), None, text), pa.float64())
+    except pa.ArrowInvalid:
+        values = pd.to_numeric(pd.Series(text.to_pylist(), dtype=object), errors="coerce")
+        return pa.array(values.to_numpy(dtype=float), from_pandas=True)
 
 
 def _case_form(text: pd.Series) -> pd.Series:
     """``YYYY-MM-DD HH:MM:SS`` times (NaT elsewhere), parsed by Arrow."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     arr = pa.array(text, type=pa.string())
-    stamps = pc.strptime(arr, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    stamps = pc.strptime(arr, format=TIME_FORMAT, unit="s", error_is_null=True)
     values = stamps.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
     return pd.Series(values, index=text.index)
 
 
 def _read_any(path: str) -> pd.DataFrame:
+
+    return _read_arrow(path).to_pandas()
+
+
+def _read_arrow(path: str, strip: bool = True) -> pa.Table:
     p = str(path)
-    if p.endswith((".parquet", ".pq")) or os.path.isdir(p):
-        if os.path.isdir(p):
-            from kadr.core.store import read_shards
+    if os.path.isdir(p):
+        from kadr.core.store import read_shards
 
-            return read_shards(p).to_pandas()
-        return pd.read_parquet(p)
+        return read_shards(p)
+    if p.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p)
     if p.endswith(".json"):
-        return megadetector_to_frame(json.loads(Path(p).read_text()))
-    return read_text_csv(p)
+        return _frame_to_arrow(megadetector_to_frame(json.loads(Path(p).read_text())))
+    return read_text_csv(p, strip)
 
 
-def read_text_csv(path: str) -> pd.DataFrame:
+def read_text_csv(path: str, strip: bool = True) -> pa.Table:
     """A CSV with every cell as text, stripped (the case's own sample file pads every field
-    with spaces); empty cells stay empty strings. Arrow's multithreaded reader; pandas' for
-    what it refuses (ragged rows, other encodings), which gives the same frame."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    with spaces; ``strip=False`` leaves that to the caller); empty cells stay empty strings.
+    Arrow's multithreaded reader; pandas' for what it refuses (ragged rows, other
+    encodings), which gives the same table."""
     import pyarrow.csv as pacsv
 
     try:
@@ -146,40 +156,104 @@ def read_text_csv(path: str) -> pd.DataFrame:
             header = next(csv.reader(f), [])
         table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header}, strings_can_be_null=False))
-        return pd.DataFrame({name.strip(): pc.utf8_trim_whitespace(table.column(i)).to_pandas()
-                             for i, name in enumerate(table.column_names)})
+        return pa.table({name.strip(): pc.utf8_trim_whitespace(table.column(i)) if strip
+                         else table.column(i) for i, name in enumerate(table.column_names)})
     except (pa.ArrowInvalid, UnicodeDecodeError, StopIteration):
         df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False)
-        df.columns = [c.strip() for c in df.columns]
-        return df.apply(lambda s: s.str.strip() if s.dtype == object or s.dtype == "str" else s)
+        return pa.table({str(c).strip(): pc.utf8_trim_whitespace(pa.array(df[c].astype(str)))
+                         for c in df.columns})
+
+
+def _frame_to_arrow(df: pd.DataFrame) -> pa.Table:
+    """A pandas frame as an Arrow table; a column of mixed Python values becomes text."""
+    columns = {}
+    for name in df.columns:
+        try:
+            columns[str(name)] = pa.array(df[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[str(name)] = pa.array(
+                [None if pd.isna(v) else str(v) for v in df[name]], type=pa.string())
+    return pa.table(columns)
+
+
+def _text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Stripped text, "" for an empty cell."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = pc.cast(col, pa.string())
+    return pc.utf8_trim_whitespace(pc.fill_null(col, "") if col.null_count else col)
+
+
+def _times(col: pa.ChunkedArray, names: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """Naive nanosecond times: the case's form read by Arrow; every other form (and every
+    error, named by row) by :func:`parse_times`."""
+    if pa.types.is_timestamp(col.type):
+        if col.type.tz is not None:  # the wall-clock time where it was taken
+            col = pc.local_timestamp(col)
+        return pc.cast(col, pa.timestamp("ns"))
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = pc.cast(col, pa.string())
+    text = pc.utf8_trim_whitespace(col)
+    parsed = pc.strptime(text, format=TIME_FORMAT, unit="s", error_is_null=True)
+    if parsed.null_count == 0:  # the common case: every time in the case's form
+        return pc.cast(parsed, pa.timestamp("ns"))
+    missing = pc.or_(pc.is_null(text), pc.is_in(pc.utf8_lower(text),
+                                                 value_set=pa.array(sorted(_NO_TIME))))
+    unread = pc.and_(pc.is_null(parsed), pc.invert(missing))
+    if pc.any(unread).as_py():
+        times = parse_times(col.to_pandas(), names.to_pandas())
+        return pa.array(times.to_numpy(), type=pa.timestamp("ns"))
+    return pc.cast(pc.if_else(missing, None, parsed), pa.timestamp("ns"))
+
+
+def normalise_photo_arrow(table: pa.Table) -> pa.Table:
+    """Map any known per-photo schema onto PHOTO_COLUMNS (plus ``row_status``) in Arrow."""
+    n = table.num_rows
+
+    def pick(name: str) -> pa.ChunkedArray | None:
+        col = next((c for c in ALIASES[name] if c in table.column_names), None)
+        return table.column(col) if col is not None else None
+
+    file = _text(pick("file") if pick("file") is not None else pa.nulls(n, pa.string()))
+    camera = pick("camera")
+    if camera is None or camera.null_count == n:  # a folder per camera
+        camera = pa.array([os.path.dirname(f) or "." for f in file.to_pylist()], pa.string())
+    time = pick("time")
+    time = (_times(time, file) if time is not None and n else pa.nulls(n, pa.timestamp("ns")))
+    count, confidence = pick("count"), pick("confidence")
+    out = {
+        "camera": _text(camera), "file": file, "time": time,
+        "class": _text(pick("class") if pick("class") is not None else pa.nulls(n, pa.string())),
+        "count": _numbers(count) if count is not None else pa.nulls(n, pa.float64()),
+        "confidence": pc.fill_null(_numbers(confidence), 1.0) if confidence is not None
+        else pa.array(np.ones(n)),
+        "row_status": pc.if_else(pc.is_null(time), "no_time", "ok"),
+    }
+    if "registrations_id" in table.column_names:
+        out["registrations_id"] = _text(table.column("registrations_id"))
+        out["registration_class"] = (_text(table.column("registration_class"))
+                                     if "registration_class" in table.column_names
+                                     else out["class"])
+        out["max_count"] = (_numbers(table.column("max_count"))
+                            if "max_count" in table.column_names else pa.nulls(n, pa.float64()))
+    return pa.table(out)
 
 
 def normalise_photo_table(df: pd.DataFrame) -> pd.DataFrame:
     """Map any known per-photo schema onto PHOTO_COLUMNS; flag rows that are unusable."""
-    out = pd.DataFrame(index=df.index)
-    for name, options in ALIASES.items():
-        col = next((c for c in options if c in df.columns), None)
-        out[name] = df[col] if col is not None else np.nan
-    if out["camera"].isna().all() and "file" in out:
-        out["camera"] = out["file"].astype(str).map(lambda f: os.path.dirname(f) or ".")
-    out["camera"] = out["camera"].astype(str).str.strip()
-    out["file"] = out["file"].astype(str).str.strip()
-    out["time"] = parse_times(out["time"], out["file"]).to_numpy()
-    out["class"] = out["class"].fillna("").astype(str).str.strip()
-    out["count"] = numbers(out["count"])
-    out["confidence"] = numbers(out["confidence"]).fillna(1.0)
-    status = np.where(out["time"].isna(), "no_time", "ok")
-    out["row_status"] = status
-    if "registrations_id" in df.columns:
-        out["registrations_id"] = df["registrations_id"].astype(str).str.strip()
-        out["registration_class"] = df.get("registration_class", out["class"])
-        out["max_count"] = pd.to_numeric(df.get("max_count"), errors="coerce")
+
+    out = normalise_photo_arrow(_frame_to_arrow(df)).to_pandas()
+    out.index = df.index
     return out
+
+
+def read_photo_arrow(path: str) -> pa.Table:
+    """A per-photo table as a normalised Arrow table (no pandas frame on the way)."""
+    return normalise_photo_arrow(_read_arrow(path, strip=False))  # it strips what it reads
 
 
 def read_photo_table(path: str) -> pd.DataFrame:
     """A per-photo table: the case's CSV, a generic CSV/Parquet, kadr's output, or MD JSON."""
-    return normalise_photo_table(_read_any(path))
+    return read_photo_arrow(path).to_pandas()
 
 
 def megadetector_to_frame(data: dict, threshold: float | None = None) -> pd.DataFrame:
@@ -255,21 +329,45 @@ def _registrations_frame(camera, cls, start, end, count) -> pd.DataFrame:
     })
 
 
-def registrations_csv(regs: pd.DataFrame) -> str:
-    """The case's submission format: exact header, clean fields, YYYY-MM-DD HH:MM:SS."""
-    out = regs[REGISTRATION_COLUMNS].copy()
-    for c in ("date_registration_start", "date_registration_end"):
-        out[c] = time_text(out[c])
-    out["count"] = out["count"].astype(int)
-    buf = io.StringIO()
-    out.to_csv(buf, index=False, lineterminator="\n")
-    return buf.getvalue()
+def registrations_csv(regs) -> str:
+    """The case's submission format: exact header, clean fields, YYYY-MM-DD HH:MM:SS.
+    ``regs``: a frame or any mapping with the REGISTRATION_COLUMNS."""
+    import pyarrow.csv as pacsv
+
+    columns = {
+        "name_folder": pa.array(np.asarray(regs["name_folder"], dtype=object), pa.string()),
+        "class": pa.array(np.asarray(regs["class"], dtype=object), pa.string()),
+        # Arrow's text form of a timestamp[s] is TIME_FORMAT
+        **{c: pc.fill_null(pc.cast(pa.array(_seconds(regs[c])), pa.string()), "")
+           for c in ("date_registration_start", "date_registration_end")},
+        "count": pa.array(np.asarray(regs["count"]).astype(np.int64)),
+    }
+    header = ",".join(REGISTRATION_COLUMNS) + "\n"
+    buf = io.BytesIO()
+    try:  # Arrow's writer, which refuses a value that would need quotes
+        pacsv.write_csv(pa.table(columns), buf, pacsv.WriteOptions(
+            include_header=False, quoting_style="none"))
+        return header + buf.getvalue().decode("utf-8")
+    except pa.ArrowInvalid:  # a comma, quote or line break in a name: quoted where needed
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(REGISTRATION_COLUMNS)
+        writer.writerows(zip(*(c.to_pylist() for c in columns.values()), strict=True))
+        return text.getvalue()
 
 
-def time_text(times: pd.Series) -> np.ndarray:
+def _seconds(times) -> np.ndarray:
+    """Times as NumPy datetime64[s] (NaT where there is none)."""
+    t = np.asarray(times)
+    if not np.issubdtype(t.dtype, np.datetime64):
+        t = pd.to_datetime(times).to_numpy()
+    return t.astype("datetime64[s]")
+
+
+def time_text(times) -> np.ndarray:
     """``YYYY-MM-DD HH:MM:SS`` (TIME_FORMAT) for each time; "" where there is none.
     NumPy's formatter: a hundred times faster than strftime per row."""
-    t = pd.to_datetime(times).to_numpy(dtype="datetime64[s]")
+    t = _seconds(times)
     if not len(t):
         return np.zeros(0, dtype=object)
     text = np.char.replace(np.datetime_as_string(t, unit="s"), "T", " ").astype(object)
@@ -277,5 +375,6 @@ def time_text(times: pd.Series) -> np.ndarray:
     return text
 
 
-def write_registrations(regs: pd.DataFrame, path: str) -> None:
+def write_registrations(regs, path: str) -> None:
+    """:func:`registrations_csv`, written atomically."""
     atomic_write_text(path, registrations_csv(regs))
