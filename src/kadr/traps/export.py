@@ -105,6 +105,18 @@ def _iso(t, offset: str = "Z") -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%S") + offset
 
 
+def _iso_column(times: pd.Series, offset: str = "Z") -> np.ndarray:
+    """:func:`_iso` of every time in a column (None where there is none), formatted by
+    NumPy for naive times."""
+    t = pd.to_datetime(times)
+    if getattr(t.dt, "tz", None) is not None:
+        return np.array([_iso(v, offset) for v in t], dtype=object)
+    seconds = t.to_numpy(dtype="datetime64[ns]").astype("datetime64[s]")
+    text = np.char.add(np.datetime_as_string(seconds, unit="s"), offset).astype(object)
+    text[np.isnat(seconds)] = None
+    return text
+
+
 MEDIA_FOLDER = "media"  # photos inside the package, where Camtrap DP's filePath may point
 
 
@@ -155,11 +167,20 @@ def link_media_folder(package: Path, roots: set[str | None]) -> str | None:
             f"into {link} before publishing, or rerun with --media-url")
 
 
-def package_id(media_ids: pd.Series) -> str:
+def package_id(media_ids: pd.Series, block: int = 100_000) -> str:
     """A UUID that depends only on which photos the package holds (not on where it was
-    written), so a rerun on the same photos republishes the same package."""
-    digest = hashlib.sha256("\n".join(sorted(media_ids.astype(str))).encode()).hexdigest()
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kadr:camtrap-dp:{digest}"))
+    written), so a rerun on the same photos republishes the same package. The ids are
+    sorted by Arrow and hashed a block at a time (the hash of them joined by newlines)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pa.array(media_ids.astype(str), type=pa.string())
+    ids = ids.take(pc.sort_indices(ids))
+    digest = hashlib.sha256()
+    for a in range(0, len(ids), block):
+        digest.update(("\n" if a else "").encode() + "\n".join(
+            ids.slice(a, block).to_pylist()).encode())
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kadr:camtrap-dp:{digest.hexdigest()}"))
 
 
 def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
@@ -339,7 +360,9 @@ class CamtrapPackage:
         self.off = utc_offset or "Z"
         self.media_url = media_url
         self.now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ok = _timed_ok(photos)
+        timed_ok = ((photos["status"] == "ok") & photos["time"].notna()).to_numpy()
+        ok = photos.loc[timed_ok, [c for c in ("group", "time", "time_source", "event_id",
+                                               "class_prob", "photo_id", "key") if c in photos]]
         self.deployments, no_coords = _deployments(ok, deployments_csv, utc_offset)
         self.warnings = ([f"{len(no_coords)} deployment(s) without coordinates: "
                           f"{', '.join(no_coords)}"] if no_coords else [])
@@ -348,7 +371,10 @@ class CamtrapPackage:
                 "Camtrap DP: the cameras' UTC offset is unknown, so timestamps are local clock "
                 "times marked as UTC and timestampIssues is true; rerun with --utc-offset "
                 "(e.g. +03:00) before publishing")
-        self.events = self._event_observations(regs, ok)
+        # Event observations are formed and written a block of registrations at a time.
+        self._events = regs[regs["date_registration_start"].notna()]
+        self._event_probability = (ok.groupby("event_id")["class_prob"].mean()
+                                   if "event_id" in ok else pd.Series())
         self.id = package_id(ok["photo_id"] if "photo_id" in ok else ok["key"].map(short_id))
         times = ok["time"]
         self.span = [t.strftime("%Y-%m-%d") if len(times) else "1970-01-01"
@@ -356,18 +382,19 @@ class CamtrapPackage:
         self.roots: set[str | None] = set()
         self.taxa: set[str] = set()
 
-    def _event_observations(self, regs: pd.DataFrame, ok: pd.DataFrame) -> list[dict]:
-        probs = ok.groupby("event_id")["class_prob"].mean() if "event_id" in ok else pd.Series()
+    def _event_observations(self, regs: pd.DataFrame) -> list[dict]:
+        probs = self._event_probability
         obs = []
-        for r in regs[regs["date_registration_start"].notna()].to_dict("records"):
+        starts = _iso_column(regs["date_registration_start"], self.off)
+        ends = _iso_column(regs["date_registration_end"], self.off)
+        for r, start, end in zip(regs.to_dict("records"), starts, ends, strict=True):
             cls = r["class"]
             human = bool(r.get("reviewed"))
             p = None if human else probs.get(r["eventID"])
             obs.append({
                 "observationID": r["eventID"], "deploymentID": str(r["name_folder"]),
                 "mediaID": None, "eventID": r["eventID"],
-                "eventStart": _iso(r["date_registration_start"], self.off),
-                "eventEnd": _iso(r["date_registration_end"], self.off),
+                "eventStart": start, "eventEnd": end,
                 "observationLevel": "event", "observationType": "animal",
                 "scientificName": self.names.get(cls, cls.replace("_", " ")),
                 "count": int(r["count"]),
@@ -388,7 +415,9 @@ class CamtrapPackage:
             atomic_open(self.folder / "observations.csv"))
         pd.DataFrame(columns=CAMTRAP_COLUMNS["media"]).to_csv(self._media, index=False,
                                                               lineterminator="\n")
-        self._write_observations(self.events, header=True)  # event-level ones first
+        self._write_observations([], header=True)
+        for a in range(0, len(self._events), 20_000):  # event-level ones first
+            self._write_observations(self._event_observations(self._events.iloc[a:a + 20_000]))
         return self
 
     def _write_observations(self, rows: list[dict], header: bool = False) -> None:
@@ -404,7 +433,7 @@ class CamtrapPackage:
         pd.DataFrame({
             "mediaID": media_ids, "deploymentID": ok["group"].astype(str).to_numpy(),
             "captureMethod": "activityDetection",
-            "timestamp": [_iso(t, self.off) for t in ok["time"]],
+            "timestamp": _iso_column(ok["time"], self.off),
             "filePath": [media_file_path(p, k, self.media_url)
                          for p, k in zip(ok["path"], ok["key"], strict=True)],
             "filePublic": bool(self.media_url),

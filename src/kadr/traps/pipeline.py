@@ -37,7 +37,7 @@ from kadr.core.store import (
 from kadr.traps.decisions import Decision, last_decision_id, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet, classify, load_prompts
-from kadr.traps.tables import normalise_photo_table, registrations_csv, time_text
+from kadr.traps.tables import registrations_csv, time_text
 
 EMPTY = "empty"
 
@@ -270,11 +270,14 @@ def per_photo_table(files: list[Path], columns: tuple[str, ...] | None = SMALL_C
     names = list(dict.fromkeys(n for f in files for n in pq.read_schema(f).names))
     wanted = [n for n in names if n != "embedding" and (
         columns is None or n in columns or (class_probabilities and n.startswith("p_")))]
-    df = read_with_positions(files, wanted).to_pandas()
-    if df.empty:
-        return df
+    table = read_with_positions(files, wanted)
+    if not table.num_rows:
+        return table.to_pandas()
+    # Sorted by Arrow (stable, missing times last) before pandas sees it: no second copy.
+    table = table.sort_by([("group", "ascending"), ("time", "ascending"), ("key", "ascending")])
+    df = table.to_pandas()
     df["time"] = pd.to_datetime(df["time"])
-    return df.sort_values(["group", "time", "key"], kind="stable").reset_index(drop=True)
+    return df
 
 
 def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
@@ -294,13 +297,15 @@ def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
 
 
 def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
-    """The per-photo table in the normalised schema that :mod:`events` reads."""
-    ok = df[df["status"] == "ok"]
-    frame = pd.DataFrame({
-        "camera": ok["group"], "file": ok["key"], "time": ok["time"], "class": ok["class"],
-        "count": ok["count"], "confidence": ok["class_prob"],
+    """The read photos in the columns :mod:`events` reads. The stored columns are typed
+    already (text, times, numbers), so only the gaps are filled: no class is background,
+    no class probability is a full vote."""
+    ok = (df["status"] == "ok").to_numpy()
+    return pd.DataFrame({
+        "camera": df["group"][ok], "file": df["key"][ok], "time": df["time"][ok],
+        "class": df["class"][ok].fillna(""), "count": df["count"][ok],
+        "confidence": df["class_prob"][ok].fillna(1.0),
     })
-    return normalise_photo_table(frame)
 
 
 def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
