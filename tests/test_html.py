@@ -4,6 +4,7 @@ import json
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 
 from kadr.core.html import thumbnail
@@ -56,6 +57,25 @@ def test_traps_report_escapes_keys_classes_and_reasons(tmp_path):
     assert page.count("data:image/jpeg;base64") == 1
     assert page.count("<rect") == 1, "one timeline element per registration"
     assert "&lt;/script&gt;" in page
+
+
+def test_traps_report_lists_a_bounded_number_of_registrations_per_camera():
+    from kadr.traps.report import MAX_CARDS, render_report
+
+    n = MAX_CARDS + 25
+    t = pd.Timestamp("2024-05-01") + pd.to_timedelta(np.arange(n) * 3600, "s")
+    table = pd.DataFrame({"key": [f"cam/{i}.jpg" for i in range(n)], "path": "nowhere",
+                          "group": "cam", "status": "ok", "reason": None, "time": t,
+                          "time_source": "exif", "class": "Bear", "class_prob": 0.9,
+                          "n_animals": 1, "detections": None})
+    regs = pd.DataFrame({"name_folder": "cam", "class": "Bear", "count": 1,
+                         "date_registration_start": t, "date_registration_end": t,
+                         "best_key": None})
+    settings = SimpleNamespace(method="sessions", gap="30m", detector="d", classifier=None)
+    page = render_report(table, regs, settings)
+    assert page.count('<div class="card">') == MAX_CARDS
+    assert "25 more registrations of this camera are in registrations.csv" in page
+    assert page.count("<rect") == n, "the timeline still draws every registration"
 
 
 def test_profile_page_opens_with_key_figures_linking_to_galleries(tmp_path):

@@ -38,33 +38,34 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
 
     A photo belongs to the registration of its camera whose interval holds its
     time; where intervals of one camera overlap (two species at once), the one
-    of the photo's own class wins. A sorted merge (``merge_asof``), so the cost
-    grows with the photos, not with photos x registrations. Also picks each
+    of the photo's own class wins. A sorted merge (``merge_asof``) on integer
+    codes for cameras and classes, so the cost grows with the photos, not with
+    photos x registrations, and no per-photo text is copied. Also picks each
     registration's best photo: most animals, then the highest class probability.
     """
     regs = regs.reset_index(drop=True).copy()
-    regs["eventID"] = [short_id(r["name_folder"], r["date_registration_start"], r["class"], i)
-                       for i, r in enumerate(regs.to_dict("records"))]
-    table = table.assign(event_id=None)  # copy-on-write: the other columns are shared
+    regs["eventID"] = [short_id(cam, start, cls, i) for i, (cam, start, cls) in enumerate(zip(
+        regs["name_folder"], regs["date_registration_start"], regs["class"], strict=True))]
     if table.empty or regs.empty:
         regs["best_key"] = None
-        return regs, table
+        return regs, table.assign(event_id=None)
+    cameras, camera_names = pd.factorize(table["group"].astype(str))
+    classes, class_names = pd.factorize(table["class"].fillna("").astype(str))
     timed = regs[regs["date_registration_start"].notna()]
     intervals = pd.DataFrame({
-        "camera": timed["name_folder"].astype(str), "cls": timed["class"].astype(str),
+        "camera": pd.Index(camera_names).get_indexer(timed["name_folder"].astype(str)),
+        "cls": pd.Index(class_names).get_indexer(timed["class"].astype(str)),
         "start": pd.to_datetime(timed["date_registration_start"]).astype("datetime64[ns]"),
         "end": pd.to_datetime(timed["date_registration_end"]).astype("datetime64[ns]"),
-        "event": timed["eventID"],
+        "event": timed.index.to_numpy(),
     }).sort_values("start", kind="stable")
-    animal = ((table["status"] == "ok") & table["time"].notna()
-              & ~table["class"].fillna("").astype(str).str.lower().isin(BACKGROUND_CLASSES))
-    photos = pd.DataFrame({"row": np.flatnonzero(animal.to_numpy()),
-                           "camera": table.loc[animal, "group"].astype(str).to_numpy(),
-                           "cls": table.loc[animal, "class"].astype(str).to_numpy(),
-                           "time": pd.to_datetime(table.loc[animal, "time"]).to_numpy()
-                           .astype("datetime64[ns]")})
-    photos = photos.sort_values("time", kind="stable")
-    events = np.full(len(table), None, dtype=object)
+    background = np.array([c.lower() in BACKGROUND_CLASSES for c in class_names] + [True])
+    time = pd.to_datetime(table["time"]).to_numpy(dtype="datetime64[ns]")
+    animal = ((table["status"] == "ok").to_numpy() & ~np.isnat(time) & ~background[classes])
+    rows = np.flatnonzero(animal)
+    photos = pd.DataFrame({"row": rows, "camera": cameras[rows], "cls": classes[rows],
+                           "time": time[rows]}).sort_values("time", kind="stable")
+    event = np.full(len(table), -1, np.int64)  # a registration's position in regs
     # Where visits of one camera overlap, the latest-starting one may have ended while an
     # earlier, longer one still holds the photo: the camera's running longest interval.
     reach = intervals.sort_values(["camera", "start"], kind="stable").copy()
@@ -75,20 +76,31 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     # The photo's own class first, then the latest visit of its camera, then the longest.
     for right, by in ((intervals, ["camera", "cls"]), (intervals.drop(columns=["cls"]), ["camera"]),
                       (reach.drop(columns=["cls"]).sort_values("start"), ["camera"])):
-        todo = photos[pd.isna(events[photos["row"].to_numpy()])]
+        todo = photos[event[photos["row"].to_numpy()] < 0]
         if todo.empty:
             break
         found = pd.merge_asof(todo, right, left_on="time", right_on="start", by=by,
                               direction="backward")
-        inside = found["event"].notna() & (found["time"] <= found["end"])
-        events[found.loc[inside, "row"].to_numpy()] = found.loc[inside, "event"].to_numpy()
-    table = table.assign(event_id=events)
-    best = (table[table["event_id"].notna()]
-            .assign(_n=lambda d: d["n_animals"].fillna(0), _p=lambda d: d["class_prob"].fillna(0))
-            .sort_values(["event_id", "_n", "_p"], ascending=[True, False, False])
-            .drop_duplicates("event_id").set_index("event_id")["key"])
-    regs["best_key"] = regs["eventID"].map(best)
+        inside = (found["event"].notna() & (found["time"] <= found["end"])).to_numpy()
+        event[found["row"].to_numpy()[inside]] = found["event"].to_numpy()[inside]
+    ids = regs["eventID"].to_numpy(dtype=object)
+    table = table.assign(event_id=np.where(event >= 0, ids[event], None))
+    regs["best_key"] = _best_photos(event, table, len(regs))
     return regs, table
+
+
+def _best_photos(event: np.ndarray, table: pd.DataFrame, n: int) -> np.ndarray:
+    """Per registration, the key of its photo with the most animals, then the highest class
+    probability (None for a registration no photo links to)."""
+    rows = np.flatnonzero(event >= 0)
+    animals = table["n_animals"].to_numpy(dtype=float, na_value=np.nan)[rows]
+    probability = table["class_prob"].to_numpy(dtype=float, na_value=np.nan)[rows]
+    order = np.lexsort((-np.nan_to_num(probability), -np.nan_to_num(animals), event[rows]))
+    first = order[np.r_[True, event[rows][order][1:] != event[rows][order][:-1]]] \
+        if len(order) else order
+    best = np.full(n, None, dtype=object)
+    best[event[rows][first]] = table["key"].iloc[rows[first]].to_numpy(dtype=object)
+    return best
 
 
 def _iso(t, offset: str = "Z") -> str | None:
@@ -201,9 +213,10 @@ def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
 
 def _common_folder(keys: pd.Series) -> str:
     """The folder that absolute keys (a manifest of absolute paths) share; "" otherwise."""
-    if not keys.map(os.path.isabs).all():
+    if not keys.str.startswith(os.sep).all():
         return ""
-    return os.path.commonpath([os.path.dirname(k) for k in keys.str.split("#").str[0]])
+    folders = keys.str.split("#", n=1).str[0].str.rsplit(os.sep, n=1).str[0].unique()
+    return os.path.commonpath([f or os.sep for f in folders])
 
 
 @contextlib.contextmanager
@@ -217,9 +230,9 @@ def megadetector_json(path: str | Path, fingerprint: dict, photos: pd.DataFrame
     postprocessing tools open the file. Boxes of COCO labels that are not
     animal/person/vehicle are left out (the per-photo table keeps them).
     """
-    labels = pd.concat([photos[c] for c in ("class", "human_class") if c in photos]).dropna()
-    class_names = sorted({str(c) for c in labels.unique()
-                          if str(c).lower() not in BACKGROUND_CLASSES})
+    labels = {str(c) for column in ("class", "human_class") if column in photos
+              for c in photos[column].dropna().unique()}
+    class_names = sorted(c for c in labels if c.lower() not in BACKGROUND_CLASSES)
     class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
     root = _common_folder(photos["key"]) if len(photos) else ""
     head = {

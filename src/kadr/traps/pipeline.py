@@ -287,13 +287,11 @@ def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
     means the clock was reset or changed; registrations still use time order,
     but the user should know.
     """
-    out = {}
-    ok = table[(table["status"] == "ok") & table["time"].notna()]
-    for cam, g in ok.groupby("group"):
-        n = int((g.sort_values("key")["time"].diff() < pd.Timedelta(0)).sum())
-        if n:
-            out[str(cam)] = n
-    return out
+    ok = table.loc[(table["status"] == "ok") & table["time"].notna(), ["group", "key", "time"]]
+    ok = ok.sort_values(["group", "key"], kind="stable")
+    back = ((ok["time"].diff() < pd.Timedelta(0)) & (ok["group"] == ok["group"].shift())).to_numpy()
+    counts = ok["group"][back].value_counts()
+    return {str(cam): int(counts[cam]) for cam in sorted(counts.index)}
 
 
 def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from kadr.core.html import render, thumbnail
 
 MAX_GALLERY = 400  # registrations shown with a photo; the table lists them all
 MAX_FAILED_ROWS = 2000  # failed photos listed in the page; photos.csv has all
+MAX_CARDS = 300  # registrations listed per camera; registrations.csv has all
 THUMB = 360
 TIMELINE_WIDTH = 900
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
@@ -75,12 +77,15 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
     when it has those columns."""
     from kadr.traps.pipeline import clock_jumps
 
-    ok = table[table["status"] == "ok"] if len(table) else table
-    failed = table[table["status"] != "ok"] if len(table) else table
-    timed = ok[ok["time"].notna()] if len(ok) else ok
+    # Masks and the few columns each figure needs: no copy of the whole table.
+    is_ok = (table["status"] == "ok").to_numpy() if len(table) else np.zeros(0, bool)
+    n_ok = int(is_ok.sum())
+    failed = table.loc[~is_ok, ["key", "status", "reason"]] if len(table) else table
+    timed = table.loc[is_ok & table["time"].notna().to_numpy(), ["group", "time"]] \
+        if n_ok else pd.DataFrame(columns=["group", "time"])
     per_cam = (timed.groupby("group")["time"].agg(["min", "max"]) if len(timed)
                else pd.DataFrame(columns=["min", "max"]))
-    photos_per_cam = ok.groupby("group").size() if len(ok) else pd.Series(dtype=int)
+    photos_per_cam = table["group"][is_ok].value_counts() if n_ok else pd.Series(dtype=int)
     if best is None:
         rows = table[table["key"].isin(gallery_keys(regs))] if len(table) else table
         best = rows.drop_duplicates("key").set_index("key")
@@ -93,7 +98,7 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
         if cam in per_cam.index:
             timeline = _timeline(cam_regs, per_cam.at[cam, "min"], per_cam.at[cam, "max"], classes)
         cards = []
-        for r in cam_regs.to_dict("records"):
+        for r in cam_regs.head(MAX_CARDS).to_dict("records"):
             start, end = r["date_registration_start"], r["date_registration_end"]
             card = {"cls": r["class"], "count": r["count"], "start": start, "end": end,
                     "duration": "no time" if pd.isna(start)
@@ -111,17 +116,18 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
                 shown += card["src"] is not None
             cards.append(card)
         cameras.append({"name": cam, "photos": int(photos_per_cam.get(cam, 0)),
-                        "regs": len(cam_regs), "timeline": timeline, "cards": cards})
+                        "regs": len(cam_regs), "timeline": timeline, "cards": cards,
+                        "more": len(cam_regs) - len(cards)})
     return render(
         "traps_report.html", title="Camera-trap registrations", thumb=THUMB,
-        n_photos=len(table), n_ok=len(ok), n_regs=len(regs), failed_count=len(failed),
-        failed=failed[["key", "status", "reason"]].head(MAX_FAILED_ROWS).to_dict("records")
-        if len(failed) else [],
+        n_photos=len(table), n_ok=n_ok, n_regs=len(regs), failed_count=len(failed),
+        failed=failed.head(MAX_FAILED_ROWS).to_dict("records") if len(failed) else [],
         method=settings.method, gap=str(settings.gap), detector=settings.detector,
         classifier=str(settings.classifier or "none: detector labels"), warnings=list(warnings),
         cameras=cameras, max_gallery=MAX_GALLERY,
         jumps=clock_jumps(table) if len(table) else {},
-        guessed=int(ok["time_source"].isin(["mtime", "filename"]).sum()) if len(ok) else 0,
-        untimed=int(ok["time"].isna().sum()) if len(ok) else 0,
+        guessed=int((table["time_source"].isin(["mtime", "filename"]).to_numpy()
+                     & is_ok).sum()) if n_ok else 0,
+        untimed=int((table["time"].isna().to_numpy() & is_ok).sum()) if n_ok else 0,
         agreement=agreement, learning=learning,
     )
