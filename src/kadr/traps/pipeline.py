@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -273,9 +274,14 @@ def per_photo_table(files: list[Path], columns: tuple[str, ...] | None = SMALL_C
     table = read_with_positions(files, wanted)
     if not table.num_rows:
         return table.to_pandas()
-    # Sorted by Arrow (stable, missing times last) before pandas sees it: no second copy.
-    table = table.sort_by([("group", "ascending"), ("time", "ascending"), ("key", "ascending")])
-    df = table.to_pandas()
+    # Sorted by Arrow (stable, missing times last) and handed to pandas a column at a time,
+    # each read column freed once its sorted copy is made: one table's worth in memory.
+    order = pc.sort_indices(table, sort_keys=[("group", "ascending"), ("time", "ascending"),
+                                              ("key", "ascending")])
+    columns = {name: table.column(name) for name in table.column_names}
+    del table
+    df = pd.DataFrame({name: columns.pop(name).take(order).to_pandas()
+                       for name in list(columns)})
     df["time"] = pd.to_datetime(df["time"])
     return df
 
