@@ -4,13 +4,15 @@ No model runs: each stage gets a synthetic input of N photos, in a fresh
 process (peak memory is the process's high-water mark, VmHWM):
 
 - ``listing``: a manifest of N photos listed by ``PhotoCollection``;
+- ``skipping``: a rerun of a finished job on that manifest: every photo is
+  listed, found done in the store, and skipped;
 - ``exports``: ``traps run``'s exports from a store of N per-photo rows
   (registrations CSV/Parquet, photos table, MegaDetector JSON, Camtrap DP,
   report), as a resume that must rewrite them does;
 - ``duplicates``: the hotel profile's duplicate search on N hashes in families
   of ten (re-encoded copies and copies turned by 90 degrees).
 
-    python bench/stages.py [--sizes 100000 1000000] [--stages listing exports duplicates]
+    python bench/stages.py [--sizes 100000 1000000] [--stages listing skipping exports duplicates]
 
 Targets (issue): time ratio <= 12 for 10x the photos; peak memory at 1M <= 2 GB.
 """
@@ -60,6 +62,46 @@ def listing(n: int, folder: Path) -> float:
     t = time.perf_counter()
     count = sum(1 for _ in PhotoCollection(str(manifest), group_column="camera"))
     assert count == n, count
+    return time.perf_counter() - t
+
+
+def done_store(n: int, folder: Path) -> None:
+    """A manifest of n photos and a store in which every one of them is done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest(n, folder)
+    store = folder / "store"
+    store.mkdir()
+    (store / "run.json").write_text(json.dumps({"fingerprint": {"job": "bench"}}))
+    paths = pacsv_paths(folder / "manifest.csv")
+    shard = 2048
+    for k, a in enumerate(range(0, n, shard)):
+        keys = paths[a:a + shard]
+        pq.write_table(pa.table({"key": keys, "status": np.full(len(keys), "ok")}),
+                       store / f"part-{k:06d}.parquet")
+
+
+def pacsv_paths(path: Path) -> np.ndarray:
+    import pyarrow.csv as pacsv
+
+    return pacsv.read_csv(path).column("path").to_numpy(zero_copy_only=False)
+
+
+def skipping(n: int, folder: Path) -> float:
+    """A rerun of a finished job: every photo is listed, found done, and skipped."""
+    from kadr.core.collection import PhotoCollection
+    from kadr.core.runner import Job, run_job
+    from kadr.core.store import ShardStore
+
+    def never(*_):
+        raise AssertionError("a done photo was processed")
+
+    t = time.perf_counter()
+    with ShardStore(folder / "store", {"job": "bench"}) as store:
+        summary = run_job(PhotoCollection(str(folder / "manifest.csv"), group_column="camera"),
+                          Job("bench", never, never), store, progress=False)
+    assert summary.already_done == n and summary.processed == 0, summary
     return time.perf_counter() - t
 
 
@@ -133,9 +175,11 @@ def duplicates(n: int, folder: Path) -> float:
     return time.perf_counter() - t
 
 
-STAGES = {"listing": listing, "exports": exports, "duplicates": duplicates}
+STAGES = {"listing": listing, "skipping": skipping, "exports": exports,
+          "duplicates": duplicates}
 # Each stage's input, made in a process of its own so that making it does not count.
-INPUTS = {"listing": manifest, "exports": lambda n, folder: trap_store(n, folder / "out")}
+INPUTS = {"listing": manifest, "skipping": done_store,
+          "exports": lambda n, folder: trap_store(n, folder / "out")}
 
 
 def main() -> None:

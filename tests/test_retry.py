@@ -76,7 +76,8 @@ def test_stale_rows_left_by_a_killed_retry_are_removed_on_open(tmp_path):
                    store_dir / "part-000000.parquet")
     pq.write_table(pa.table({"key": ["a"], "status": ["ok"]}), store_dir / "part-000001.parquet")
     with ShardStore(store_dir, {"job": "x"}) as store:
-        assert store.done_keys() == {"a", "b"}
+        done = store.done_keys()
+        assert len(done) == 2 and "a" in done and "b" in done and "c" not in done
     t = rows_by_key(store_dir)
     assert list(t.index) == ["b", "a"] and (t["status"] == "ok").all()
 
@@ -85,3 +86,21 @@ def test_embed_cli_has_retry_failed(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kadr.cli", "embed", "--help"], capture_output=True,
                        text=True)
     assert "--retry-failed" in r.stdout
+
+
+def test_the_newest_row_of_a_key_decides_whether_it_is_done(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    pq.write_table(pa.table({"key": ["a", "b", "c"], "status": ["ok", "truncated", "ok"]}),
+                   store_dir / "part-000000.parquet")
+    pq.write_table(pa.table({"key": ["a"], "status": ["io_error"]}),
+                   store_dir / "part-000001.parquet")
+    with ShardStore(store_dir, {"job": "x"}) as store:
+        done = store.done_keys()
+        assert [k in done for k in "abcd"] == [False, True, True, False]
+        again = store.done_keys(retry_failed=True)
+        assert [k in again for k in "abcd"] == [False, False, True, False]
+    assert list(rows_by_key(store_dir).index) == ["b", "c", "a"], "one row per key, newest"

@@ -179,8 +179,10 @@ class PhotoCollection:
                                            batch.column(0).to_pylist()), np.int64, batch.num_rows))
         if not hashes:
             return set()
-        values, counts = np.unique(np.concatenate(hashes), return_counts=True)
-        repeated = set(values[counts > 1].tolist())
+        values = np.concatenate(hashes)
+        del hashes
+        values.sort()  # in place: no copies of a million hashes
+        repeated = set(values[1:][values[1:] == values[:-1]].tolist())
         found: set[str] = set()
         if repeated:
             with self._manifest_reader([col]) as (_, batches):

@@ -37,7 +37,7 @@ from rich.progress import (
 from kadr.core.collection import PhotoCollection, PhotoRef
 from kadr.core.decode import DEFAULT_MAX_PIXELS, DecodedPhoto, DecodeError, decode_photo, read_bytes
 from kadr.core.phototime import naive_local, photo_time
-from kadr.core.store import ShardStore
+from kadr.core.store import DoneKeys, ShardStore
 
 console = Console(stderr=True)
 
@@ -183,23 +183,35 @@ def _ordered_prefetch(
         yield pending.popleft().result()
 
 
-def _count_and_spool(refs: Iterable[PhotoRef], done: set[str], summary: RunSummary) -> Iterator[PhotoRef]:
+def _count_and_spool(refs: Iterable[PhotoRef], done: DoneKeys, summary: RunSummary,
+                     block: int = 4096) -> Iterator[PhotoRef]:
     """Count the collection (for the progress bar) and return the photos still to do.
 
     The collection is listed once: the photos to do are spooled to a temporary
     file and replayed from it, because listing a bucket of a million objects
     takes minutes and keeping their references in memory would grow with the
-    collection.
+    collection. Keys are looked up in ``done`` a block at a time.
     """
     spool = tempfile.TemporaryFile(prefix="kadr-refs-")
     pending = 0
+
+    def sort_out(batch: list[PhotoRef]) -> None:
+        nonlocal pending
+        summary.total += len(batch)
+        for ref, skip in zip(batch, done.contains([r.key for r in batch]), strict=True):
+            if skip:
+                summary.already_done += 1
+            else:
+                pickle.dump(ref, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                pending += 1
+
+    batch: list[PhotoRef] = []
     for ref in refs:
-        summary.total += 1
-        if ref.key in done:
-            summary.already_done += 1
-        else:
-            pickle.dump(ref, spool, protocol=pickle.HIGHEST_PROTOCOL)
-            pending += 1
+        batch.append(ref)
+        if len(batch) >= block:
+            sort_out(batch)
+            batch = []
+    sort_out(batch)
     spool.seek(0)
 
     def replay() -> Iterator[PhotoRef]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kadr.core.errors import StoreLockedError, StoreMismatchError  # noqa: F401 (re-exported)
@@ -36,6 +39,37 @@ os.umask(_UMASK)
 # tried again on the next run; ``retry_failed`` tries these as well.
 PERMANENT_FAILURES = frozenset({"empty_file", "truncated", "not_an_image", "too_large",
                                 "decode_error"})
+
+
+def key_digests(keys: Iterable[str]) -> np.ndarray:
+    """A 16-byte digest per key (BLAKE2b): what the store compares keys by. Sixteen bytes
+    a photo instead of the key itself, and two different keys share a digest with a
+    chance of about 1e-26 at a million photos, so none is ever skipped by mistake."""
+    return np.frombuffer(b"".join(hashlib.blake2b(k.encode(), digest_size=16).digest()
+                                  for k in keys), dtype="S16")
+
+
+class DoneKeys:
+    """The keys a run skips, as sorted digests (see :func:`key_digests`): memory grows by
+    16 bytes a photo, and a block of keys is looked up at once."""
+
+    def __init__(self, digests: np.ndarray, presorted: bool = False):
+        self.digests = digests if presorted else np.sort(digests)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def contains(self, keys: list[str]) -> np.ndarray:
+        """Per key, whether it is done."""
+        wanted = key_digests(keys)
+        at = np.minimum(np.searchsorted(self.digests, wanted), max(len(self.digests) - 1, 0))
+        return (self.digests[at] == wanted) if len(self.digests) else np.zeros(len(keys), bool)
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self.contains([key])[0])
+
+
+OK, PERMANENT, RETRY = 0, 1, 2  # a stored row's status, as the key index keeps it
 
 
 @contextlib.contextmanager
@@ -102,6 +136,7 @@ class ShardStore:
         # Smaller shards lose less work to a kill; larger ones read faster.
         self.shard_rows = shard_rows or int(os.environ.get("KADR_SHARD_ROWS", "2048"))
         self._buffer: list[dict] = []
+        self._key_cache: dict[Path, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
         self._lock_fd: int | None = None
         self._next_index = 0
         self.schema: pa.Schema | None = None
@@ -155,44 +190,75 @@ class ShardStore:
     def shard_paths(self) -> list[Path]:
         return shard_files(self.folder)
 
-    def _key_status(self, path: Path) -> tuple[list, list]:
+    def _shard_keys(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """A shard's key digests and, per row, its status as OK, PERMANENT (a failure a
+        rerun cannot change) or RETRY. Kept per shard file (by size and time), so a store's keys are
+        hashed once per run, not at every look."""
+        stat = path.stat()
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        cached = self._key_cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
         names = pq.read_schema(path).names
         t = pq.read_table(path, columns=["key", "status"] if "status" in names else ["key"])
-        keys = t.column("key").to_pylist()
-        return keys, t.column("status").to_pylist() if "status" in names else ["ok"] * len(keys)
+        digests = key_digests(t.column("key").to_pylist())
+        status = np.full(len(digests), OK, np.int8)
+        if "status" in names:
+            text = t.column("status")
+            status[~pc.equal(text, "ok").to_numpy(zero_copy_only=False)] = RETRY
+            status[pc.is_in(text, pa.array(sorted(PERMANENT_FAILURES))).to_numpy(
+                zero_copy_only=False)] = PERMANENT
+        self._key_cache[path] = (stamp, digests, status)
+        return digests, status
 
-    def done_keys(self, retry_failed: bool = False) -> set[str]:
-        """Keys a run skips: stored ok, or failed for good (unless ``retry_failed``)."""
-        keys: set[str] = set()
-        for p in self.shard_paths():
-            for key, status in zip(*self._key_status(p), strict=True):
-                if status == "ok" or (status in PERMANENT_FAILURES and not retry_failed):
-                    keys.add(key)
-                else:
-                    keys.discard(key)
-        return keys
+    def _key_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row's key digest, shard position and status, shard by shard."""
+        parts = [(self._shard_keys(p), i) for i, p in enumerate(self.shard_paths())]
+        if not parts:
+            return np.zeros(0, "S16"), np.zeros(0, np.int32), np.zeros(0, np.int8)
+        return (np.concatenate([d for (d, _), _ in parts]),
+                np.concatenate([np.full(len(d), i, np.int32) for (d, _), i in parts]),
+                np.concatenate([st for (_, st), _ in parts]))
+
+    def done_keys(self, retry_failed: bool = False) -> DoneKeys:
+        """Keys a run skips: stored ok, or failed for good (unless ``retry_failed``). A
+        key's newest row (the latest shard) decides."""
+        digests, _, status = self._key_index()
+        done = (status == OK) | ((status == PERMANENT) & (not retry_failed))
+        order = np.argsort(digests, kind="stable")  # a key's rows stay in shard order
+        digests, done = digests[order], done[order]
+        newest = np.r_[digests[1:] != digests[:-1], True] if len(digests) else done
+        return DoneKeys(digests[newest & done], presorted=True)
 
     def drop_superseded_rows(self) -> int:
         """Remove rows whose key has a newer row in a later shard; returns how many."""
-        latest: dict[str, int] = {}
-        stale: set[int] = set()
+        digests, shard, _ = self._key_index()
+        ordered = np.sort(digests)
+        if not (ordered[1:] == ordered[:-1]).any():  # the usual case: every key once
+            return 0
+        del ordered
+        unique, first, counts = np.unique(digests[::-1], return_index=True, return_counts=True)
+        repeated = counts > 1
+        # The newest row of each repeated key, and the shards holding an older one.
+        newest_shard = dict(zip(unique[repeated].tolist(),
+                                shard[len(digests) - 1 - first[repeated]].tolist(), strict=True))
+        stale_rows = np.isin(digests, unique[repeated])
         paths = self.shard_paths()
-        for i, p in enumerate(paths):
-            for key in self._key_status(p)[0]:
-                if key in latest:
-                    stale.add(latest[key])
-                latest[key] = i
         dropped = 0
-        for i in sorted(stale):
+        for i in sorted(set(shard[stale_rows].tolist())):
             table = pq.read_table(paths[i])
-            keep = pa.array([latest[k] == i for k in table.column("key").to_pylist()])
+            keys = key_digests(table.column("key").to_pylist()).tolist()
+            keep = pa.array([newest_shard.get(k, i) == i for k in keys])
             kept = table.filter(keep)
+            if kept.num_rows == table.num_rows:
+                continue  # this shard holds the newest row of its repeated keys
             dropped += table.num_rows - kept.num_rows
             if kept.num_rows:
                 atomic_write_table(paths[i], kept)
                 upload_now(paths[i])
             else:
                 paths[i].unlink()
+            self._key_cache.pop(paths[i], None)
         return dropped
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
