@@ -208,3 +208,13 @@ def test_map_escapes_photo_keys_and_captions(tmp_path):
     assert "<script>alert('key')" not in page
     assert "<img src=x onerror" not in page and "<b>bold</b>" not in page
     assert page.count("<script") == page.count("</script>"), "no element was ended early"
+
+
+def test_label_propagation_takes_the_majority_and_the_smaller_label_on_a_tie():
+    from kadr.hotels.cluster import majority
+
+    votes = np.array([[2, 2, 1, -1, 1], [3, 3, 3, 0, 0], [-1, -1, 4, 4, 5], [7, 6, 5, 4, 3]])
+    assert majority(votes).tolist() == [1, 3, -1, 3]
+    rng = np.random.default_rng(0)
+    many = rng.integers(-1, 6, (5000, 5))
+    assert (majority(many) == [np.bincount(v + 1).argmax() - 1 for v in many]).all()
