@@ -119,7 +119,7 @@ class PhotoColumns:
     @classmethod
     def from_arrow(cls, table: pa.Table) -> PhotoColumns:
         """From a normalised Arrow table (:func:`kadr.traps.tables.read_photo_arrow`)."""
-        import pyarrow as pa
+
         def codes(name: str) -> tuple[np.ndarray, np.ndarray]:
             encoded = pc.dictionary_encode(table.column(name)).combine_chunks()
             return (encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),

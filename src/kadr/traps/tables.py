@@ -94,12 +94,6 @@ def parse_times(raw: pd.Series, names: pd.Series | None = None, what: str = "tim
     return parsed.astype("datetime64[ns]")  # one unit, whichever parser read them
 
 
-def numbers(values: pd.Series) -> pd.Series:
-    """Floats from numbers or text; what is not a number (an empty cell) is NaN."""
-    return pd.Series(_numbers(pa.array(values, from_pandas=True)).to_numpy(zero_copy_only=False),
-                     index=values.index, dtype=float)
-
-
 def _numbers(col: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     """float64 from a column of numbers or text (nulls where a cell is not a number). Text
     goes through Arrow's cast (C speed); pandas' parser reads what Arrow refuses."""
