@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kadr.traps.tables import BACKGROUND_CLASSES
+from kadr.traps.tables import background_of_codes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -202,9 +202,8 @@ def _animal_rows(p: PhotoColumns) -> tuple[np.ndarray, np.ndarray]:
     several photos at the same time (the only place they order rows or can
     repeat one: the same photo listed twice is one photo).
     """
-    background = np.array([str(u).lower() in BACKGROUND_CLASSES for u in p.class_names]
-                          + [True])
-    rows = np.flatnonzero(~background[p.cls] & ~(p.count <= 0))  # code -1 (no class): bg
+    background = background_of_codes(p.class_names)
+    rows = np.flatnonzero(~background[p.cls] & ~(p.count <= 0))
     t = p.time[rows]
     timed, untimed = rows[t != NAT], rows[t == NAT]
     cam, ti = p.camera[timed], p.time[timed]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text
-from kadr.traps.tables import BACKGROUND_CLASSES
+from kadr.traps.tables import BACKGROUND_CLASSES, background_of_codes
 
 CAMTRAP_VERSION = "1.0.2"
 CAMTRAP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_VERSION}"
@@ -59,7 +59,7 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
         "end": pd.to_datetime(timed["date_registration_end"]).astype("datetime64[ns]"),
         "event": timed.index.to_numpy(),
     }).sort_values("start", kind="stable")
-    background = np.array([c.lower() in BACKGROUND_CLASSES for c in class_names] + [True])
+    background = background_of_codes(class_names)
     time = pd.to_datetime(table["time"]).to_numpy(dtype="datetime64[ns]")
     animal = ((table["status"] == "ok").to_numpy() & ~np.isnat(time) & ~background[classes])
     rows = np.flatnonzero(animal)
@@ -340,9 +340,9 @@ def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str |
     return pd.DataFrame(rows), notes
 
 
-def _timed_ok(photos: pd.DataFrame) -> pd.DataFrame:
-    """The photos Camtrap DP describes: read, and with a time."""
-    return photos[(photos["status"] == "ok") & photos["time"].notna()]
+def _timed_ok(photos: pd.DataFrame) -> np.ndarray:
+    """Which photos Camtrap DP describes: read, and with a time."""
+    return ((photos["status"] == "ok") & photos["time"].notna()).to_numpy()
 
 
 class CamtrapPackage:
@@ -373,8 +373,7 @@ class CamtrapPackage:
         self.off = utc_offset or "Z"
         self.media_url = media_url
         self.now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        timed_ok = ((photos["status"] == "ok") & photos["time"].notna()).to_numpy()
-        ok = photos.loc[timed_ok, [c for c in ("group", "time", "time_source", "event_id",
+        ok = photos.loc[_timed_ok(photos), [c for c in ("group", "time", "time_source", "event_id",
                                                "class_prob", "photo_id", "key") if c in photos]]
         self.deployments, no_coords = _deployments(ok, deployments_csv, utc_offset)
         self.warnings = ([f"{len(no_coords)} deployment(s) without coordinates: "
@@ -441,7 +440,7 @@ class CamtrapPackage:
 
     def write(self, chunk: pd.DataFrame) -> None:
         """One chunk of photos: their media rows and media-level observations."""
-        ok = _timed_ok(chunk)
+        ok = chunk[_timed_ok(chunk)]
         media_ids = [short_id(k) for k in ok["key"]]
         pd.DataFrame({
             "mediaID": media_ids, "deploymentID": ok["group"].astype(str).to_numpy(),

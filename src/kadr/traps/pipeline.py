@@ -286,20 +286,6 @@ def per_photo_table(files: list[Path], columns: tuple[str, ...] | None = SMALL_C
     return df
 
 
-def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
-    """Per camera: how often a photo's time is earlier than the previous photo's in file order.
-
-    Cameras number their files in shooting order, so a time going backwards
-    means the clock was reset or changed; registrations still use time order,
-    but the user should know.
-    """
-    ok = table.loc[(table["status"] == "ok") & table["time"].notna(), ["group", "key", "time"]]
-    ok = ok.sort_values(["group", "key"], kind="stable")
-    back = ((ok["time"].diff() < pd.Timedelta(0)) & (ok["group"] == ok["group"].shift())).to_numpy()
-    counts = ok["group"][back].value_counts()
-    return {str(cam): int(counts[cam]) for cam in sorted(counts.index)}
-
-
 def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
     """The read photos in the columns :mod:`events` reads. The stored columns are typed
     already (text, times, numbers), so only the gaps are filled: no class is background,
@@ -456,15 +442,16 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     learned = out_dir / "learn.json"
     learning = json.loads(learned.read_text()) if learned.exists() and decisions else None
     best_rows = pd.concat(best).drop_duplicates("key").set_index("key") if best else None
+    jumps = report.clock_jumps(table) if len(table) else {}
     atomic_write_text(out_dir / "report.html",
                       report.render_report(table, regs, settings, summary.warnings, agreement,
-                                           learning, best_rows))
+                                           learning, best_rows, jumps))
     failed = table[table["status"] != "ok"] if len(table) else table
     atomic_write_text(out_dir / "summary.json", json.dumps({
         "photos": len(table), "ok": len(table) - len(failed),
         "failed": failed[["key", "status", "reason"]].to_dict("records") if len(failed) else [],
         "skipped_files": summary.skipped_files, "empty_folders": summary.empty_groups,
-        "clock_jumps_back": clock_jumps(table),
+        "clock_jumps_back": jumps,
         "photos_without_exif_time": int((table["time_source"] != "exif").sum()) if len(table)
         else 0,
         "registrations": len(regs), "method": settings.method, "gap": settings.gap,

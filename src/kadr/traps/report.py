@@ -59,6 +59,20 @@ def _timeline(regs: pd.DataFrame, t0: pd.Timestamp, t1: pd.Timestamp, classes: l
             "end": f"{t1:%Y-%m-%d %H:%M:%S}"}
 
 
+def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
+    """Per camera: how often a photo's time is earlier than the previous photo's in file order.
+
+    Cameras number their files in shooting order, so a time going backwards
+    means the clock was reset or changed; registrations still use time order,
+    but the user should know.
+    """
+    ok = table.loc[(table["status"] == "ok") & table["time"].notna(), ["group", "key", "time"]]
+    ok = ok.sort_values(["group", "key"], kind="stable")
+    back = ((ok["time"].diff() < pd.Timedelta(0)) & (ok["group"] == ok["group"].shift())).to_numpy()
+    counts = ok["group"][back].value_counts()
+    return {str(cam): int(counts[cam]) for cam in sorted(counts.index)}
+
+
 def gallery_keys(regs: pd.DataFrame) -> list[str]:
     """The best photos the gallery may show, in its order (a few spare for photos that
     cannot be read): the only photos whose paths and boxes the report needs."""
@@ -70,13 +84,13 @@ def gallery_keys(regs: pd.DataFrame) -> list[str]:
 
 def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
                   warnings: list[str] = (), agreement: dict | None = None,
-                  learning: dict | None = None, best: pd.DataFrame | None = None) -> str:
+                  learning: dict | None = None, best: pd.DataFrame | None = None,
+                  jumps: dict[str, int] | None = None) -> str:
     """The report page; ``agreement``: machine versus human on reviewed registrations;
     ``learning``: the cross-validated figures of ``traps learn``. ``best``: the rows of
     :func:`gallery_keys` (path, detections, class_prob) by key; taken from ``table``
-    when it has those columns."""
-    from kadr.traps.pipeline import clock_jumps
-
+    when it has those columns. ``jumps``: :func:`clock_jumps` of ``table``, when the
+    caller has it already."""
     # Masks and the few columns each figure needs: no copy of the whole table.
     is_ok = (table["status"] == "ok").to_numpy() if len(table) else np.zeros(0, bool)
     n_ok = int(is_ok.sum())
@@ -125,7 +139,7 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
         method=settings.method, gap=str(settings.gap), detector=settings.detector,
         classifier=str(settings.classifier or "none: detector labels"), warnings=list(warnings),
         cameras=cameras, max_gallery=MAX_GALLERY,
-        jumps=clock_jumps(table) if len(table) else {},
+        jumps=jumps if jumps is not None else clock_jumps(table) if len(table) else {},
         guessed=int((table["time_source"].isin(["mtime", "filename"]).to_numpy()
                      & is_ok).sum()) if n_ok else 0,
         untimed=int((table["time"].isna().to_numpy() & is_ok).sum()) if n_ok else 0,

@@ -32,6 +32,12 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PHOTO_COLUMNS = ["camera", "file", "time", "class", "count", "confidence"]
 BACKGROUND_CLASSES = frozenset({"", "empty", "background", "blank", "none", "nan"})
 
+
+def background_of_codes(class_names) -> np.ndarray:
+    """Per class code (``class_names[code]``), whether it is background; one more entry,
+    True, so that code -1 (no class at all) reads as background too."""
+    return np.array([str(c).lower() in BACKGROUND_CLASSES for c in class_names] + [True])
+
 # Column names other tools use, mapped onto kadr's normalised names.
 ALIASES = {
     "camera": ("camera", "name_folder", "group", "deployment", "deploymentID", "station"),
