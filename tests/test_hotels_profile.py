@@ -99,6 +99,18 @@ def test_hash_pairs_equals_brute_force_and_caps_hot_buckets():
     assert skipped["buckets"] > 0 and skipped["comparisons"] > 1000
 
 
+def test_hash_pairs_finds_pairs_of_a_skipped_bucket_through_another_chunk():
+    rng = np.random.default_rng(5)
+    # Every hash shares its lowest chunk (one hot bucket); the rest is random.
+    a = rng.integers(0, 2**40, 500, dtype=np.int64).astype(np.uint64) << np.uint64(24)
+    b = a ^ np.uint64(1)  # one bit off, in the hot chunk
+    skipped: dict = {}
+    pairs = pair_set(hash_pairs(a, b, 4, max_bucket=1000, skipped=skipped))
+    assert skipped["buckets"] >= 1, "the shared chunk's bucket was over the cap"
+    assert {(i, i) for i in range(500)} <= pairs, "found through the other chunks"
+    assert len(hash_pairs(a, b, 4)) == len(pairs)  # each pair once, capped or not
+
+
 def test_hash_pairs_finds_all_within_distance():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2**63, 500, dtype=np.int64).astype(np.uint64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import imagehash
 import numpy as np
@@ -162,7 +163,8 @@ def imbalance(counts: pd.Series) -> dict:
 # to the other chunks. Real perceptual hashes are skewed (plain walls, dark photos share
 # most bits), and one hot bucket would otherwise make the search quadratic.
 MAX_BUCKET_COMPARISONS = 4_000_000
-_BLOCK = 2_000_000  # candidate pairs checked at once (bounded memory)
+_ROWS = 32_768  # rows of a probed at once: their arrays stay in cache
+_CANDIDATES = 2_000_000  # candidate pairs checked at once (bounded memory)
 MAX_CHUNK_BITS = 22  # a chunk's lookup table has 2**bits entries
 
 
@@ -182,57 +184,121 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_distance: int,
 
     Each 64-bit hash is split into chunks of at most 22 bits so that two hashes
     within ``max_distance`` agree on some chunk up to one bit (see
-    :func:`_chunking`). ``b``'s chunks go into a lookup table (start and size
-    of each chunk value's bucket); each of ``a``'s chunks, and each with one bit
-    flipped, is looked up there, and the candidates are checked on the whole
+    :func:`_chunking`). Per chunk, ``a`` and ``b`` are put in buckets of equal
+    chunk values; each of ``a``'s chunks, and each with one bit flipped, is
+    looked up in ``b``'s buckets, and the candidates are checked on the whole
     hash, all in NumPy blocks. The cost grows with the photos, not their square,
-    while buckets stay small. A bucket whose comparisons would exceed
-    ``max_bucket`` is skipped in that probe (its pairs are still found through
-    any other chunk they share); ``skipped`` counts them.
+    while buckets stay small. A pair is kept only at the first chunk that can
+    find it, so no pair is gathered twice. A bucket whose comparisons would
+    exceed ``max_bucket`` is skipped in that probe (its pairs are still found
+    through any other chunk they share); ``skipped`` counts them.
     """
     a, b = a.astype(np.uint64), b.astype(np.uint64)
     widths, radius = _chunking(max_distance)
+    shifts = [sum(widths[:k]) for k in range(len(widths))]
     found: list[np.ndarray] = []
-    shift = 0
-    for w in widths:
-        mask = np.uint64((1 << w) - 1)
-        ka = ((a >> np.uint64(shift)) & mask).astype(np.int64)
-        kb = ((b >> np.uint64(shift)) & mask).astype(np.int64)
-        shift += w
-        order_b = np.argsort(kb, kind="stable")
-        size_b = np.bincount(kb, minlength=1 << w)
-        start_b = np.concatenate([[0], np.cumsum(size_b)[:-1]])
-        size_a = np.bincount(ka, minlength=1 << w)
-        for flip in [0, *(1 << k for k in range(w))][: 1 + w * radius]:
-            probe = ka ^ flip
-            hits = size_b[probe]
-            hot = size_a[ka] * hits > max_bucket
-            if skipped is not None and hot.any():
-                skipped["comparisons"] = skipped.get("comparisons", 0) + int(hits[hot].sum())
-                skipped["buckets"] = skipped.get("buckets", 0) + len(np.unique(ka[hot]))
-            rows = np.flatnonzero((hits > 0) & ~hot)
-            ends = np.cumsum(hits[rows])
-            first = 0
-            while first < len(rows):  # a block of rows whose candidates fit in _BLOCK
-                last = max(first + 1, int(np.searchsorted(
-                    ends, (ends[first - 1] if first else 0) + _BLOCK, side="right")))
-                block = rows[first:last]
-                n = hits[block]
-                i = np.repeat(block, n)
-                offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-                j = order_b[np.repeat(start_b[probe[block]], n) + offset]
-                close = np.bitwise_count(a[i] ^ b[j]) <= max_distance
-                found.append(i[close] * len(b) + j[close])
-                first = last
+    hot_before = np.zeros(len(a), bool)  # rows with a skipped bucket in an earlier chunk
+    for chunk, (w, shift) in enumerate(zip(widths, shifts, strict=True)):
+        ka, in_a = _buckets(a, w, shift)
+        _, in_b = _buckets(b, w, shift)
+        # Both sides in bucket order: a block of a's rows probes neighbouring buckets of b,
+        # so lookups and reads run through memory instead of jumping (the 1M-photo cost).
+        a_sorted, ka_sorted, b_sorted = a[in_a.order], ka[in_a.order], b[in_b.order]
+        hot_here = np.zeros(len(a), bool)
+        for top in range(0, len(a), _ROWS):
+            keys = ka_sorted[top:top + _ROWS]
+            limit = max_bucket // in_a.size[keys]  # more hits than this: a hot bucket
+            for flip in [0, *(1 << k for k in range(w))][: 1 + w * radius]:
+                probe = keys ^ np.int32(flip)
+                hits = in_b.size[probe]
+                hot = hits > limit
+                if hot.any():
+                    hot_here[in_a.order[top:top + _ROWS][hot]] = True
+                    if skipped is not None:
+                        skipped["comparisons"] = (skipped.get("comparisons", 0)
+                                                  + int(hits[hot].sum()))
+                        skipped["buckets"] = (skipped.get("buckets", 0)
+                                              + len(np.unique(keys[hot])))
+                    hits = np.where(hot, 0, hits)
+                for p, at in _candidates(top, in_b.start[probe], hits):
+                    x = a_sorted[p] ^ b_sorted[at]
+                    close = np.flatnonzero(np.bitwise_count(x) <= max_distance)
+                    i, j, x = in_a.order[p[close]], in_b.order[at[close]], x[close]
+                    # Found here first? Else an earlier chunk found it, unless that chunk's
+                    # bucket was skipped for this row.
+                    earlier = np.zeros(len(x), bool)
+                    for w_e, s_e in zip(widths[:chunk], shifts[:chunk], strict=True):
+                        bits = (x >> np.uint64(s_e)) & np.uint64((1 << w_e) - 1)
+                        earlier |= np.bitwise_count(bits) <= radius
+                    keep = ~earlier | hot_before[i]
+                    found.append(i[keep].astype(np.int64) * len(b) + j[keep])
+        hot_before |= hot_here
     if not found:
         return np.empty((0, 2), np.int64)
-    codes = np.unique(np.concatenate(found))
+    codes = np.concatenate(found)
+    codes = sorted_unique(codes) if hot_before.any() else np.sort(codes)
     return np.stack([codes // len(b), codes % len(b)], axis=1)
 
 
+class _Buckets(NamedTuple):
+    order: np.ndarray  # rows by chunk value
+    start: np.ndarray  # per chunk value: its first position in ``order``
+    size: np.ndarray  # per chunk value: how many rows hold it
+
+
+def _buckets(hashes: np.ndarray, width: int, shift: int) -> tuple[np.ndarray, _Buckets]:
+    """One chunk of each hash (``width`` bits from bit ``shift``) and its buckets."""
+    index = np.int32 if len(hashes) < 2**31 else np.int64
+    keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int32)
+    size = np.bincount(keys, minlength=1 << width).astype(index)
+    order = np.argsort(keys, kind="stable").astype(index)
+    return keys, _Buckets(order, (np.cumsum(size) - size).astype(index), size)
+
+
+def _candidates(top: int, starts: np.ndarray, hits: np.ndarray):
+    """Candidate pairs of a block of rows (row ``top + k`` has ``hits[k]`` candidates from
+    position ``starts[k]`` on) as (row, position) arrays of at most _CANDIDATES pairs."""
+    held = np.flatnonzero(hits)
+    ends = np.cumsum(hits[held], dtype=np.int64)
+    first = 0
+    while first < len(held):
+        last = max(first + 1, int(np.searchsorted(
+            ends, (ends[first - 1] if first else 0) + _CANDIDATES, side="right")))
+        part = held[first:last]
+        first = last
+        n = hits[part]
+        rows = np.repeat(part + top, n)
+        offset = np.arange(len(rows), dtype=n.dtype) - np.repeat(np.cumsum(n) - n, n)
+        yield rows, np.repeat(starts[part], n) + offset
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting in place: NumPy's own hashes plain integers, which is
+    many times slower once the array outgrows the cache (tens of millions of pair codes)."""
+    values.sort()
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
 def hex_hashes(column: pd.Series) -> np.ndarray:
-    """Hashes written as 16 hex digits, as uint64, parsed in one pass (no Python int each)."""
+    """Hashes written as 16 hex digits, as uint64, parsed in one pass (no Python int each).
+
+    When the column is Arrow text of hex digits only, its character buffer is
+    already the digits back to back and is decoded without a Python string each."""
+    import pyarrow as pa
+
+    text = pa.array(column, type=pa.large_string()) if len(column) else None
+    if text is not None and text.null_count == 0:
+        offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset:text.offset + len(text) + 1]
+        if (np.diff(offsets) == 16).all():
+            digits = text.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+            return np.frombuffer(bytes.fromhex(digits.decode("ascii")), ">u8").astype(np.uint64)
     return np.frombuffer(bytes.fromhex("".join(column.astype(str))), ">u8").astype(np.uint64)
+
+
+def _sorted_contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which ``values`` are in ``sorted_values`` (a binary search each; see sorted_unique)."""
+    at = np.searchsorted(sorted_values, values).clip(max=max(len(sorted_values) - 1, 0))
+    return sorted_values[at] == values if len(sorted_values) else np.zeros(len(values), bool)
 
 
 def _families(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +322,7 @@ def _families(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.minimum.at(root, label, np.arange(n))
     root = root[label]
     # One search from a node linked to every root reaches each family from its root.
-    hub = np.unique(root)
+    hub = sorted_unique(root.copy())
     tree = coo_matrix((np.ones(len(i) + len(hub)),
                        (np.concatenate([i, np.full(len(hub), n)]), np.concatenate([j, hub]))),
                       shape=(n + 1, n + 1)).tocsr()
@@ -315,11 +381,12 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     upright = hash_pairs(hashes[0], hashes[0], max_distance, skipped=skipped)
     upright = upright[upright[:, 0] < upright[:, 1]]
     edges = [np.column_stack([upright, np.zeros(len(upright), np.int64)])]
-    linked = upright[:, 0] * n + upright[:, 1]
+    linked = upright[:, 0] * n + upright[:, 1]  # sorted: hash_pairs returns sorted pairs
     for r in ROTATIONS[1:]:
         turned = hash_pairs(hashes[r], hashes[0], max_distance, skipped=skipped)
         pair = np.sort(turned, axis=1)
-        keep = (turned[:, 0] != turned[:, 1]) & ~np.isin(pair[:, 0] * n + pair[:, 1], linked)
+        keep = (turned[:, 0] != turned[:, 1]) & ~_sorted_contains(linked,
+                                                                  pair[:, 0] * n + pair[:, 1])
         edges.append(np.column_stack([turned[keep], np.full(int(keep.sum()), r)]))
     # Photos with the same bytes: each linked to the first row holding them.
     rows = np.arange(n)
