@@ -1,10 +1,11 @@
+import csv
 import io
 from datetime import datetime
 
 import pandas as pd
 from PIL import Image
 
-from kadr.core.collection import PhotoCollection
+from kadr.core.collection import PhotoCollection, csv_pieces
 from kadr.core.phototime import exif_time, filename_time, photo_time
 
 
@@ -43,6 +44,25 @@ def test_manifest_with_extra_columns_and_repeats(photo_folder, tmp_path):
     # A CSV's columns are text as written, so an id like "007" keeps its zeros.
     assert refs[0].extra == {"hotel_id": "7", "site": "x"} and refs[1].group == "y"
     assert refs[0].path == str(photo_folder / "camA" / "IMG_0000.JPG")
+
+
+def test_a_large_manifest_is_read_in_pieces_that_keep_quoted_fields_whole(tmp_path):
+    # Names with commas, quotes and a line break; a piece must never end inside one.
+    names = [f'cam{i % 3}/IMG "{i}", take\n2.jpg' if i % 5 == 0 else f"cam{i % 3}/IMG_{i}.jpg"
+             for i in range(3000)]
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\r\n")
+        w.writerow(["path", "camera"])
+        w.writerows([n, n.split("/")[0]] for n in names)
+    data = (tmp_path / "m.csv").read_bytes()
+    for block in (7, 64, 1000):  # blocks shorter and longer than a record
+        pieces = list(csv_pieces(io.BytesIO(data), block))
+        assert b"".join(pieces) == data and len(pieces) > 10
+        rows = [r for p in pieces for r in csv.reader(io.StringIO(p.decode(), newline=""))]
+        assert rows == [["path", "camera"], *([n, n.split("/")[0]] for n in names)]
+    refs = list(PhotoCollection(str(tmp_path / "m.csv"), group_column="camera"))
+    assert [r.key for r in refs] == names
+    assert [r.group for r in refs] == [n.split("/")[0] for n in names]
 
 
 def test_time_sources(photo_folder, tmp_path):

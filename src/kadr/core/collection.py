@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,29 @@ class ScanReport:
 
     skipped_files: list[str] = field(default_factory=list)  # files without an image extension
     empty_groups: list[str] = field(default_factory=list)  # folders with no photos at all
+
+
+def csv_pieces(f: IO[bytes], block_size: int = 1 << 20) -> Iterator[bytes]:
+    """A CSV's bytes, read from ``f`` a block at a time, in pieces that each end on a record
+    boundary: a newline outside quotes, i.e. after an even number of quote marks (an
+    escaped quote is two). Arrow's own streaming reader reads the whole file ahead of its
+    consumer, so a manifest of millions of rows would sit in memory."""
+    carry = b""
+    while True:
+        block = f.read(block_size)
+        if not block:
+            if carry.strip():
+                yield carry
+            return
+        data = carry + block
+        cut = data.rfind(b"\n")
+        while cut >= 0 and data.count(b'"', 0, cut) % 2:
+            cut = data.rfind(b"\n", 0, cut)  # that newline is inside a quoted field
+        if cut < 0:  # one record longer than the block: read on
+            carry = data
+            continue
+        yield data[:cut + 1]
+        carry = data[cut + 1:]
 
 
 class PhotoCollection:
@@ -148,13 +172,18 @@ class PhotoCollection:
             stripped = dict(zip(raw, names, strict=True))
 
             def batches() -> Iterator[pa.RecordBatch]:  # opened when read: names cost a line
-                reader = pacsv.open_csv(stream(), read_options=pacsv.ReadOptions(
-                    block_size=1 << 20), convert_options=pacsv.ConvertOptions(
+                source = stream()
+                f = stack.enter_context(open(source, "rb")) if isinstance(source, str) else source
+                f.readline()  # the header, read above
+                convert = pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in raw}, strings_can_be_null=False,
                     include_columns=[c for c in raw if stripped[c] in columns] if columns
-                    else None))
-                for batch in reader:
-                    yield batch.rename_columns([stripped[c] for c in batch.schema.names])
+                    else None)
+                for piece in csv_pieces(f):
+                    table = pacsv.read_csv(pa.py_buffer(piece), read_options=pacsv.ReadOptions(
+                        column_names=raw, use_threads=False), convert_options=convert)
+                    for batch in table.to_batches(self.MANIFEST_BATCH):
+                        yield batch.rename_columns([stripped[c] for c in batch.schema.names])
 
             yield names, batches()
 

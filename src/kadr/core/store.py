@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -41,35 +41,84 @@ PERMANENT_FAILURES = frozenset({"empty_file", "truncated", "not_an_image", "too_
                                 "decode_error"})
 
 
-def key_digests(keys: Iterable[str]) -> np.ndarray:
-    """A 16-byte digest per key (BLAKE2b): what the store compares keys by. Sixteen bytes
-    a photo instead of the key itself, and two different keys share a digest with a
-    chance of about 1e-26 at a million photos, so none is ever skipped by mistake."""
-    return np.frombuffer(b"".join(hashlib.blake2b(k.encode(), digest_size=16).digest()
-                                  for k in keys), dtype="S16")
+def key_digests(keys: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A 16-byte digest per key (BLAKE2b), as its high and low 8 bytes: what the store
+    compares keys by. Sixteen bytes a photo instead of the key itself, and two different
+    keys share a digest with a chance of about 1e-26 at a million photos, so none is ever
+    skipped by mistake. Two integer halves, so that lookups are integer searches."""
+    raw = np.frombuffer(b"".join(hashlib.blake2b(k.encode(), digest_size=16).digest()
+                                 for k in keys), ">u8").astype(np.uint64)
+    return raw[0::2].copy(), raw[1::2].copy()
+
+
+def sorted_contains(hi: np.ndarray, lo: np.ndarray, want_hi: np.ndarray,
+                    want_lo: np.ndarray) -> np.ndarray:
+    """Which digests (``want_hi``, ``want_lo``) are among the digests (``hi``, ``lo``),
+    sorted by high then low half: a binary search on the high half, then a step along
+    the (rare) digests that share it."""
+    found = np.zeros(len(want_hi), bool)
+    at = np.searchsorted(hi, want_hi)
+    while len(hi):
+        here = np.minimum(at, len(hi) - 1)
+        same_hi = (at < len(hi)) & (hi[here] == want_hi)
+        found |= same_hi & (lo[here] == want_lo)
+        more = same_hi & ~found
+        if not more.any():
+            break
+        at = np.where(more, at + 1, len(hi))
+    return found
 
 
 class DoneKeys:
     """The keys a run skips, as sorted digests (see :func:`key_digests`): memory grows by
     16 bytes a photo, and a block of keys is looked up at once."""
 
-    def __init__(self, digests: np.ndarray, presorted: bool = False):
-        self.digests = digests if presorted else np.sort(digests)
+    def __init__(self, hi: np.ndarray, lo: np.ndarray):
+        self.hi, self.lo = hi, lo  # sorted by (hi, lo)
 
     def __len__(self) -> int:
-        return len(self.digests)
+        return len(self.hi)
 
     def contains(self, keys: list[str]) -> np.ndarray:
         """Per key, whether it is done."""
-        wanted = key_digests(keys)
-        at = np.minimum(np.searchsorted(self.digests, wanted), max(len(self.digests) - 1, 0))
-        return (self.digests[at] == wanted) if len(self.digests) else np.zeros(len(keys), bool)
+        return sorted_contains(self.hi, self.lo, *key_digests(keys))
 
     def __contains__(self, key: str) -> bool:
         return bool(self.contains([key])[0])
 
 
 OK, PERMANENT, RETRY = 0, 1, 2  # a stored row's status, as the key index keeps it
+
+
+class KeyIndex(NamedTuple):
+    """A store's rows by key digest (see :meth:`ShardStore._key_index`)."""
+
+    hi: np.ndarray  # digests' high halves; rows sorted by digest, a key's in shard order
+    lo: np.ndarray  # and low halves
+    shard: np.ndarray  # the shard number (part-NNNNNN) holding each row
+    status: np.ndarray  # OK, PERMANENT or RETRY
+    shards: dict[int, int]  # shard number -> modification time when read
+
+    def newest(self) -> np.ndarray:
+        """Per row, whether it is its key's newest (the last of its run of digests)."""
+        hi, lo = self.hi, self.lo
+        return np.r_[(hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1]), True] if len(hi) else (
+            np.zeros(0, bool))
+
+
+def _shard_keys(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A shard's key digests (two halves) and, per row, its status as OK, PERMANENT (a
+    failure a rerun cannot change) or RETRY."""
+    names = pq.read_schema(path).names
+    t = pq.read_table(path, columns=["key", "status"] if "status" in names else ["key"])
+    hi, lo = key_digests(t.column("key").to_pylist())
+    status = np.full(len(hi), OK, np.int8)
+    if "status" in names:
+        text = t.column("status")
+        status[~pc.equal(text, "ok").to_numpy(zero_copy_only=False)] = RETRY
+        status[pc.is_in(text, pa.array(sorted(PERMANENT_FAILURES))).to_numpy(
+            zero_copy_only=False)] = PERMANENT
+    return hi, lo, status
 
 
 @contextlib.contextmanager
@@ -136,7 +185,7 @@ class ShardStore:
         # Smaller shards lose less work to a kill; larger ones read faster.
         self.shard_rows = shard_rows or int(os.environ.get("KADR_SHARD_ROWS", "2048"))
         self._buffer: list[dict] = []
-        self._key_cache: dict[Path, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
+        self._index: KeyIndex | None = None
         self._lock_fd: int | None = None
         self._next_index = 0
         self.schema: pa.Schema | None = None
@@ -190,75 +239,74 @@ class ShardStore:
     def shard_paths(self) -> list[Path]:
         return shard_files(self.folder)
 
-    def _shard_keys(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """A shard's key digests and, per row, its status as OK, PERMANENT (a failure a
-        rerun cannot change) or RETRY. Kept per shard file (by size and time), so a store's keys are
-        hashed once per run, not at every look."""
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        cached = self._key_cache.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
-        names = pq.read_schema(path).names
-        t = pq.read_table(path, columns=["key", "status"] if "status" in names else ["key"])
-        digests = key_digests(t.column("key").to_pylist())
-        status = np.full(len(digests), OK, np.int8)
-        if "status" in names:
-            text = t.column("status")
-            status[~pc.equal(text, "ok").to_numpy(zero_copy_only=False)] = RETRY
-            status[pc.is_in(text, pa.array(sorted(PERMANENT_FAILURES))).to_numpy(
-                zero_copy_only=False)] = PERMANENT
-        self._key_cache[path] = (stamp, digests, status)
-        return digests, status
-
-    def _key_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every row's key digest, shard position and status, shard by shard."""
-        parts = [(self._shard_keys(p), i) for i, p in enumerate(self.shard_paths())]
-        if not parts:
-            return np.zeros(0, "S16"), np.zeros(0, np.int32), np.zeros(0, np.int8)
-        return (np.concatenate([d for (d, _), _ in parts]),
-                np.concatenate([np.full(len(d), i, np.int32) for (d, _), i in parts]),
-                np.concatenate([st for (_, st), _ in parts]))
+    def _key_index(self) -> KeyIndex:
+        """Every stored row's key digest, shard number and status, sorted by digest (a key's
+        rows in shard order). Built once and kept while the shards stay as they were: a
+        shard written by this run is merged in; a shard rewritten or removed means a rebuild."""
+        shards = {int(p.stem.split("-")[1]): p for p in self.shard_paths()}
+        index = self._index
+        if index is not None and not set(index.shards) <= set(shards):
+            index = None  # a shard went away (superseded rows dropped by another pass)
+        if index is not None and any(shards[n].stat().st_mtime_ns != stamp
+                                     for n, stamp in index.shards.items()):
+            index = None
+        new = sorted(n for n in shards if index is None or n not in index.shards)
+        if new:
+            parts = [_shard_keys(shards[n]) for n in new]
+            columns = [np.concatenate([part[k] for part in parts]) for k in range(3)]
+            columns.insert(2, np.repeat(np.array(new, np.int32), [len(p[0]) for p in parts]))
+            del parts
+            if index is not None:  # older rows first: a key's newest row stays last
+                columns = [np.concatenate([old, now]) for old, now in zip(
+                    index[:4], columns, strict=True)]
+            order = np.lexsort((columns[1], columns[0]))  # stable: shard order kept
+            for k in range(len(columns)):  # one column at a time: one spare copy at most
+                columns[k] = columns[k][order]
+            del order
+            stamps = dict(index.shards) if index is not None else {}
+            stamps.update({n: shards[n].stat().st_mtime_ns for n in new})
+            index = KeyIndex(*columns, stamps)
+        self._index = index or KeyIndex(np.zeros(0, np.uint64), np.zeros(0, np.uint64),
+                                        np.zeros(0, np.int32), np.zeros(0, np.int8), {})
+        return self._index
 
     def done_keys(self, retry_failed: bool = False) -> DoneKeys:
         """Keys a run skips: stored ok, or failed for good (unless ``retry_failed``). A
         key's newest row (the latest shard) decides."""
-        digests, _, status = self._key_index()
-        done = (status == OK) | ((status == PERMANENT) & (not retry_failed))
-        order = np.argsort(digests, kind="stable")  # a key's rows stay in shard order
-        digests, done = digests[order], done[order]
-        newest = np.r_[digests[1:] != digests[:-1], True] if len(digests) else done
-        return DoneKeys(digests[newest & done], presorted=True)
+        index = self._key_index()
+        done = (index.status == OK) | ((index.status == PERMANENT) & (not retry_failed))
+        newest = index.newest()
+        keep = newest & done
+        if keep.all():  # the usual case: the index's own arrays, not a copy
+            return DoneKeys(index.hi, index.lo)
+        return DoneKeys(index.hi[keep], index.lo[keep])
 
     def drop_superseded_rows(self) -> int:
         """Remove rows whose key has a newer row in a later shard; returns how many."""
-        digests, shard, _ = self._key_index()
-        ordered = np.sort(digests)
-        if not (ordered[1:] == ordered[:-1]).any():  # the usual case: every key once
+        index = self._key_index()
+        newest = index.newest()
+        repeated = ~newest
+        if not repeated.any():  # the usual case: every key once
             return 0
-        del ordered
-        unique, first, counts = np.unique(digests[::-1], return_index=True, return_counts=True)
-        repeated = counts > 1
-        # The newest row of each repeated key, and the shards holding an older one.
-        newest_shard = dict(zip(unique[repeated].tolist(),
-                                shard[len(digests) - 1 - first[repeated]].tolist(), strict=True))
-        stale_rows = np.isin(digests, unique[repeated])
-        paths = self.shard_paths()
+        # A row is stale when its key's newest row lies in another (a later) shard.
+        last = np.flatnonzero(newest)  # each key's newest row
+        newest_shard = index.shard[last[np.searchsorted(last, np.arange(len(newest)))]]
+        stale = repeated & (index.shard != newest_shard)
+        paths = {int(p.stem.split("-")[1]): p for p in self.shard_paths()}
         dropped = 0
-        for i in sorted(set(shard[stale_rows].tolist())):
-            table = pq.read_table(paths[i])
-            keys = key_digests(table.column("key").to_pylist()).tolist()
-            keep = pa.array([newest_shard.get(k, i) == i for k in keys])
-            kept = table.filter(keep)
-            if kept.num_rows == table.num_rows:
-                continue  # this shard holds the newest row of its repeated keys
+        for n in np.unique(index.shard[stale]).tolist():
+            path = paths[n]
+            table = pq.read_table(path)
+            gone = stale & (index.shard == n)  # in digest order, as sorted_contains needs
+            kept = table.filter(pa.array(~sorted_contains(
+                index.hi[gone], index.lo[gone], *key_digests(table.column("key").to_pylist()))))
             dropped += table.num_rows - kept.num_rows
             if kept.num_rows:
-                atomic_write_table(paths[i], kept)
-                upload_now(paths[i])
+                atomic_write_table(path, kept)
+                upload_now(path)
             else:
-                paths[i].unlink()
-            self._key_cache.pop(paths[i], None)
+                path.unlink()
+        self._index = None
         return dropped
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
