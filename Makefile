@@ -32,6 +32,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/caption.py
 	$(BIN)/python bench/restyle.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/stages.py
 
 clean:
 	rm -rf $(VENV) demo-out

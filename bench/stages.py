@@ -10,9 +10,12 @@ process (peak memory is the process's high-water mark, VmHWM):
   (registrations CSV/Parquet, photos table, MegaDetector JSON, Camtrap DP,
   report), as a resume that must rewrite them does;
 - ``duplicates``: the hotel profile's duplicate search on N hashes in families
-  of ten (re-encoded copies and copies turned by 90 degrees).
+  of ten (re-encoded copies and copies turned by 90 degrees);
+- ``profile``: everything ``hotels profile`` does after its models, from a store
+  of N photos of 5,000 hotels with those hash families: duplicates, statistics,
+  tables and the report.
 
-    python bench/stages.py [--sizes 100000 1000000] [--stages listing skipping exports duplicates]
+    python bench/stages.py [--sizes 100000 1000000] [--stages listing skipping exports duplicates profile]
 
 Targets (issue): time ratio <= 12 for 10x the photos; peak memory at 1M <= 2 GB.
 """
@@ -154,9 +157,9 @@ def exports(n: int, folder: Path) -> float:
     return time.perf_counter() - t
 
 
-def duplicates(n: int, folder: Path) -> float:
-    from kadr.hotels.profile import duplicates as find
-
+def hash_families(n: int) -> dict[int, np.ndarray]:
+    """Perceptual hashes (upright and turned by 90, 180, 270 degrees) of n photos in families
+    of ten: eight re-encoded copies (a bit or two off) and two turned by 90 degrees."""
     rng = np.random.default_rng(0)
     originals = rng.integers(0, 2**63, n // 10, dtype=np.int64).astype(np.uint64)
     upright = np.repeat(originals, 10) ^ (rng.integers(0, 4, n, dtype=np.int64)
@@ -166,20 +169,78 @@ def duplicates(n: int, folder: Path) -> float:
     phash = {r: rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) for r in (90, 180, 270)}
     phash[0] = np.where(rotate, turned, upright)
     phash[270] = np.where(rotate, upright, phash[270])  # turning it back gives the original
+    return phash
+
+
+def hex_text(hashes: np.ndarray) -> np.ndarray:
+    return np.char.zfill(np.char.mod("%x", hashes), 16) if len(hashes) else hashes.astype(str)
+
+
+def duplicates(n: int, folder: Path) -> float:
+    from kadr.hotels.profile import duplicates as find
+
+    phash = hash_families(n)
     photos = pd.DataFrame({"key": [f"p{i}" for i in range(n)], "status": "ok",
                            "photo_id": [f"{i:032x}" for i in range(n)],
-                           **{f"phash_{r}": [f"{h:016x}" for h in v] for r, v in phash.items()}})
+                           **{f"phash_{r}": hex_text(v) for r, v in phash.items()}})
     t = time.perf_counter()
     dups = find(photos, 4)
     assert (dups["kind"] == "rotated").sum() >= n // 10, dups["kind"].value_counts()
     return time.perf_counter() - t
 
 
+def profile_store(n: int, folder: Path) -> None:
+    """A `hotels profile` store of n photos (hash families as above) in 5,000 hotels of 50
+    chains, sized and typed like Hotels-50K's, 1% unreadable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    store = folder / "out" / "photos.store"
+    store.mkdir(parents=True)
+    phash = hash_families(n)
+    weight = 1 / (np.arange(5000) + 20.0)  # a few hotels with many photos, most with few
+    hotel = rng.choice(5000, n, p=weight / weight.sum())
+    broken = rng.random(n) < 0.01
+    shard = 50_000
+    for k, a in enumerate(range(0, n, shard)):
+        b = min(n, a + shard)
+        i = np.arange(a, b)
+        key = np.char.add(np.char.add(np.char.add("hotel", hotel[a:b].astype(str)), "/"),
+                          np.char.add(i.astype(str), ".jpg"))
+        ok = ~broken[a:b]
+        columns = {
+            "key": key, "path": np.char.add("/data/hotels50k/", key),
+            "group": np.char.add("hotel", hotel[a:b].astype(str)),
+            "photo_id": np.char.zfill(np.char.mod("%x", i), 32),
+            "status": np.where(ok, "ok", "decode_error"),
+            "reason": np.where(ok, None, "cannot identify image file"),
+            "width": np.where(ok, rng.choice([640, 800, 1024, 1280], b - a), None),
+            "height": np.where(ok, rng.choice([480, 600, 768, 960], b - a), None),
+            "format": np.where(ok, "JPEG", None), "mode": np.where(ok, "RGB", None),
+            **{f"phash_{r}": np.where(ok, hex_text(v[a:b]), None) for r, v in phash.items()},
+            "extra_hotel_id": hotel[a:b].astype(str),
+            "extra_chain_id": (hotel[a:b] % 50).astype(str),
+            "extra_image_source": np.where(i % 3 == 0, "travel_website", "traffickcam"),
+        }
+        pq.write_table(pa.table(columns), store / f"part-{k:06d}.parquet")
+
+
+def profile(n: int, folder: Path) -> float:
+    """`hotels profile` after its models: duplicates, statistics, tables and report."""
+    from kadr.hotels.profile import ProfileSettings, profile_outputs
+
+    t = time.perf_counter()
+    summary = profile_outputs(folder / "out", ProfileSettings(), "bench: no model", "manifest")
+    assert summary["duplicates"].get("rotated", 0) >= n // 20, summary["duplicates"]
+    return time.perf_counter() - t
+
+
 STAGES = {"listing": listing, "skipping": skipping, "exports": exports,
-          "duplicates": duplicates}
+          "duplicates": duplicates, "profile": profile}
 # Each stage's input, made in a process of its own so that making it does not count.
 INPUTS = {"listing": manifest, "skipping": done_store,
-          "exports": lambda n, folder: trap_store(n, folder / "out")}
+          "exports": lambda n, folder: trap_store(n, folder / "out"), "profile": profile_store}
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import imagehash
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
@@ -284,8 +285,6 @@ def hex_hashes(column: pd.Series) -> np.ndarray:
 
     When the column is Arrow text of hex digits only, its character buffer is
     already the digits back to back and is decoded without a Python string each."""
-    import pyarrow as pa
-
     text = pa.array(column, type=pa.large_string()) if len(column) else None
     if text is not None and text.null_count == 0:
         offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset:text.offset + len(text) + 1]
@@ -472,7 +471,6 @@ def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None)
 
 @staged
 def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
-    from kadr.hotels.report import render_profile
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
@@ -486,17 +484,27 @@ def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
     with ShardStore(out_dir / "photos.store", profile_job.fingerprint) as store:
         run_summary = run_job(collection, job, store, workers=settings.workers,
                               progress=settings.progress, retry_failed=settings.retry_failed)
+    summary = profile_outputs(out_dir, settings, profile_job.note, kind,
+                              len(run_summary.skipped_files))
+    summary["_run"] = run_summary
+    return summary
+
+
+def profile_outputs(out_dir: Path, settings: ProfileSettings, note: str | None, kind: str,
+                    skipped_files: int = 0) -> dict:
+    """Everything a profile writes after the models ran, from its store
+    (``OUT/photos.store``): duplicates, statistics, tables, report. No model is loaded."""
+    from kadr.hotels.report import render_profile
+
     photos = read_shards(out_dir / "photos.store").to_pandas()
     skipped: dict = {}
     dups = duplicates(photos, settings.near_distance, settings.rotation_threshold, skipped)
-    summary = summarise(photos, settings, profile_job.note)
+    summary = summarise(photos, settings, note)
     if skipped.get("buckets"):  # said, not hidden: some near copies may be missing
         summary["duplicate_search_hot_buckets"] = skipped
     summary["source_kind"] = kind
     summary["duplicates"] = {k: int(v) for k, v in dups["kind"].value_counts().items()}
-    summary["skipped_files"] = len(run_summary.skipped_files)
-    import pyarrow as pa
-
+    summary["skipped_files"] = skipped_files
     atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(photos, preserve_index=False))
     atomic_write_table(out_dir / "duplicates.parquet", pa.Table.from_pandas(dups, preserve_index=False))
     for what, col in group_columns(photos).items():
@@ -507,7 +515,6 @@ def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
     atomic_write_text(out_dir / "profile.html", render_profile(photos, dups, summary, settings))
     if settings.fix_rotation and "rotation_needed" in photos:
         write_upright_copies(photos, out_dir / "upright", settings.rotation_threshold)
-    summary["_run"] = run_summary
     return summary
 
 
