@@ -15,7 +15,8 @@ process (peak memory is the process's high-water mark, VmHWM):
   of N photos of 5,000 hotels with those hash families: duplicates, statistics,
   tables and the report.
 
-    python bench/stages.py [--sizes 100000 1000000] [--stages listing skipping exports duplicates profile]
+    python bench/stages.py [--sizes 100000 1000000] [--rounds 1]
+                           [--stages listing skipping exports duplicates profile]
 
 Targets (issue): time ratio <= 12 for 10x the photos; peak memory at 1M <= 2 GB.
 """
@@ -247,6 +248,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--stages", nargs="+", default=list(STAGES))
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs of each stage at each size, interleaved; the best is kept")
     ap.add_argument("--one", nargs=3, metavar=("STAGE", "N", "FOLDER"), help=argparse.SUPPRESS)
     ap.add_argument("--input", nargs=3, metavar=("STAGE", "N", "FOLDER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -259,21 +262,29 @@ def main() -> None:
         return
     rows = []
     for stage in a.stages:
-        figures = {}
-        for n in a.sizes:
-            folder = tempfile.mkdtemp(prefix="kadr-stage-")
+        figures: dict = {}
+        folders = {n: tempfile.mkdtemp(prefix="kadr-stage-") for n in a.sizes}
+        for n, folder in folders.items():
             if stage in INPUTS:
                 subprocess.run([sys.executable, __file__, "--input", stage, str(n), folder],
                                check=True)
-            r = subprocess.run([sys.executable, __file__, "--one", stage, str(n), folder],
-                               capture_output=True, text=True)
+        # Sizes interleaved over rounds, the best of each kept: this machine's speed drifts.
+        for _ in range(a.rounds):
+            for n, folder in folders.items():
+                r = subprocess.run([sys.executable, __file__, "--one", stage, str(n), folder],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    print(r.stderr[-2000:], file=sys.stderr)
+                    figures[n] = None
+                    continue
+                got = json.loads(r.stdout.strip().splitlines()[-1])
+                print(f"{stage} {n}: {got}", flush=True)
+                if n not in figures:
+                    figures[n] = got
+                elif figures[n] is not None:
+                    figures[n] = {k: min(v, got[k]) for k, v in figures[n].items()}
+        for folder in folders.values():
             shutil.rmtree(folder, ignore_errors=True)
-            if r.returncode:
-                print(r.stderr[-2000:], file=sys.stderr)
-                figures[n] = None
-                continue
-            figures[n] = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"{stage} {n}: {figures[n]}", flush=True)
         rows.append((stage, figures))
     small, large = a.sizes[0], a.sizes[-1]
     print(f"\n| stage | {small:,} s | {large:,} s | time ratio | {small:,} MB | {large:,} MB "

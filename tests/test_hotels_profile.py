@@ -93,6 +93,9 @@ def test_hash_pairs_equals_brute_force_and_caps_hot_buckets():
     brute = {(i, j) for i in range(len(a)) for j in range(len(b))
              if bin(int(a[i]) ^ int(b[j])).count("1") <= 3}
     assert pair_set(hash_pairs(a, b, 3)) == brute and len(brute) > 1000
+    within = {(i, j) for i in range(len(a)) for j in range(i + 1, len(a))
+              if bin(int(a[i]) ^ int(a[j])).count("1") <= 3}
+    assert pair_set(hash_pairs(a, a, 3, upper=True)) == within and within
     skipped: dict = {}
     capped = pair_set(hash_pairs(a, b, 3, max_bucket=1000, skipped=skipped))
     assert capped <= brute, "a cap leaves pairs out, never adds wrong ones"

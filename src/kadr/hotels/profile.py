@@ -24,9 +24,17 @@ from PIL import Image
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.spec import spec_fingerprint
+from kadr.core.ordered import concatenate_files
 from kadr.core.remote import staged
 from kadr.core.runner import Job, run_job
-from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
+from kadr.core.store import (
+    ShardStore,
+    atomic_open,
+    atomic_write_table,
+    atomic_write_text,
+    read_shards,
+    shard_files,
+)
 
 ROTATIONS = (0, 90, 180, 270)  # counter-clockwise degrees applied to the photo
 ON_TOPIC = [
@@ -180,8 +188,9 @@ def _chunking(max_distance: int) -> tuple[list[int], int]:
 
 def hash_pairs(a: np.ndarray, b: np.ndarray, max_distance: int,
                max_bucket: int = MAX_BUCKET_COMPARISONS,
-               skipped: dict | None = None) -> np.ndarray:
-    """Pairs ``[i, j]`` (sorted, unique) with popcount(a[i] ^ b[j]) <= ``max_distance``.
+               skipped: dict | None = None, upper: bool = False) -> np.ndarray:
+    """Pairs ``[i, j]`` (sorted, unique) with popcount(a[i] ^ b[j]) <= ``max_distance``;
+    with ``upper`` (a set searched against itself) only those with i < j.
 
     Each 64-bit hash is split into chunks of at most 22 bits so that two hashes
     within ``max_distance`` agree on some chunk up to one bit (see
@@ -231,7 +240,7 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_distance: int,
                     for w_e, s_e in zip(widths[:chunk], shifts[:chunk], strict=True):
                         bits = (x >> np.uint64(s_e)) & np.uint64((1 << w_e) - 1)
                         earlier |= np.bitwise_count(bits) <= radius
-                    keep = ~earlier | hot_before[i]
+                    keep = (~earlier | hot_before[i]) & ((i < j) if upper else True)
                     found.append(i[keep].astype(np.int64) * len(b) + j[keep])
         hot_before |= hot_here
     if not found:
@@ -315,28 +324,33 @@ def _families(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     i, j, r = (edges[:, k].astype(np.int64) for k in range(3)) if len(edges) else (
         np.empty(0, np.int64),) * 3
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
+    # Boolean links: a pair found twice stays one link, and takes a byte, not eight.
+    graph = coo_matrix((np.ones(len(i), bool), (i, j)), shape=(n, n)).tocsr()
     _, label = connected_components(graph, directed=False)
     root = np.full(label.max() + 1 if n else 0, n, np.int64)
     np.minimum.at(root, label, np.arange(n))
     root = root[label]
     # One search from a node linked to every root reaches each family from its root.
     hub = sorted_unique(root.copy())
-    tree = coo_matrix((np.ones(len(i) + len(hub)),
+    tree = coo_matrix((np.ones(len(i) + len(hub), bool),
                        (np.concatenate([i, np.full(len(hub), n)]), np.concatenate([j, hub]))),
                       shape=(n + 1, n + 1)).tocsr()
     _, parent = breadth_first_order(tree, n, directed=False, return_predecessors=True)
     parent = parent[:n]
     # The rotation along each tree edge (child -> parent): turning the child by it gives the
-    # parent. An edge stored as (i, j, r) read backwards turns by -r.
-    codes = np.concatenate([i * n + j, j * n + i])
-    rotation = np.concatenate([r, (360 - r) % 360])
-    codes, first = np.unique(codes, return_index=True)
-    rotation = rotation[first]
+    # parent. An edge stored as (i, j, r) read backwards turns by -r. Where several edges
+    # join a child to its parent, the first stored one (forward before backward) counts.
+    forward, backward = np.flatnonzero(parent[i] == j), np.flatnonzero(parent[j] == i)
+    child = np.concatenate([i[forward], j[backward]])
+    rotation = np.concatenate([r[forward], (360 - r[backward]) % 360])
+    order = np.lexsort((np.concatenate([forward, len(i) + backward]), child))
+    first = order[np.r_[True, child[order][1:] != child[order][:-1]]] if len(order) else order
+    step_of = np.zeros(n, np.int64)
+    step_of[child[first]] = rotation[first]
     turn = np.zeros(n, np.int64)
     todo = np.flatnonzero(root != np.arange(n))
     done = root == np.arange(n)
-    step = rotation[np.searchsorted(codes, todo * n + parent[todo])]
+    step = step_of[todo]
     while len(todo):
         ready = done[parent[todo]]
         turn[todo[ready]] = (step[ready] + turn[parent[todo[ready]]]) % 360
@@ -377,8 +391,7 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     hashes = {r: hex_hashes(ok[f"phash_{r}"]) for r in ROTATIONS}
     pid = ok["photo_id"].to_numpy()
     n = len(ok)
-    upright = hash_pairs(hashes[0], hashes[0], max_distance, skipped=skipped)
-    upright = upright[upright[:, 0] < upright[:, 1]]
+    upright = hash_pairs(hashes[0], hashes[0], max_distance, skipped=skipped, upper=True)
     edges = [np.column_stack([upright, np.zeros(len(upright), np.int64)])]
     linked = upright[:, 0] * n + upright[:, 1]  # sorted: hash_pairs returns sorted pairs
     for r in ROTATIONS[1:]:
@@ -505,7 +518,8 @@ def profile_outputs(out_dir: Path, settings: ProfileSettings, note: str | None, 
     summary["source_kind"] = kind
     summary["duplicates"] = {k: int(v) for k, v in dups["kind"].value_counts().items()}
     summary["skipped_files"] = skipped_files
-    atomic_write_table(out_dir / "photos.parquet", pa.Table.from_pandas(photos, preserve_index=False))
+    with atomic_open(out_dir / "photos.parquet", binary=True) as f:  # the store, no copy
+        concatenate_files(shard_files(out_dir / "photos.store"), f)
     atomic_write_table(out_dir / "duplicates.parquet", pa.Table.from_pandas(dups, preserve_index=False))
     for what, col in group_columns(photos).items():
         counts = photos.groupby(col).size().rename("photos").reset_index()
