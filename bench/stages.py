@@ -173,8 +173,9 @@ def hash_families(n: int) -> dict[int, np.ndarray]:
     return phash
 
 
-def hex_text(hashes: np.ndarray) -> np.ndarray:
-    return np.char.zfill(np.char.mod("%x", hashes), 16) if len(hashes) else hashes.astype(str)
+def hex_text(values: np.ndarray, digits: int = 16) -> np.ndarray:
+    """Integers as hex text of ``digits`` digits (hashes: 16; photo ids: 32)."""
+    return np.char.zfill(np.char.mod("%x", values), digits) if len(values) else values.astype(str)
 
 
 def duplicates(n: int, folder: Path) -> float:
@@ -182,7 +183,7 @@ def duplicates(n: int, folder: Path) -> float:
 
     phash = hash_families(n)
     photos = pd.DataFrame({"key": [f"p{i}" for i in range(n)], "status": "ok",
-                           "photo_id": [f"{i:032x}" for i in range(n)],
+                           "photo_id": hex_text(np.arange(n), 32),
                            **{f"phash_{r}": hex_text(v) for r, v in phash.items()}})
     t = time.perf_counter()
     dups = find(photos, 4)
@@ -213,7 +214,7 @@ def profile_store(n: int, folder: Path) -> None:
         columns = {
             "key": key, "path": np.char.add("/data/hotels50k/", key),
             "group": np.char.add("hotel", hotel[a:b].astype(str)),
-            "photo_id": np.char.zfill(np.char.mod("%x", i), 32),
+            "photo_id": hex_text(i, 32),
             "status": np.where(ok, "ok", "decode_error"),
             "reason": np.where(ok, None, "cannot identify image file"),
             "width": np.where(ok, rng.choice([640, 800, 1024, 1280], b - a), None),

@@ -42,8 +42,7 @@ def read_with_positions(files: Sequence[str | os.PathLike], columns: Iterable[st
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def unified_schema(files: Sequence[str | os.PathLike], exclude: set[str] = frozenset()
-                   ) -> pa.Schema:
+def _unified_schema(files: Sequence[str | os.PathLike], exclude: set[str]) -> pa.Schema:
     """One schema for every file: a column some files lack is null there, and a column that
     is null-typed in one file takes its type from the others."""
     schemas = [pq.read_schema(f) for f in files]
@@ -59,7 +58,7 @@ def _with_later(files: Sequence[str | os.PathLike], later: pa.Table, exclude: se
     later = later.take(np.lexsort((later[ROW].to_numpy(), later[FILE].to_numpy())))
     per_file = np.bincount(later[FILE].to_numpy(), minlength=len(files))
     added = [c for c in later.column_names if c not in (FILE, ROW)]
-    in_files = unified_schema(files, exclude)  # the output keeps their column order
+    in_files = _unified_schema(files, exclude)  # the output keeps their column order
     stored = [f.name for f in in_files if f.name not in added]  # what is read from the files
     schema = pa.schema([later.schema.field(f.name) if f.name in added else f for f in in_files]
                        + [later.schema.field(c) for c in added if c not in in_files.names])
@@ -82,19 +81,6 @@ def _with_later(files: Sequence[str | os.PathLike], later: pa.Table, exclude: se
                     [columns[f.name].cast(f.type) for f in schema], schema=schema)
 
     return pa.RecordBatchReader.from_batches(schema, batches())
-
-
-def concatenate_files(files: Sequence[str | os.PathLike], out) -> None:
-    """The rows of Parquet ``files`` written to one Parquet file (``out``: a path or binary
-    file), a file at a time under one schema (see :func:`unified_schema`)."""
-    schema = unified_schema(files)
-    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
-        for path in files:
-            table = pq.read_table(path)
-            writer.write_table(pa.table({f.name: table.column(f.name).cast(f.type)
-                                         if f.name in table.column_names
-                                         else pa.nulls(table.num_rows, f.type)
-                                         for f in schema}, schema=schema))
 
 
 def ordered_batches(files: Sequence[str | os.PathLike], later: pa.Table, *,

@@ -222,8 +222,7 @@ class ShardStore:
                     "use another output folder, or delete it to start over"
                 )
         atomic_write_text(meta_path, json.dumps({"fingerprint": self.fingerprint}, indent=2))
-        existing = self.shard_paths()
-        self._next_index = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+        self._next_index = 1 + max(self._shards_by_number(), default=-1)
         self.drop_superseded_rows()  # a run killed between a retry and its clean-up
 
     def close(self, flush: bool = True) -> None:
@@ -239,11 +238,15 @@ class ShardStore:
     def shard_paths(self) -> list[Path]:
         return shard_files(self.folder)
 
+    def _shards_by_number(self) -> dict[int, Path]:
+        """The shards by their number (``part-NNNNNN``), which never changes once written."""
+        return {int(p.stem.split("-")[1]): p for p in self.shard_paths()}
+
     def _key_index(self) -> KeyIndex:
         """Every stored row's key digest, shard number and status, sorted by digest (a key's
         rows in shard order). Built once and kept while the shards stay as they were: a
         shard written by this run is merged in; a shard rewritten or removed means a rebuild."""
-        shards = {int(p.stem.split("-")[1]): p for p in self.shard_paths()}
+        shards = self._shards_by_number()
         index = self._index
         if index is not None and not set(index.shards) <= set(shards):
             index = None  # a shard went away (superseded rows dropped by another pass)
@@ -292,7 +295,7 @@ class ShardStore:
         last = np.flatnonzero(newest)  # each key's newest row
         newest_shard = index.shard[last[np.searchsorted(last, np.arange(len(newest)))]]
         stale = repeated & (index.shard != newest_shard)
-        paths = {int(p.stem.split("-")[1]): p for p in self.shard_paths()}
+        paths = self._shards_by_number()
         dropped = 0
         for n in np.unique(index.shard[stale]).tolist():
             path = paths[n]

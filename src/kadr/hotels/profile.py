@@ -24,17 +24,9 @@ from PIL import Image
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.spec import spec_fingerprint
-from kadr.core.ordered import concatenate_files
 from kadr.core.remote import staged
 from kadr.core.runner import Job, run_job
-from kadr.core.store import (
-    ShardStore,
-    atomic_open,
-    atomic_write_table,
-    atomic_write_text,
-    read_shards,
-    shard_files,
-)
+from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
 
 ROTATIONS = (0, 90, 180, 270)  # counter-clockwise degrees applied to the photo
 ON_TOPIC = [
@@ -509,7 +501,10 @@ def profile_outputs(out_dir: Path, settings: ProfileSettings, note: str | None, 
     (``OUT/photos.store``): duplicates, statistics, tables, report. No model is loaded."""
     from kadr.hotels.report import render_profile
 
-    photos = read_shards(out_dir / "photos.store").to_pandas()
+    stored = read_shards(out_dir / "photos.store")
+    atomic_write_table(out_dir / "photos.parquet", stored)  # the store's rows as they are
+    photos = stored.to_pandas()
+    del stored
     skipped: dict = {}
     dups = duplicates(photos, settings.near_distance, settings.rotation_threshold, skipped)
     summary = summarise(photos, settings, note)
@@ -518,8 +513,6 @@ def profile_outputs(out_dir: Path, settings: ProfileSettings, note: str | None, 
     summary["source_kind"] = kind
     summary["duplicates"] = {k: int(v) for k, v in dups["kind"].value_counts().items()}
     summary["skipped_files"] = skipped_files
-    with atomic_open(out_dir / "photos.parquet", binary=True) as f:  # the store, no copy
-        concatenate_files(shard_files(out_dir / "photos.store"), f)
     atomic_write_table(out_dir / "duplicates.parquet", pa.Table.from_pandas(dups, preserve_index=False))
     for what, col in group_columns(photos).items():
         counts = photos.groupby(col).size().rename("photos").reset_index()
