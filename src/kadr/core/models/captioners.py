@@ -122,11 +122,12 @@ def _random_blip(spec: ModelSpec) -> tuple:
 
     tiny = spec.name == "kadr/tiny-blip"
     words = TINY_WORDS if tiny else TINY_WORDS + [f"w{i}" for i in range(30524 - 5 - len(TINY_WORDS))]
-    folder = tempfile.mkdtemp(prefix="kadr-blip-vocab-")
-    vocab = os.path.join(folder, "vocab.txt")
-    with open(vocab, "w") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    tokenizer = BertTokenizerFast(vocab)
+    # The tokenizer reads its vocabulary file once, when it is built: the folder can go.
+    with tempfile.TemporaryDirectory(prefix="kadr-blip-vocab-") as folder:
+        vocab = os.path.join(folder, "vocab.txt")
+        with open(vocab, "w") as f:
+            f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+        tokenizer = BertTokenizerFast(vocab)
     tokenizer.bos_token = "[CLS]"
     torch.manual_seed(spec.seed())
     ids = dict(vocab_size=5 + len(words), bos_token_id=2, sep_token_id=3, pad_token_id=0)

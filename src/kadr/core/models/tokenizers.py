@@ -13,32 +13,32 @@ import json
 import os
 import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 SPECIAL = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
 
 
 @lru_cache(maxsize=1)
-def _files() -> tuple[str, str]:
+def _vocabulary() -> tuple[str, str]:
+    """open_clip's BPE as the text of a hub tokenizer's vocab.json and merges.txt."""
     from open_clip.tokenizer import SimpleTokenizer
 
     st = SimpleTokenizer()
-    folder = tempfile.mkdtemp(prefix="kadr-clip-bpe-")
     vocab = {SPECIAL.get(k, k): v for k, v in st.encoder.items()}
-    vocab_path = os.path.join(folder, "vocab.json")
-    merges_path = os.path.join(folder, "merges.txt")
-    with open(vocab_path, "w", encoding="utf-8") as f:
-        json.dump(vocab, f)
     merges = sorted(st.bpe_ranks.items(), key=lambda kv: kv[1])
-    with open(merges_path, "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        f.writelines(f"{a} {b}\n" for (a, b), _ in merges)
-    return vocab_path, merges_path
+    return json.dumps(vocab), "#version: 0.2\n" + "".join(f"{a} {b}\n" for (a, b), _ in merges)
 
 
 def offline_clip_tokenizer(max_length: int = 77):
     from transformers import CLIPTokenizer
 
-    vocab, merges = _files()
-    tok = CLIPTokenizer(vocab, merges, pad_token="<|endoftext|>")
+    vocab_text, merges_text = _vocabulary()
+    # The tokenizer reads its files once, when it is built: the folder can go.
+    with tempfile.TemporaryDirectory(prefix="kadr-clip-bpe-") as folder:
+        vocab = os.path.join(folder, "vocab.json")
+        merges = os.path.join(folder, "merges.txt")
+        Path(vocab).write_text(vocab_text, encoding="utf-8")
+        Path(merges).write_text(merges_text, encoding="utf-8")
+        tok = CLIPTokenizer(vocab, merges, pad_token="<|endoftext|>")
     tok.model_max_length = max_length
     return tok
