@@ -1,13 +1,11 @@
-"""The rows of Parquet files in a chosen order, with columns computed later, a batch at a time.
+"""The rows of Parquet files in a chosen order, a batch at a time, and split into runs.
 
-An export writes a million photos in camera/time order, with columns a later
-stage computed (event ids, shifted times). Doing that in pandas holds every
-row and every column at once. Here the later columns come in a small Arrow
-table that names each row by its file and row number; the files are read a
-batch at a time, the later columns attached by position, and DuckDB sorts the
-rows out of core (spilling to disk past its memory limit) and hands them back
-in Arrow batches. Memory stays near one batch plus the small table, whatever
-the files hold.
+An export writes a million photos in camera/time order. Sorting them in
+pandas holds every row and every column at once. Here the files are read a
+batch at a time under one schema, DuckDB sorts the rows out of core (spilling
+to disk past its memory limit) and hands them back in Arrow batches, and
+:func:`runs` cuts that stream into the rows of one camera at a time. Memory
+stays near DuckDB's limit plus one run, whatever the files hold.
 """
 
 from __future__ import annotations
@@ -20,23 +18,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FILE, ROW, ORDER = "_file", "_row", "_order"  # a row's address, and its place in the output
 MEMORY_LIMIT = os.environ.get("KADR_SORT_MEMORY", "256MB")  # DuckDB spills to disk past this
 READ_ROWS = 20_000  # rows of a file read at a time
 
 
-def read_with_positions(files: Sequence[str | os.PathLike], columns: Iterable[str] | None = None
-                        ) -> pa.Table:
-    """Columns of the files (those of ``columns`` each file has; a missing one is null), with
-    each row's address: ``_file`` (its file's index in ``files``) and ``_row``."""
+def read_columns(files: Sequence[str | os.PathLike], columns: Iterable[str] | None = None
+                 ) -> pa.Table:
+    """Columns of the files, as one table (those of ``columns`` each file has; a column
+    some files lack is null there)."""
     wanted = list(columns) if columns is not None else None
-    tables = []
-    for i, path in enumerate(files):
-        names = pq.read_schema(path).names
-        table = pq.read_table(path, columns=[c for c in wanted if c in names]
-                              if wanted is not None else None)
-        tables.append(table.append_column(FILE, pa.array(np.full(table.num_rows, i, np.int32)))
-                      .append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64))))
+    tables = [pq.read_table(path, columns=None if wanted is None else
+                            [c for c in wanted if c in pq.read_schema(path).names])
+              for path in files]
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="permissive")
@@ -52,56 +45,60 @@ def _unified_schema(files: Sequence[str | os.PathLike], exclude: set[str]) -> pa
                       for f in unified])
 
 
-def _with_later(files: Sequence[str | os.PathLike], later: pa.Table, exclude: set[str]
-                ) -> pa.RecordBatchReader:
-    """The files' rows, a batch at a time, with the later columns attached by position."""
-    later = later.take(np.lexsort((later[ROW].to_numpy(), later[FILE].to_numpy())))
-    per_file = np.bincount(later[FILE].to_numpy(), minlength=len(files))
-    added = [c for c in later.column_names if c not in (FILE, ROW)]
-    in_files = _unified_schema(files, exclude)  # the output keeps their column order
-    stored = [f.name for f in in_files if f.name not in added]  # what is read from the files
-    schema = pa.schema([later.schema.field(f.name) if f.name in added else f for f in in_files]
-                       + [later.schema.field(c) for c in added if c not in in_files.names])
+def file_batches(files: Sequence[str | os.PathLike], exclude: Iterable[str] = ()
+                 ) -> pa.RecordBatchReader:
+    """The files' rows a batch at a time, under one schema (:func:`_unified_schema`);
+    ``exclude``: columns left unread (vectors)."""
+    schema = _unified_schema(files, set(exclude))
 
     def batches() -> Iterator[pa.RecordBatch]:
-        start = 0
-        for i, path in enumerate(files):
+        for path in files:
             parquet = pq.ParquetFile(path)
-            if parquet.metadata.num_rows != per_file[i]:
-                raise ValueError(f"{path} has {parquet.metadata.num_rows} rows; "
-                                 f"{per_file[i]} were named")
-            present = [c for c in stored if c in parquet.schema_arrow.names]
+            present = [c for c in schema.names if c in parquet.schema_arrow.names]
             for batch in parquet.iter_batches(READ_ROWS, columns=present):
-                rows = later.slice(start, batch.num_rows)
-                start += batch.num_rows
-                columns = {c: batch.column(c) if c in present else pa.nulls(batch.num_rows)
-                           for c in stored}
-                columns.update({c: rows.column(c).combine_chunks() for c in added})
                 yield pa.RecordBatch.from_arrays(
-                    [columns[f.name].cast(f.type) for f in schema], schema=schema)
+                    [(batch.column(f.name) if f.name in present else pa.nulls(batch.num_rows))
+                     .cast(f.type) for f in schema], schema=schema)
 
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def ordered_batches(files: Sequence[str | os.PathLike], later: pa.Table, *,
-                    exclude: Iterable[str] = (), batch_rows: int = 20_000,
-                    spill_dir: str | os.PathLike | None = None) -> Iterator[pa.RecordBatch]:
-    """Every row of ``files`` in ``later``'s ``_order``, with ``later``'s other columns (a
-    column the files have is replaced in place, a new one is appended). ``later`` names
-    each row of the files once, by ``_file`` (index in ``files``) and ``_row``.
-    ``exclude``: file columns left unread (vectors)."""
+def sorted_batches(files: Sequence[str | os.PathLike], order_by: Sequence[str], *,
+                   exclude: Iterable[str] = (), batch_rows: int = 20_000,
+                   spill_dir: str | os.PathLike | None = None) -> Iterator[pa.RecordBatch]:
+    """Every row of ``files`` sorted by the columns ``order_by`` (ascending, missing values
+    last), in batches of ``batch_rows``; ``exclude``: columns left unread."""
     import duckdb  # only exports need it
 
-    if not files or later.num_rows == 0:
+    if not files:
         return
-    rows = _with_later(files, later, set(exclude))
+    rows = file_batches(files, exclude)
+    keys = ", ".join(f'"{c}" ASC NULLS LAST' for c in order_by)
     spill = tempfile.TemporaryDirectory(prefix="kadr-sort-", dir=spill_dir)
     con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill.name,
                                  "threads": min(4, os.cpu_count() or 1)})
     try:
         con.register("photo_rows", rows)
-        yield from con.sql(f"SELECT * EXCLUDE ({ORDER}) FROM photo_rows ORDER BY {ORDER}"
-                           ).to_arrow_reader(batch_rows)
+        yield from con.sql(f"SELECT * FROM photo_rows ORDER BY {keys}").to_arrow_reader(batch_rows)
     finally:
         con.close()
         spill.cleanup()
+
+
+def runs(batches: Iterable[pa.RecordBatch], column: str) -> Iterator[pa.Table]:
+    """The rows of ``batches`` (sorted by ``column``) cut where ``column`` changes: one table
+    per value, in order."""
+    pending: list[pa.RecordBatch] = []
+    for batch in batches:
+        values = batch.column(column).to_numpy(zero_copy_only=False)
+        cuts = np.flatnonzero(values[1:] != values[:-1]) + 1 if len(values) else values[:0]
+        if pending and len(values) and values[0] != pending[-1].column(column)[-1].as_py():
+            cuts = np.r_[0, cuts]
+        start = 0
+        for cut in cuts:
+            pending.append(batch.slice(start, cut - start))
+            yield pa.Table.from_batches(pending)
+            pending, start = [], int(cut)
+        pending.append(batch.slice(start))
+    if pending and sum(b.num_rows for b in pending):
+        yield pa.Table.from_batches(pending)

@@ -12,14 +12,14 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text
+from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text, key_digests
 from kadr.traps.tables import BACKGROUND_CLASSES, background_of_codes
 
 CAMTRAP_VERSION = "1.0.2"
@@ -33,8 +33,11 @@ def short_id(*parts) -> str:
     return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=6).hexdigest()
 
 
-def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def link_events(regs: pd.DataFrame, table: pd.DataFrame, first: int = 0
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Give each registration an eventID and each photo the event it falls in.
+    ``first``: the position of ``regs``' first row among all of a run's registrations
+    (an eventID includes it), when they come a camera at a time.
 
     A photo belongs to the registration of its camera whose interval holds its
     time; where intervals of one camera overlap (two species at once), the one
@@ -45,7 +48,8 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     """
     regs = regs.reset_index(drop=True).copy()
     regs["eventID"] = [short_id(cam, start, cls, i) for i, (cam, start, cls) in enumerate(zip(
-        regs["name_folder"], regs["date_registration_start"], regs["class"], strict=True))]
+        regs["name_folder"], regs["date_registration_start"], regs["class"], strict=True),
+        start=first)]
     if table.empty or regs.empty:
         regs["best_key"] = None
         return regs, table.assign(event_id=None)
@@ -179,22 +183,6 @@ def link_media_folder(package: Path, roots: set[str | None]) -> str | None:
             f"into {link} before publishing, or rerun with --media-url")
 
 
-def package_id(media_ids: pd.Series, block: int = 100_000) -> str:
-    """A UUID that depends only on which photos the package holds (not on where it was
-    written), so a rerun on the same photos republishes the same package. The ids are
-    sorted by Arrow and hashed a block at a time (the hash of them joined by newlines)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    ids = pa.array(media_ids.astype(str), type=pa.string())
-    ids = ids.take(pc.sort_indices(ids))
-    digest = hashlib.sha256()
-    for a in range(0, len(ids), block):
-        digest.update(("\n" if a else "").encode() + "\n".join(
-            ids.slice(a, block).to_pylist()).encode())
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kadr:camtrap-dp:{digest.hexdigest()}"))
-
-
 def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
     """MegaDetector has one animal class: overlapping boxes of different COCO animal labels
     (a "horse" and an "elephant" on one elephant) become one, as kadr counts them."""
@@ -211,30 +199,34 @@ def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
     return kept + [d for d in dets if d["category"] != "animal"]
 
 
-def _common_folder(keys: pd.Series) -> str:
-    """The folder that absolute keys (a manifest of absolute paths) share; "" otherwise."""
-    if not keys.str.startswith(os.sep).all():
-        return ""
-    folders = keys.str.split("#", n=1).str[0].str.rsplit(os.sep, n=1).str[0].unique()
-    return os.path.commonpath([f or os.sep for f in folders])
+def common_folder(key_chunks: Iterable[pd.Series]) -> str:
+    """The folder that absolute keys (a manifest of absolute paths) share; "" otherwise.
+    The keys come a chunk at a time."""
+    folders: set[str] = set()
+    for keys in key_chunks:
+        if not keys.str.startswith(os.sep).all():
+            return ""
+        folders.update(keys.str.split("#", n=1).str[0].str.rsplit(os.sep, n=1).str[0].unique())
+    return os.path.commonpath([f or os.sep for f in folders]) if folders else ""
 
 
 @contextlib.contextmanager
-def megadetector_json(path: str | Path, fingerprint: dict, photos: pd.DataFrame
+def megadetector_json(path: str | Path, fingerprint: dict, labels: Iterable, root: str = ""
                       ) -> Iterator[Callable[[pd.DataFrame], None]]:
     """MegaDetector batch output (format 1.4) with per-box classifications, written a chunk
-    of photos at a time: yields the function that writes one chunk.
+    of photos at a time: yields the function that writes one chunk (its photos' ``key``,
+    ``status``, ``reason``, ``time``, ``detections``, ``class``, ``class_prob`` and, once
+    reviewed, ``human_class``).
 
-    ``photos``: every photo's ``key``, ``class`` and ``human_class`` (the class list and
-    the image folder come from all of them). Timelapse and the MegaDetector
-    postprocessing tools open the file. Boxes of COCO labels that are not
-    animal/person/vehicle are left out (the per-photo table keeps them).
+    ``labels``: every class a photo has (the classification categories are those that
+    are not background); ``root``: the image folder that files are relative to
+    (:func:`common_folder`). Timelapse and the MegaDetector postprocessing tools open the
+    file. Boxes of COCO labels that are not animal/person/vehicle are left out (the
+    per-photo table keeps them).
     """
-    labels = {str(c) for column in ("class", "human_class") if column in photos
-              for c in photos[column].dropna().unique()}
-    class_names = sorted(c for c in labels if c.lower() not in BACKGROUND_CLASSES)
+    class_names = sorted(c for c in {str(c) for c in labels}
+                         if c.lower() not in BACKGROUND_CLASSES)
     class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
-    root = _common_folder(photos["key"]) if len(photos) else ""
     head = {
         "detection_categories": {v: k for k, v in MD_CATEGORY_IDS.items()},
         "classification_categories": {v: k for k, v in class_ids.items()},
@@ -262,7 +254,10 @@ def megadetector_json(path: str | Path, fingerprint: dict, photos: pd.DataFrame
 
 def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
     """The MegaDetector batch output of a per-photo table (see :func:`megadetector_json`)."""
-    with megadetector_json(path, fingerprint, table) as write:
+    labels = {c for column in ("class", "human_class") if column in table
+              for c in table[column].dropna().unique()}
+    root = common_folder([table["key"]]) if len(table) else ""
+    with megadetector_json(path, fingerprint, labels, root) as write:
         for chunk in _chunks(table):
             write(chunk)
 
@@ -305,8 +300,10 @@ UNKNOWN_OFFSET = ("camera clock offset unknown: times are the camera's local clo
                   "UTC; give --utc-offset")
 
 
-def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str | None
+def _deployments(cameras: dict[str, list], deployments_csv: str | None, offset: str | None
                  ) -> tuple[pd.DataFrame, list]:
+    """Deployment rows from each camera's ``[first time, last time, any time not from
+    EXIF]`` and the user's deployments CSV; also the cameras without coordinates."""
     notes = []
     known = pd.DataFrame()
     if deployments_csv:
@@ -315,18 +312,18 @@ def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str |
             known = known.rename(columns={"camera": "deploymentID"})
         known = known.set_index("deploymentID")
     rows = []
-    for cam, photos in table.groupby("group", sort=True):
-        t = photos["time"].dropna()
+    for cam in sorted(cameras):
+        first, last, guessed = cameras[cam]
         row = {
-            "deploymentID": str(cam), "locationID": str(cam), "locationName": str(cam),
+            "deploymentID": cam, "locationID": cam, "locationName": cam,
             "latitude": None, "longitude": None,
-            "deploymentStart": _iso(t.min(), offset or "Z") if len(t) else None,
-            "deploymentEnd": _iso(t.max(), offset or "Z") if len(t) else None,
-            "timestampIssues": bool(offset is None or (photos["time_source"] != "exif").any()),
+            "deploymentStart": _iso(first, offset or "Z"),
+            "deploymentEnd": _iso(last, offset or "Z"),
+            "timestampIssues": bool(offset is None or guessed),
             "deploymentComments": UNKNOWN_OFFSET if offset is None else None,
         }
-        if str(cam) in known.index:
-            for k, v in known.loc[str(cam)].items():
+        if cam in known.index:
+            for k, v in known.loc[cam].items():
                 if k in row or k in ("coordinateUncertainty", "cameraModel", "habitat"):
                     row[k] = v
         if row["latitude"] is None or pd.isna(row["latitude"]):
@@ -335,7 +332,7 @@ def _deployments(table: pd.DataFrame, deployments_csv: str | None, offset: str |
                 row["deploymentComments"],
                 "coordinates unknown: 0,0 is a placeholder; give --deployments with "
                 "latitude/longitude"]))
-            notes.append(str(cam))
+            notes.append(cam)
         rows.append(row)
     return pd.DataFrame(rows), notes
 
@@ -346,79 +343,44 @@ def _timed_ok(photos: pd.DataFrame) -> np.ndarray:
 
 
 class CamtrapPackage:
-    """A Camtrap DP 1.0 package (datapackage.json, deployments, media, observations), its
-    media written a chunk of photos at a time::
+    """A Camtrap DP 1.0 package (datapackage.json, deployments, media, observations),
+    written a chunk of photos and a block of registrations at a time::
 
-        with CamtrapPackage(folder, photos, regs) as package:
-            for chunk in chunks:
-                package.write(chunk)
+        with CamtrapPackage(folder) as package:
+            package.write(photos)        # a chunk of photos, with their event_id
+            package.write_events(regs)   # registrations whose photos have all been written
         package.warnings
 
-    ``photos``: every photo's ``key``, ``group``, ``photo_id``, ``time``,
-    ``time_source``, ``status``, ``class_prob`` and ``event_id`` (deployments,
-    event observations, the package id and its time span come from them); the
-    chunks add ``path``, ``format``, ``class`` and ``detections``. Event-level
-    observations come from registrations, media-level ones from detections (with
-    boxes). ``utc_offset`` is the cameras' clock offset (e.g. ``+03:00``); without
-    it times are written as UTC and every deployment says ``timestampIssues``.
-    ``media_url``: where the photos will be published (``filePath`` is that URL
-    plus the photo's key; else a path relative to the package).
+    A chunk holds photos' ``key``, ``group``, ``photo_id``, ``time``,
+    ``time_source``, ``status``, ``path``, ``format``, ``class``, ``class_prob``,
+    ``detections`` and ``event_id``. Media and media-level observations (from
+    detections, with boxes) are written as the chunks come; deployments, the
+    package id, its time span and each event's mean class probability are tallied
+    from them, so nothing holds every photo. Event-level observations come from
+    registrations. ``utc_offset`` is the cameras' clock offset (e.g. ``+03:00``);
+    without it times are written as UTC and every deployment says
+    ``timestampIssues``. ``media_url``: where the photos will be published
+    (``filePath`` is that URL plus the photo's key; else a path relative to the
+    package).
     """
 
-    def __init__(self, folder: str | Path, photos: pd.DataFrame, regs: pd.DataFrame,
-                 scientific_names: dict | None = None, deployments_csv: str | None = None,
-                 utc_offset: str | None = None, media_url: str | None = None):
+    def __init__(self, folder: str | Path, scientific_names: dict | None = None,
+                 deployments_csv: str | None = None, utc_offset: str | None = None,
+                 media_url: str | None = None):
         self.folder = Path(folder)
         self.names = scientific_names or {}
+        self.deployments_csv = deployments_csv
+        self.utc_offset = utc_offset
         self.off = utc_offset or "Z"
         self.media_url = media_url
         self.now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ok = photos.loc[_timed_ok(photos), [c for c in ("group", "time", "time_source", "event_id",
-                                               "class_prob", "photo_id", "key") if c in photos]]
-        self.deployments, no_coords = _deployments(ok, deployments_csv, utc_offset)
-        self.warnings = ([f"{len(no_coords)} deployment(s) without coordinates: "
-                          f"{', '.join(no_coords)}"] if no_coords else [])
-        if utc_offset is None and len(ok):
-            self.warnings.append(
-                "Camtrap DP: the cameras' UTC offset is unknown, so timestamps are local clock "
-                "times marked as UTC and timestampIssues is true; rerun with --utc-offset "
-                "(e.g. +03:00) before publishing")
-        # Event observations are formed and written a block of registrations at a time.
-        self._events = regs[regs["date_registration_start"].notna()]
-        self._event_probability = (ok.groupby("event_id")["class_prob"].mean()
-                                   if "event_id" in ok else pd.Series())
-        self.id = package_id(ok["photo_id"] if "photo_id" in ok else ok["key"].map(short_id))
-        times = ok["time"]
-        self.span = [t.strftime("%Y-%m-%d") if len(times) else "1970-01-01"
-                     for t in (times.min(), times.max())]
+        self.warnings: list[str] = []
         self.roots: set[str | None] = set()
         self.taxa: set[str] = set()
-
-    def _event_observations(self, regs: pd.DataFrame) -> list[dict]:
-        probs = self._event_probability
-        obs = []
-        starts = _iso_column(regs["date_registration_start"], self.off)
-        ends = _iso_column(regs["date_registration_end"], self.off)
-        for r, start, end in zip(regs.to_dict("records"), starts, ends, strict=True):
-            cls = r["class"]
-            human = bool(r.get("reviewed"))
-            p = None if human else probs.get(r["eventID"])
-            obs.append({
-                "observationID": r["eventID"], "deploymentID": str(r["name_folder"]),
-                "mediaID": None, "eventID": r["eventID"],
-                "eventStart": start, "eventEnd": end,
-                "observationLevel": "event", "observationType": "animal",
-                "scientificName": self.names.get(cls, cls.replace("_", " ")),
-                "count": int(r["count"]),
-                "classificationMethod": "human" if human else "machine",
-                "classifiedBy": str(r["classified_by"]) if human else "kadr",
-                "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else self.now,
-                "classificationProbability": None if p is None or pd.isna(p)
-                else round(float(p), 4),
-                "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
-                                                     else ""),
-            })
-        return obs
+        self._cameras: dict[str, list] = {}  # camera: [first time, last time, guessed time]
+        self._probability: dict[str, list[float]] = {}  # event: [sum of class_prob, photos]
+        # The package id: a sum of the photos' digests (the same whatever their order).
+        self._id = [0, 0, 0]
 
     def __enter__(self) -> CamtrapPackage:
         self._files = contextlib.ExitStack()
@@ -428,8 +390,6 @@ class CamtrapPackage:
         pd.DataFrame(columns=CAMTRAP_COLUMNS["media"]).to_csv(self._media, index=False,
                                                               lineterminator="\n")
         self._write_observations([], header=True)
-        for a in range(0, len(self._events), 20_000):  # event-level ones first
-            self._write_observations(self._event_observations(self._events.iloc[a:a + 20_000]))
         return self
 
     def _write_observations(self, rows: list[dict], header: bool = False) -> None:
@@ -438,9 +398,30 @@ class CamtrapPackage:
         frame.to_csv(self._observations, index=False, header=header, lineterminator="\n")
         self.taxa.update(o["scientificName"] for o in rows if o.get("scientificName"))
 
+    def _tally(self, ok: pd.DataFrame) -> None:
+        """What the package's metadata needs from a chunk's described photos."""
+        stats = pd.DataFrame({"time": ok["time"].to_numpy(),
+                              "guessed": (ok["time_source"] != "exif").to_numpy()}).groupby(
+            ok["group"].astype(str).to_numpy()).agg(
+            first=("time", "min"), last=("time", "max"), guessed=("guessed", "any"))
+        for cam, first, last, guessed in stats.itertuples():
+            seen = self._cameras.setdefault(cam, [first, last, guessed])
+            seen[:] = [min(seen[0], first), max(seen[1], last), seen[2] or guessed]
+        if "event_id" in ok:
+            sums = ok.groupby("event_id")["class_prob"].agg(["sum", "count"])
+            for event, total, n in zip(sums.index, sums["sum"], sums["count"], strict=True):
+                seen = self._probability.setdefault(event, [0.0, 0])
+                seen[0] += total
+                seen[1] += n
+        ids = ok["photo_id"] if "photo_id" in ok else ok["key"].map(short_id)
+        hi, lo = key_digests(ids.astype(str))
+        self._id = [(self._id[0] + int(hi.sum(dtype=np.uint64))) % 2**64,
+                    (self._id[1] + int(lo.sum(dtype=np.uint64))) % 2**64, self._id[2] + len(ids)]
+
     def write(self, chunk: pd.DataFrame) -> None:
         """One chunk of photos: their media rows and media-level observations."""
         ok = chunk[_timed_ok(chunk)]
+        self._tally(ok)
         media_ids = [short_id(k) for k in ok["key"]]
         pd.DataFrame({
             "mediaID": media_ids, "deploymentID": ok["group"].astype(str).to_numpy(),
@@ -460,19 +441,70 @@ class CamtrapPackage:
         if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
             self.roots |= photo_roots(ok)
 
+    def write_events(self, regs: pd.DataFrame) -> None:
+        """Event-level observations of registrations (those with a time) whose photos have
+        all been written, a block at a time."""
+        events = regs[regs["date_registration_start"].notna()]
+        for a in range(0, len(events), 20_000):
+            self._write_observations(self._event_observations(events.iloc[a:a + 20_000]))
+
+    def _event_observations(self, regs: pd.DataFrame) -> list[dict]:
+        obs = []
+        starts = _iso_column(regs["date_registration_start"], self.off)
+        ends = _iso_column(regs["date_registration_end"], self.off)
+        for r, start, end in zip(regs.to_dict("records"), starts, ends, strict=True):
+            cls = r["class"]
+            human = bool(r.get("reviewed"))
+            total, n = self._probability.pop(r["eventID"], (0.0, 0))
+            p = None if human or not n else total / n
+            obs.append({
+                "observationID": r["eventID"], "deploymentID": str(r["name_folder"]),
+                "mediaID": None, "eventID": r["eventID"],
+                "eventStart": start, "eventEnd": end,
+                "observationLevel": "event", "observationType": "animal",
+                "scientificName": self.names.get(cls, cls.replace("_", " ")),
+                "count": int(r["count"]),
+                "classificationMethod": "human" if human else "machine",
+                "classifiedBy": str(r["classified_by"]) if human else "kadr",
+                "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else self.now,
+                "classificationProbability": None if p is None else round(float(p), 4),
+                "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
+                                                     else ""),
+            })
+        return obs
+
+    def _package_id(self) -> str:
+        """A UUID that depends only on which photos the package holds (not on where it was
+        written, nor on their order), so a rerun on the same photos republishes the same
+        package."""
+        hi, lo, n = self._id
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kadr:camtrap-dp:{n}:{hi:016x}{lo:016x}"))
+
     def __exit__(self, kind, value, traceback) -> None:
         if kind is not None:
             self._files.__exit__(kind, value, traceback)  # nothing half-written is kept
             return
         self._files.close()
+        deployments, no_coords = _deployments(self._cameras, self.deployments_csv,
+                                              self.utc_offset)
+        if no_coords:
+            self.warnings.append(f"{len(no_coords)} deployment(s) without coordinates: "
+                                 f"{', '.join(no_coords)}")
+        if self.utc_offset is None and self._cameras:
+            self.warnings.append(
+                "Camtrap DP: the cameras' UTC offset is unknown, so timestamps are local clock "
+                "times marked as UTC and timestampIssues is true; rerun with --utc-offset "
+                "(e.g. +03:00) before publishing")
         atomic_write_csv(self.folder / "deployments.csv",
-                         self.deployments.reindex(columns=CAMTRAP_COLUMNS["deployments"]))
+                         deployments.reindex(columns=CAMTRAP_COLUMNS["deployments"]))
         if not self.media_url:
             self.warnings += filter(None, [link_media_folder(self.folder, self.roots)])
+        spans = list(self._cameras.values())
+        span = [min(s[0] for s in spans), max(s[1] for s in spans)] if spans else []
         package = {
             "profile": f"{CAMTRAP_BASE}/camtrap-dp-profile.json",
             "name": "kadr-camera-trap-registrations",
-            "id": self.id,
+            "id": self._package_id(),
             "created": self.now,
             "title": "Camera-trap registrations made by kadr",
             "contributors": [{"title": "kadr", "role": "contributor"}],
@@ -482,8 +514,9 @@ class CamtrapPackage:
                 "captureMethod": ["activityDetection"], "individualAnimals": False,
                 "observationLevel": ["media", "event"],
             },
-            "spatial": _bbox_polygon(self.deployments),
-            "temporal": {"start": self.span[0], "end": self.span[1]},
+            "spatial": _bbox_polygon(deployments),
+            "temporal": {"start": f"{span[0]:%Y-%m-%d}" if span else "1970-01-01",
+                         "end": f"{span[1]:%Y-%m-%d}" if span else "1970-01-01"},
             "taxonomic": [{"scientificName": t} for t in sorted(self.taxa)],
             "resources": [
                 {"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource",
@@ -499,11 +532,13 @@ class CamtrapPackage:
 
 def write_camtrap_dp(table: pd.DataFrame, regs: pd.DataFrame, folder: str | Path,
                      **options) -> list[str]:
-    """The Camtrap DP package of a per-photo table (see :class:`CamtrapPackage`, which
-    takes the same ``options``); returns warnings for the user."""
-    with CamtrapPackage(folder, table, regs, **options) as package:
+    """The Camtrap DP package of a per-photo table and its registrations (see
+    :class:`CamtrapPackage`, which takes the same ``options``); returns warnings for the
+    user."""
+    with CamtrapPackage(folder, **options) as package:
         for chunk in _chunks(table):
             package.write(chunk)
+        package.write_events(regs)
     return package.warnings
 
 

@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 
 from kadr.core.collection import PhotoCollection
@@ -25,20 +23,15 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.models.spec import spec_fingerprint
-from kadr.core.ordered import FILE, ORDER, ROW, ordered_batches, read_with_positions
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
 from kadr.core.store import (
     ShardStore,
-    atomic_open,
-    atomic_write_table,
-    atomic_write_text,
     shard_files,
 )
-from kadr.traps.decisions import Decision, last_decision_id, read_decisions
-from kadr.traps.events import form_registrations
+from kadr.traps.decisions import last_decision_id
+from kadr.traps.outputs import write_outputs
 from kadr.traps.prompts import PromptSet, classify, load_prompts
-from kadr.traps.tables import registrations_csv, time_text
 
 EMPTY = "empty"
 
@@ -243,61 +236,6 @@ def saved_prompts(saved: dict) -> PromptSet | None:
         return None
 
 
-# The per-photo columns registrations, links, the report and the summary read. The wide ones
-# (detections, paths, per-class probabilities, embeddings) stay on disk until the exports
-# stream them, a batch of photos at a time.
-SMALL_COLUMNS = ("key", "group", "photo_id", "time", "time_source", "status", "reason", "class",
-                 "class_prob", "count", "n_animals", "time_camera")
-
-
-# Columns an earlier export added to photos.parquet, which is the source when a folder has
-# no store: this export computes them afresh.
-PREVIOUS_EXPORT_COLUMNS = ("event_id", "human_class", "time_camera")
-
-
-def photo_files(out_dir: str | Path) -> list[Path]:
-    """Where a run's per-photo rows are: the store's shards, else the exported table (a
-    folder copied without its store)."""
-    out_dir = Path(out_dir)
-    store = out_dir / "photos.store"
-    return shard_files(store) if store.exists() else [out_dir / "photos.parquet"]
-
-
-def per_photo_table(files: list[Path], columns: tuple[str, ...] | None = SMALL_COLUMNS,
-                    class_probabilities: bool = False) -> pd.DataFrame:
-    """The per-photo results in camera/time order: ``columns`` (None: all but the
-    embeddings, which `traps learn` reads), the ``p_<class>`` columns with
-    ``class_probabilities``, and each row's address in ``files`` (for :func:`ordered_batches`)."""
-    names = list(dict.fromkeys(n for f in files for n in pq.read_schema(f).names))
-    wanted = [n for n in names if n != "embedding" and (
-        columns is None or n in columns or (class_probabilities and n.startswith("p_")))]
-    table = read_with_positions(files, wanted)
-    if not table.num_rows:
-        return table.to_pandas()
-    # Sorted by Arrow (stable, missing times last) and handed to pandas a column at a time,
-    # each read column freed once its sorted copy is made: one table's worth in memory.
-    order = pc.sort_indices(table, sort_keys=[("group", "ascending"), ("time", "ascending"),
-                                              ("key", "ascending")])
-    columns = {name: table.column(name) for name in table.column_names}
-    del table
-    df = pd.DataFrame({name: columns.pop(name).take(order).to_pandas()
-                       for name in list(columns)})
-    df["time"] = pd.to_datetime(df["time"])
-    return df
-
-
-def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
-    """The read photos in the columns :mod:`events` reads. The stored columns are typed
-    already (text, times, numbers), so only the gaps are filled: no class is background,
-    no class probability is a full vote."""
-    ok = (df["status"] == "ok").to_numpy()
-    return pd.DataFrame({
-        "camera": df["group"][ok], "file": df["key"][ok], "time": df["time"][ok],
-        "class": df["class"][ok].fillna(""), "count": df["count"][ok],
-        "confidence": df["class_prob"][ok].fillna(1.0),
-    })
-
-
 def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
     return Job(
         name="traps",
@@ -379,112 +317,6 @@ def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataF
     return regs
 
 
-def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | None,
-                  fingerprint: dict, summary: RunSummary, key: str) -> pd.DataFrame:
-    """Every export of a run, from its per-photo rows (:func:`photo_files`); ``key``
-    (:func:`outputs_key`) is recorded so that a later resume with nothing to do can leave
-    them all as they are.
-
-    Registrations come from the small columns; the per-photo exports then stream
-    the rows in camera/time order, a batch at a time, through every writer at once."""
-    from kadr.traps import export, report
-
-    files = photo_files(out_dir)
-    decisions = read_decisions(out_dir)
-    table = per_photo_table(files, class_probabilities=bool(decisions))
-    pairs = None
-    if decisions:
-        regs, table, pairs = reviewed_outputs(table, settings, decisions, out_dir)
-    else:
-        regs = form_registrations(photos_for_events(table), settings.method, settings.gap)
-        regs, table = export.link_events(regs, table)
-    atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
-    atomic_write_table(out_dir / "registrations.parquet",
-                       pa.Table.from_pandas(regs, preserve_index=False))
-    # What the exports add to the stored rows, each row named by its address.
-    added = [c for c in ("time", "time_camera", "event_id", "human_class") if c in table]
-    later = pa.Table.from_pandas(table[[FILE, ROW, *added]].assign(**{ORDER: np.arange(len(table))}),
-                                 preserve_index=False) if len(table) else pa.table({})
-    gallery = set(report.gallery_keys(regs))
-    best = []
-    camtrap = export.CamtrapPackage(
-        out_dir / "camtrap-dp", table, regs,
-        scientific_names=prompts.scientific_names() if prompts else {},
-        deployments_csv=settings.deployments, utc_offset=settings.utc_offset,
-        media_url=settings.media_url)
-    with (atomic_open(out_dir / "photos.csv") as photos_csv,
-          atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
-          export.megadetector_json(out_dir / "megadetector.json", fingerprint, table) as md_json,
-          camtrap):
-        parquet = None  # opened on the first batch, with its schema
-        for batch in ordered_batches(files, later, spill_dir=out_dir,
-                                     exclude=("embedding", *PREVIOUS_EXPORT_COLUMNS)):
-            chunk = batch.to_pandas()
-            chunk.assign(time=time_text(chunk["time"])).to_csv(
-                photos_csv, index=False, header=parquet is None, lineterminator="\n")
-            if parquet is None:
-                parquet = pq.ParquetWriter(photos_parquet, batch.schema, compression="zstd")
-            parquet.write_batch(batch)
-            md_json(chunk)
-            camtrap.write(chunk)
-            best.append(chunk[chunk["key"].isin(gallery)][["key", "path", "detections",
-                                                          "class_prob"]])
-        if parquet is None:  # no photos: the tables keep their columns
-            pq.write_table(pa.Table.from_pandas(table.drop(columns=[FILE, ROW], errors="ignore"),
-                                                preserve_index=False), photos_parquet)
-        else:
-            parquet.close()
-    warnings = camtrap.warnings + file_dated_warning(table)
-    summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
-    agreement = None
-    if pairs is not None:
-        agreement = export.write_agreement(pairs, out_dir)
-    learned = out_dir / "learn.json"
-    learning = json.loads(learned.read_text()) if learned.exists() and decisions else None
-    best_rows = pd.concat(best).drop_duplicates("key").set_index("key") if best else None
-    jumps = report.clock_jumps(table) if len(table) else {}
-    atomic_write_text(out_dir / "report.html",
-                      report.render_report(table, regs, settings, summary.warnings, agreement,
-                                           learning, best_rows, jumps))
-    failed = table[table["status"] != "ok"] if len(table) else table
-    atomic_write_text(out_dir / "summary.json", json.dumps({
-        "photos": len(table), "ok": len(table) - len(failed),
-        "failed": failed[["key", "status", "reason"]].to_dict("records") if len(failed) else [],
-        "skipped_files": summary.skipped_files, "empty_folders": summary.empty_groups,
-        "clock_jumps_back": jumps,
-        "photos_without_exif_time": int((table["time_source"] != "exif").sum()) if len(table)
-        else 0,
-        "registrations": len(regs), "method": settings.method, "gap": settings.gap,
-        "decisions": len(decisions), "reviewed_registrations": int(regs["reviewed"].sum())
-        if "reviewed" in regs else 0,
-        "warnings": summary.warnings,
-        "outputs_key": key,
-        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
-    }, indent=2, default=str))
-    return regs
-
-
-def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: list[Decision],
-                     out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Registrations and the per-photo table with the reviewers' decisions applied: human
-    classes, counts, splits and merges, clock shifts (``time``; ``time_camera`` keeps the
-    camera's own), and the learned classifier's classes for what nobody reviewed. Also the
-    (machine, human) class of every reviewed registration."""
-    from kadr.traps.review import ReviewState, camera_times, load_learned
-
-    table = camera_times(table).copy()
-    state = ReviewState(table, settings.__dict__, decisions, load_learned(out_dir))
-    regs = state.registrations()
-    per_photo = state.photo_events().set_index("photo_id")
-    table["time_camera"] = table["time"]
-    ids = table["photo_id"]
-    table["event_id"] = ids.map(per_photo["event_id"])
-    table["human_class"] = ids.map(per_photo["human_class"])
-    shifted = ids.map(per_photo["time"])
-    table["time"] = pd.to_datetime(shifted.where(ids.isin(per_photo.index), table["time"]))
-    return regs, table, state.reviewed_pairs()
-
-
 def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     """``kadr traps export``: rewrite every export of a run folder from its per-photo store,
     with the reviewers' decisions applied. No model is loaded."""
@@ -499,17 +331,3 @@ def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     regs = write_outputs(out_dir, settings, prompts, trap_fingerprint(settings, prompts),
                          summary, outputs_key(out_dir, settings))
     return regs, summary
-
-
-def file_dated_warning(table: pd.DataFrame) -> list[str]:
-    """A warning naming registrations dated by a file's name or modification time (no EXIF
-    time): a copied or checked-out photo carries the day it was copied."""
-    if not len(table) or "event_id" not in table:
-        return []
-    guessed = table[(table["time_source"] != "exif") & table["event_id"].notna()]
-    if guessed.empty:
-        return []
-    cams = sorted(guessed["group"].astype(str).unique())
-    return [f"{guessed['event_id'].nunique()} registration(s) on {', '.join(cams[:5])}"
-            f"{' ...' if len(cams) > 5 else ''} are dated by file name or modification time "
-            "(no EXIF time): check those dates, or shift the camera clock in `kadr traps review`"]

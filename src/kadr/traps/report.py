@@ -8,8 +8,9 @@ photos costs what its registrations cost.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from kadr.core.html import render, thumbnail
@@ -82,42 +83,111 @@ def gallery_keys(regs: pd.DataFrame) -> list[str]:
     return ordered.head(2 * MAX_GALLERY).tolist()
 
 
+@dataclass
+class PhotoTally:
+    """What the report and the run summary say about the photos, tallied a chunk of photos
+    at a time (:meth:`add`; a chunk holds whole cameras), so that nothing holds them all."""
+
+    photos: int = 0
+    ok: int = 0
+    untimed: int = 0  # read, without a time
+    guessed: int = 0  # read, dated by file name or modification time
+    without_exif: int = 0  # every photo whose time is not from EXIF
+    cameras: dict[str, list] = field(default_factory=dict)  # [first, last, photos read]
+    jumps: dict[str, int] = field(default_factory=dict)  # :func:`clock_jumps`
+    guessed_events: set[str] = field(default_factory=set)  # linked to a photo not EXIF-dated
+    guessed_cameras: set[str] = field(default_factory=set)
+    failed: list[pd.DataFrame] = field(default_factory=list)  # key, status, reason
+    best: list[pd.DataFrame] = field(default_factory=list)  # gallery photos, by key
+
+    def add(self, chunk: pd.DataFrame, gallery: Iterable[str] = ()) -> None:
+        """A chunk of photos (``key``, ``group``, ``time``, ``time_source``, ``status``,
+        ``reason``; ``event_id`` once linked); ``gallery``: keys whose ``path``,
+        ``detections`` and ``class_prob`` the gallery shows (:func:`gallery_keys`)."""
+        if not len(chunk):
+            return
+        is_ok = (chunk["status"] == "ok").to_numpy()
+        has_time = chunk["time"].notna().to_numpy()
+        not_exif = (chunk["time_source"] != "exif").to_numpy()
+        self.photos += len(chunk)
+        self.ok += int(is_ok.sum())
+        self.untimed += int((is_ok & ~has_time).sum())
+        self.guessed += int((is_ok & chunk["time_source"].isin(["mtime", "filename"]).to_numpy())
+                            .sum())
+        self.without_exif += int(not_exif.sum())
+        if not is_ok.all():
+            self.failed.append(chunk.loc[~is_ok, ["key", "status", "reason"]])
+        timed = chunk.loc[is_ok & has_time, ["group", "time"]]
+        stats = timed.groupby("group")["time"].agg(["min", "max"])
+        counts = chunk["group"][is_ok].value_counts()
+        for cam, n in counts.items():
+            first, last = stats.loc[cam] if cam in stats.index else (None, None)
+            seen = self.cameras.setdefault(cam, [first, last, 0])
+            if first is not None:
+                seen[0] = first if seen[0] is None else min(seen[0], first)
+                seen[1] = last if seen[1] is None else max(seen[1], last)
+            seen[2] += int(n)
+        self.jumps.update(clock_jumps(chunk))
+        if "event_id" in chunk:
+            guessed = chunk.loc[not_exif & chunk["event_id"].notna().to_numpy()]
+            self.guessed_events.update(guessed["event_id"])
+            self.guessed_cameras.update(guessed["group"].astype(str))
+        wanted = set(gallery)
+        if wanted and "path" in chunk:
+            self.best.append(chunk.loc[chunk["key"].isin(wanted),
+                                       ["key", "path", "detections", "class_prob"]])
+
+    def failed_rows(self) -> pd.DataFrame:
+        return (pd.concat(self.failed, ignore_index=True) if self.failed
+                else pd.DataFrame(columns=["key", "status", "reason"]))
+
+    def best_rows(self) -> pd.DataFrame:
+        rows = (pd.concat(self.best) if self.best
+                else pd.DataFrame(columns=["key", "path", "detections", "class_prob"]))
+        return rows.drop_duplicates("key").set_index("key")
+
+    def file_dated_warning(self) -> list[str]:
+        """A warning naming registrations dated by a file's name or modification time (no
+        EXIF time): a copied or checked-out photo carries the day it was copied."""
+        if not self.guessed_events:
+            return []
+        cams = sorted(self.guessed_cameras)
+        return [f"{len(self.guessed_events)} registration(s) on {', '.join(cams[:5])}"
+                f"{' ...' if len(cams) > 5 else ''} are dated by file name or modification "
+                "time (no EXIF time): check those dates, or shift the camera clock in "
+                "`kadr traps review`"]
+
+
 def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
                   warnings: list[str] = (), agreement: dict | None = None,
-                  learning: dict | None = None, best: pd.DataFrame | None = None,
-                  jumps: dict[str, int] | None = None) -> str:
-    """The report page; ``agreement``: machine versus human on reviewed registrations;
-    ``learning``: the cross-validated figures of ``traps learn``. ``best``: the rows of
-    :func:`gallery_keys` (path, detections, class_prob) by key; taken from ``table``
-    when it has those columns. ``jumps``: :func:`clock_jumps` of ``table``, when the
-    caller has it already."""
-    # Masks and the few columns each figure needs: no copy of the whole table.
-    is_ok = (table["status"] == "ok").to_numpy() if len(table) else np.zeros(0, bool)
-    n_ok = int(is_ok.sum())
-    failed = table.loc[~is_ok, ["key", "status", "reason"]] if len(table) else table
-    timed = table.loc[is_ok & table["time"].notna().to_numpy(), ["group", "time"]] \
-        if n_ok else pd.DataFrame(columns=["group", "time"])
-    per_cam = (timed.groupby("group")["time"].agg(["min", "max"]) if len(timed)
-               else pd.DataFrame(columns=["min", "max"]))
-    photos_per_cam = table["group"][is_ok].value_counts() if n_ok else pd.Series(dtype=int)
-    if best is None:
-        rows = table[table["key"].isin(gallery_keys(regs))] if len(table) else table
-        best = rows.drop_duplicates("key").set_index("key")
+                  learning: dict | None = None) -> str:
+    """The report page of a whole per-photo table (see :func:`report_page`)."""
+    tally = PhotoTally()
+    tally.add(table, gallery_keys(regs))
+    return report_page(tally, regs, settings, warnings, agreement, learning)
+
+
+def report_page(tally: PhotoTally, regs: pd.DataFrame, settings, warnings: list[str] = (),
+                agreement: dict | None = None, learning: dict | None = None) -> str:
+    """The report page from a :class:`PhotoTally` of the photos and every registration;
+    ``agreement``: machine versus human on reviewed registrations; ``learning``: the
+    cross-validated figures of ``traps learn``."""
+    failed = tally.failed_rows()
+    best = tally.best_rows()
     classes = sorted(regs["class"].unique()) if len(regs) else []
-    guessed_events = set(table.loc[(table["time_source"] != "exif") & table["event_id"].notna(),
-                                   "event_id"]) if "event_id" in table and len(table) else set()
     cameras, shown = [], 0
     for cam, cam_regs in regs.groupby("name_folder", sort=True):
         timeline = None
-        if cam in per_cam.index:
-            timeline = _timeline(cam_regs, per_cam.at[cam, "min"], per_cam.at[cam, "max"], classes)
+        first, last, n_ok = tally.cameras.get(cam, (None, None, 0))
+        if first is not None:
+            timeline = _timeline(cam_regs, first, last, classes)
         cards = []
         for r in cam_regs.head(MAX_CARDS).to_dict("records"):
             start, end = r["date_registration_start"], r["date_registration_end"]
             card = {"cls": r["class"], "count": r["count"], "start": start, "end": end,
                     "duration": "no time" if pd.isna(start)
                     else duration_text(pd.Timestamp(end) - pd.Timestamp(start)),
-                    "src": None, "guessed_time": r.get("eventID") in guessed_events,
+                    "src": None, "guessed_time": r.get("eventID") in tally.guessed_events,
                     "reviewer": r.get("classified_by") if r.get("reviewed") else None}
             key = r.get("best_key")
             if shown < MAX_GALLERY and isinstance(key, str) and key in best.index:
@@ -129,19 +199,15 @@ def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
                             prob_text="" if prob is None or pd.isna(prob) else f", p={prob:.2f}")
                 shown += card["src"] is not None
             cards.append(card)
-        cameras.append({"name": cam, "photos": int(photos_per_cam.get(cam, 0)),
+        cameras.append({"name": cam, "photos": n_ok,
                         "regs": len(cam_regs), "timeline": timeline, "cards": cards,
                         "more": len(cam_regs) - len(cards)})
     return render(
         "traps_report.html", title="Camera-trap registrations", thumb=THUMB,
-        n_photos=len(table), n_ok=n_ok, n_regs=len(regs), failed_count=len(failed),
+        n_photos=tally.photos, n_ok=tally.ok, n_regs=len(regs), failed_count=len(failed),
         failed=failed.head(MAX_FAILED_ROWS).to_dict("records") if len(failed) else [],
         method=settings.method, gap=str(settings.gap), detector=settings.detector,
         classifier=str(settings.classifier or "none: detector labels"), warnings=list(warnings),
-        cameras=cameras, max_gallery=MAX_GALLERY,
-        jumps=jumps if jumps is not None else clock_jumps(table) if len(table) else {},
-        guessed=int((table["time_source"].isin(["mtime", "filename"]).to_numpy()
-                     & is_ok).sum()) if n_ok else 0,
-        untimed=int((table["time"].isna().to_numpy() & is_ok).sum()) if n_ok else 0,
-        agreement=agreement, learning=learning,
+        cameras=cameras, max_gallery=MAX_GALLERY, jumps=dict(sorted(tally.jumps.items())),
+        guessed=tally.guessed, untimed=tally.untimed, agreement=agreement, learning=learning,
     )
