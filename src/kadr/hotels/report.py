@@ -10,12 +10,12 @@ GALLERY_LIMIT = 48
 MAX_FAILED_ROWS = 500
 
 
-def _gallery(rows: list[dict], caption, rotate=lambda r: 0) -> list[dict]:
+def _gallery(rows: pd.DataFrame, caption, rotate=lambda r: 0) -> dict:
     """Thumbnails of the first rows a gallery shows; the rest are counted only."""
     items = [{"key": r["key"], "caption": caption(r),
               "src": thumbnail(r["path"], 160, rotate=rotate(r))}
-             for r in rows[:GALLERY_LIMIT]]
-    return items + [{"key": r["key"], "src": None} for r in rows[GALLERY_LIMIT:]]
+             for r in rows.head(GALLERY_LIMIT).to_dict("records")]
+    return {"items": items, "total": len(rows)}
 
 
 def _pct(n: int, total: int) -> str:
@@ -87,30 +87,31 @@ def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, sett
                 showlegend=False)),
         ]
     model_checks = "rotation_needed" in ok and ok["rotation_needed"].notna().any()
-    rotated = offtopic = []
+    rotated = offtopic = duplicates = _gallery(photos[:0], str)
     if model_checks:
         rot = ok[(ok["rotation_needed"] != 0)
                  & (ok["rotation_confidence"] >= settings.rotation_threshold)]
-        rotated = _gallery(rot.sort_values("rotation_confidence", ascending=False)
-                           .to_dict("records"),
+        rotated = _gallery(rot.sort_values("rotation_confidence", ascending=False),
                            lambda r: f"turn {r['rotation_needed']}° ccw, "
                                      f"p={r['rotation_confidence']:.2f}")
         off = ok[ok["offtopic_prob"] >= settings.offtopic_threshold]
-        offtopic = _gallery(off.sort_values("offtopic_prob", ascending=False).to_dict("records"),
+        offtopic = _gallery(off.sort_values("offtopic_prob", ascending=False),
                             lambda r: f"{r['scene']} p={r['offtopic_prob']:.2f}")
-    duplicates = []
     if len(dups):
-        merged = dups.merge(photos[["key", "path"]].drop_duplicates("key"), on="key")
-        duplicates = _gallery(
-            merged.sort_values(["group", "kind"]).to_dict("records"),
-            lambda r: f"{r['kind']}" + (f" (turn {r['rotation']}°)" if r["rotation"] else "")
-                      + f", family {str(r['group'])[:8]}")
+        # The first families' rows, with their paths: the page shows no more than those.
+        order = dups[["group", "kind"]].reset_index(drop=True).sort_values(["group", "kind"])
+        first = dups.iloc[order.index[:GALLERY_LIMIT]]
+        paths = photos.loc[photos["key"].isin(first["key"]), ["key", "path"]]
+        shown = first.merge(paths.drop_duplicates("key"), on="key")
+        duplicates = {**_gallery(shown, lambda r: f"{r['kind']}" + (
+            f" (turn {r['rotation']}°)" if r["rotation"] else "")
+            + f", family {str(r['group'])[:8]}"), "total": len(dups)}
     failed = photos[photos["status"] != "ok"]
     return render(
         "hotels_profile.html", title="Hotel photo collection profile", with_plotly=True,
         figures=key_figures(summary), group_charts=group_charts, size_charts=size_charts,
         model_checks=model_checks, model_note=summary["model_checks"], rotated=rotated,
-        offtopic=offtopic, duplicates=duplicates, gallery_limit=GALLERY_LIMIT,
+        offtopic=offtopic, duplicates=duplicates,
         failed=failed[["key", "status", "reason"]].head(MAX_FAILED_ROWS).to_dict("records"),
         failed_count=len(failed),
     )
