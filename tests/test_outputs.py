@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from kadr.core.ordered import runs, sorted_batches
+from kadr.core import ordered
+from kadr.core.ordered import runs, sorted_groups
 from kadr.core.runner import RunSummary
 from kadr.traps.events import form_registrations
 from kadr.traps.outputs import per_photo_table, photo_files, photos_for_events, write_outputs
@@ -53,7 +55,9 @@ def mixed_store(out, n=3000, cameras=7, shards=4, seed=0):
     return n
 
 
-def test_exports_a_camera_at_a_time_agree_with_the_whole_run(tmp_path):
+@pytest.mark.parametrize("part_rows", [50_000, 700])  # one part in memory; parts on disk
+def test_exports_a_camera_at_a_time_agree_with_the_whole_run(tmp_path, monkeypatch, part_rows):
+    monkeypatch.setattr(ordered, "PART_ROWS", part_rows)
     out = tmp_path / "out"
     n = mixed_store(out)
     settings = TrapSettings(detector="yolox:none.onnx", classifier=None, progress=False)
@@ -97,18 +101,23 @@ def test_runs_cut_sorted_batches_where_the_value_changes():
     assert got == [("a", [0, 1, 2, 3, 4]), ("b", [5]), ("c", [6, 7, 8, 9]), (None, [10, 11])]
 
 
-def test_sorted_batches_sort_out_of_core_with_missing_values_last(tmp_path, monkeypatch):
+def test_sorted_groups_sort_through_parts_on_disk_with_missing_values_last(tmp_path):
     rng = np.random.default_rng(1)
     files = []
     for k in range(3):
         t = rng.integers(0, 50, 400).astype(float)
         t[rng.random(400) < 0.1] = np.nan
+        groups = rng.choice(np.array(["x", "y", "z", "w", None], dtype=object), 400)
         files.append(tmp_path / f"{k}.parquet")
-        pq.write_table(pa.table({"g": rng.choice(["x", "y"], 400), "t": t,
+        pq.write_table(pa.table({"g": pa.array(groups, pa.string()), "t": t,
                                  "wide": ["w" * 200] * 400}), files[-1])
-    rows = pa.Table.from_batches(list(sorted_batches(files, ("g", "t"), exclude=("wide",),
-                                                     batch_rows=64)))
-    assert rows.column_names == ["g", "t"] and rows.num_rows == 1200
-    frame = rows.to_pandas()
-    assert frame.equals(frame.sort_values(["g", "t"], na_position="last", kind="stable")
-                        .reset_index(drop=True))
+    for part_rows in (100, 10_000):  # several parts on disk; one part in memory
+        groups = list(sorted_groups(files, "g", ("t",), exclude=("wide",), part_rows=part_rows,
+                                    spill_dir=tmp_path))
+        assert [g["g"][0].as_py() for g in groups] == ["w", "x", "y", "z", None]
+        rows = pa.concat_tables(groups)
+        assert rows.column_names == ["g", "t"] and rows.num_rows == 1200
+        frame = rows.to_pandas()
+        assert frame.equals(frame.sort_values(["g", "t"], na_position="last", kind="stable")
+                            .reset_index(drop=True))
+    assert not list(tmp_path.glob("kadr-sort-*")), "the parts are removed"

@@ -13,6 +13,7 @@ import base64
 import functools
 import io
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -102,3 +103,16 @@ def render(template: str, **context: Any) -> str:
     if context.get("with_plotly"):
         context["plotly_js"] = plotly_js()
     return environment().get_template(template).render(**context)
+
+
+def write_page(path: str | os.PathLike, template: str, **context: Any) -> None:
+    """:func:`render` into a file, a piece at a time (atomically): a page of many elements
+    is never held whole, and a context value may be a generator that makes its items as
+    the page reaches them."""
+    from kadr.core.store import atomic_open
+
+    if context.get("with_plotly"):
+        context["plotly_js"] = plotly_js()
+    with atomic_open(path) as f:
+        for piece in environment().get_template(template).generate(**context):
+            f.write(piece)

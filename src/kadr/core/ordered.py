@@ -1,11 +1,12 @@
-"""The rows of Parquet files in a chosen order, a batch at a time, and split into runs.
+"""The rows of Parquet files one group at a time (a camera's photos), each group sorted.
 
-An export writes a million photos in camera/time order. Sorting them in
-pandas holds every row and every column at once. Here the files are read a
-batch at a time under one schema, DuckDB sorts the rows out of core (spilling
-to disk past its memory limit) and hands them back in Arrow batches, and
-:func:`runs` cuts that stream into the rows of one camera at a time. Memory
-stays near DuckDB's limit plus one run, whatever the files hold.
+An export writes a million photos camera by camera, in time order. Sorting
+them in pandas holds every row and every column at once, and a general
+out-of-core sort holds its whole memory budget. Here the files are read a
+batch at a time under one schema and written to parts on disk that each hold
+a consecutive range of cameras; one part at a time is then sorted in memory
+and cut into cameras (:func:`runs`). Memory stays near one part, whatever the
+files hold.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-MEMORY_LIMIT = os.environ.get("KADR_SORT_MEMORY", "256MB")  # DuckDB spills to disk past this
+PART_ROWS = int(os.environ.get("KADR_SORT_ROWS", 50_000))  # rows an external sort holds
 READ_ROWS = 20_000  # rows of a file read at a time
 
 
@@ -63,26 +65,65 @@ def file_batches(files: Sequence[str | os.PathLike], exclude: Iterable[str] = ()
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def sorted_batches(files: Sequence[str | os.PathLike], order_by: Sequence[str], *,
-                   exclude: Iterable[str] = (), batch_rows: int = 20_000,
-                   spill_dir: str | os.PathLike | None = None) -> Iterator[pa.RecordBatch]:
-    """Every row of ``files`` sorted by the columns ``order_by`` (ascending, missing values
-    last), in batches of ``batch_rows``; ``exclude``: columns left unread."""
-    import duckdb  # only exports need it
+def _parts(sizes: dict, part_rows: int) -> dict:
+    """Each value's part: the values in sorted order (a missing one last), cut into
+    consecutive ranges of about ``part_rows`` rows (a bigger value has a part of its own)."""
+    part, rows, parts = 0, 0, {}
+    for value in sorted(sizes, key=lambda v: (v is None, "" if v is None else v)):
+        if rows and rows + sizes[value] > part_rows:
+            part, rows = part + 1, 0
+        parts[value] = part
+        rows += sizes[value]
+    return parts
 
+
+def sorted_groups(files: Sequence[str | os.PathLike], group: str, order_by: Sequence[str], *,
+                  exclude: Iterable[str] = (), part_rows: int | None = None,
+                  spill_dir: str | os.PathLike | None = None) -> Iterator[pa.Table]:
+    """Every row of ``files``, one table per value of ``group`` (in sorted order, missing
+    last), each sorted by ``order_by`` (ascending, missing values last); ``exclude``:
+    columns left unread.
+
+    An external sort in three passes: count the rows of each value, write the rows to
+    parts on disk that hold consecutive ranges of values (about ``part_rows`` rows each;
+    :data:`PART_ROWS`),
+    then sort one part at a time in memory. Memory holds one part, whatever the files
+    hold."""
     if not files:
         return
-    rows = file_batches(files, exclude)
-    keys = ", ".join(f'"{c}" ASC NULLS LAST' for c in order_by)
-    spill = tempfile.TemporaryDirectory(prefix="kadr-sort-", dir=spill_dir)
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill.name,
-                                 "threads": min(4, os.cpu_count() or 1)})
-    try:
-        con.register("photo_rows", rows)
-        yield from con.sql(f"SELECT * FROM photo_rows ORDER BY {keys}").to_arrow_reader(batch_rows)
-    finally:
-        con.close()
-        spill.cleanup()
+    sizes: dict = {}
+    for path in files:
+        column = pq.read_table(path, columns=[group]).column(group)
+        for value, n in zip(*pc.value_counts(column).flatten(), strict=True):
+            sizes[value.as_py()] = sizes.get(value.as_py(), 0) + n.as_py()
+    part_of = _parts(sizes, part_rows or PART_ROWS)
+    if len(set(part_of.values())) <= 1:  # one part: sorted in memory, nothing written
+        yield from runs(_sorted(file_batches(files, exclude).read_all(), group, order_by), group)
+        return
+    reader = file_batches(files, exclude)
+    with tempfile.TemporaryDirectory(prefix="kadr-sort-", dir=spill_dir) as spill:
+        writers: dict[int, pq.ParquetWriter] = {}
+        values = pa.array(list(part_of), reader.schema.field(group).type)
+        numbers = np.array(list(part_of.values()), np.int64)
+        for batch in reader:
+            where = numbers[pc.index_in(batch.column(group), values).to_numpy(
+                zero_copy_only=False)]
+            for part in np.unique(where):
+                if part not in writers:
+                    writers[part] = pq.ParquetWriter(os.path.join(spill, f"{part}.parquet"),
+                                                     reader.schema)
+                writers[part].write_batch(batch.filter(pa.array(where == part)))
+        for writer in writers.values():
+            writer.close()
+        for part in sorted(writers):
+            table = pq.read_table(os.path.join(spill, f"{part}.parquet"))
+            yield from runs(_sorted(table, group, order_by), group)
+
+
+def _sorted(table: pa.Table, group: str, order_by: Sequence[str]) -> list[pa.RecordBatch]:
+    order = pc.sort_indices(table, sort_keys=[(c, "ascending", "at_end")
+                                              for c in (group, *order_by)])
+    return table.take(order).combine_chunks().to_batches()
 
 
 def runs(batches: Iterable[pa.RecordBatch], column: str) -> Iterator[pa.Table]:

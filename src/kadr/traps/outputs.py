@@ -1,6 +1,6 @@
 """Every export of a camera-trap run, written one camera at a time.
 
-The per-photo rows are sorted by camera and time out of core (DuckDB, from
+The per-photo rows are sorted by camera and time out of core (:mod:`kadr.core.ordered`, from
 the store's shards) and cut into cameras. Each camera's registrations are
 formed and linked to its photos, and its photos go through every writer at
 once (photos CSV and Parquet, MegaDetector JSON, Camtrap DP) and into the
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kadr.core.ordered import file_batches, read_columns, runs, sorted_batches
+from kadr.core.ordered import file_batches, read_columns, sorted_groups
 from kadr.core.runner import RunSummary
 from kadr.core.store import atomic_open, atomic_write_table, atomic_write_text, shard_files
 from kadr.traps.decisions import Decision, read_decisions
@@ -192,7 +192,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     time; returns the registrations. ``key`` (:func:`kadr.traps.pipeline.outputs_key`) is
     recorded so that a later resume with nothing to do can leave them all as they are."""
     from kadr.traps import export
-    from kadr.traps.report import MAX_GALLERY, PhotoTally, report_page
+    from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
 
     files = photo_files(out_dir)
     decisions = read_decisions(out_dir)
@@ -218,8 +218,8 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
                                    export.common_folder(stored_keys(files))) as md_json,
           camtrap):
         parquet = None  # opened on the first camera, with its schema
-        for rows in runs(sorted_batches(files, PHOTO_ORDER, exclude=exclude, spill_dir=out_dir),
-                         "group"):
+        for rows in sorted_groups(files, "group", PHOTO_ORDER[1:], exclude=exclude,
+                                  spill_dir=out_dir):
             photos = rows.to_pandas()
             photos["time"] = pd.to_datetime(photos["time"])
             photos, camera_regs = events.camera(photos)
@@ -250,8 +250,8 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     agreement = export.write_agreement(pairs, out_dir) if pairs is not None else None
     learned = out_dir / "learn.json"
     learning = json.loads(learned.read_text()) if learned.exists() and decisions else None
-    atomic_write_text(out_dir / "report.html",
-                      report_page(tally, regs, settings, summary.warnings, agreement, learning))
+    write_report(out_dir / "report.html", tally, regs, settings, summary.warnings, agreement,
+                 learning)
     failed = tally.failed_rows()
     atomic_write_text(out_dir / "summary.json", json.dumps({
         "photos": tally.photos, "ok": tally.ok,

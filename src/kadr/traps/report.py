@@ -8,12 +8,12 @@ photos costs what its registrations cost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from kadr.core.html import render, thumbnail
+from kadr.core.html import render, thumbnail, write_page
 
 MAX_GALLERY = 400  # registrations shown with a photo; the table lists them all
 MAX_FAILED_ROWS = 2000  # failed photos listed in the page; photos.csv has all
@@ -161,21 +161,42 @@ class PhotoTally:
 def render_report(table: pd.DataFrame, regs: pd.DataFrame, settings,
                   warnings: list[str] = (), agreement: dict | None = None,
                   learning: dict | None = None) -> str:
-    """The report page of a whole per-photo table (see :func:`report_page`)."""
+    """The report page of a whole per-photo table (see :func:`report_context`)."""
     tally = PhotoTally()
     tally.add(table, gallery_keys(regs))
-    return report_page(tally, regs, settings, warnings, agreement, learning)
+    return render("traps_report.html",
+                  **report_context(tally, regs, settings, warnings, agreement, learning))
 
 
-def report_page(tally: PhotoTally, regs: pd.DataFrame, settings, warnings: list[str] = (),
-                agreement: dict | None = None, learning: dict | None = None) -> str:
-    """The report page from a :class:`PhotoTally` of the photos and every registration;
-    ``agreement``: machine versus human on reviewed registrations; ``learning``: the
-    cross-validated figures of ``traps learn``."""
+def write_report(path, tally: PhotoTally, regs: pd.DataFrame, settings, warnings: list[str] = (),
+                 agreement: dict | None = None, learning: dict | None = None) -> None:
+    """The report page, written a camera at a time (see :func:`report_context`)."""
+    write_page(path, "traps_report.html",
+               **report_context(tally, regs, settings, warnings, agreement, learning))
+
+
+def report_context(tally: PhotoTally, regs: pd.DataFrame, settings, warnings: list[str] = (),
+                   agreement: dict | None = None, learning: dict | None = None) -> dict:
+    """What the report page shows, from a :class:`PhotoTally` of the photos and every
+    registration; ``agreement``: machine versus human on reviewed registrations;
+    ``learning``: the cross-validated figures of ``traps learn``. The cameras' sections
+    are made one at a time, as the page reaches them."""
     failed = tally.failed_rows()
+    return dict(
+        title="Camera-trap registrations", thumb=THUMB,
+        n_photos=tally.photos, n_ok=tally.ok, n_regs=len(regs), failed_count=len(failed),
+        failed=failed.head(MAX_FAILED_ROWS).to_dict("records") if len(failed) else [],
+        method=settings.method, gap=str(settings.gap), detector=settings.detector,
+        classifier=str(settings.classifier or "none: detector labels"), warnings=list(warnings),
+        cameras=_camera_sections(tally, regs), max_gallery=MAX_GALLERY,
+        jumps=dict(sorted(tally.jumps.items())), guessed=tally.guessed, untimed=tally.untimed,
+        agreement=agreement, learning=learning)
+
+
+def _camera_sections(tally: PhotoTally, regs: pd.DataFrame) -> Iterator[dict]:
     best = tally.best_rows()
     classes = sorted(regs["class"].unique()) if len(regs) else []
-    cameras, shown = [], 0
+    shown = 0
     for cam, cam_regs in regs.groupby("name_folder", sort=True):
         timeline = None
         first, last, n_ok = tally.cameras.get(cam, (None, None, 0))
@@ -199,15 +220,5 @@ def report_page(tally: PhotoTally, regs: pd.DataFrame, settings, warnings: list[
                             prob_text="" if prob is None or pd.isna(prob) else f", p={prob:.2f}")
                 shown += card["src"] is not None
             cards.append(card)
-        cameras.append({"name": cam, "photos": n_ok,
-                        "regs": len(cam_regs), "timeline": timeline, "cards": cards,
-                        "more": len(cam_regs) - len(cards)})
-    return render(
-        "traps_report.html", title="Camera-trap registrations", thumb=THUMB,
-        n_photos=tally.photos, n_ok=tally.ok, n_regs=len(regs), failed_count=len(failed),
-        failed=failed.head(MAX_FAILED_ROWS).to_dict("records") if len(failed) else [],
-        method=settings.method, gap=str(settings.gap), detector=settings.detector,
-        classifier=str(settings.classifier or "none: detector labels"), warnings=list(warnings),
-        cameras=cameras, max_gallery=MAX_GALLERY, jumps=dict(sorted(tally.jumps.items())),
-        guessed=tally.guessed, untimed=tally.untimed, agreement=agreement, learning=learning,
-    )
+        yield {"name": cam, "photos": n_ok, "regs": len(cam_regs), "timeline": timeline,
+               "cards": cards, "more": len(cam_regs) - len(cards)}
