@@ -12,6 +12,7 @@ import pytest
 from kadr.core import ordered
 from kadr.core.ordered import runs, sorted_groups
 from kadr.core.runner import RunSummary
+from kadr.traps import outputs
 from kadr.traps.events import form_registrations
 from kadr.traps.outputs import per_photo_table, photo_files, photos_for_events, write_outputs
 from kadr.traps.pipeline import TrapSettings, outputs_key
@@ -55,9 +56,12 @@ def mixed_store(out, n=3000, cameras=7, shards=4, seed=0):
     return n
 
 
-@pytest.mark.parametrize("part_rows", [50_000, 700])  # one part in memory; parts on disk
-def test_exports_a_camera_at_a_time_agree_with_the_whole_run(tmp_path, monkeypatch, part_rows):
+# One part in memory and every camera written together; parts on disk, a camera at a time.
+@pytest.mark.parametrize(("part_rows", "chunk_rows"), [(50_000, 10_000), (700, 1)])
+def test_exports_a_camera_at_a_time_agree_with_the_whole_run(tmp_path, monkeypatch, part_rows,
+                                                             chunk_rows):
     monkeypatch.setattr(ordered, "PART_ROWS", part_rows)
+    monkeypatch.setattr(outputs, "CHUNK_ROWS", chunk_rows)
     out = tmp_path / "out"
     n = mixed_store(out)
     settings = TrapSettings(detector="yolox:none.onnx", classifier=None, progress=False)

@@ -143,3 +143,19 @@ def runs(batches: Iterable[pa.RecordBatch], column: str) -> Iterator[pa.Table]:
         pending.append(batch.slice(start))
     if pending and sum(b.num_rows for b in pending):
         yield pa.Table.from_batches(pending)
+
+
+def gathered(tables: Iterable[pa.Table], min_rows: int) -> Iterator[pa.Table]:
+    """Consecutive tables joined until they hold at least ``min_rows`` rows (the last may
+    hold fewer): whole groups, a few small ones at a time, so that work per group does not
+    cost per group."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for table in tables:
+        pending.append(table)
+        rows += table.num_rows
+        if rows >= min_rows:
+            yield pa.concat_tables(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending)

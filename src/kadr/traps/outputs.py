@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kadr.core.ordered import file_batches, read_columns, sorted_groups
+from kadr.core.ordered import file_batches, gathered, read_columns, sorted_groups
 from kadr.core.runner import RunSummary
 from kadr.core.store import atomic_open, atomic_write_table, atomic_write_text, shard_files
 from kadr.traps.decisions import Decision, read_decisions
@@ -46,6 +46,7 @@ SMALL_COLUMNS = ("key", "group", "photo_id", "time", "time_source", "status", "r
 PREVIOUS_EXPORT_COLUMNS = ("event_id", "human_class", "time_camera")
 
 PHOTO_ORDER = ("group", "time", "key")  # the exports' order: by camera, then time
+CHUNK_ROWS = 10_000  # whole cameras are written a few small ones together, to this many photos
 
 
 def photo_files(out_dir: str | Path) -> list[Path]:
@@ -104,9 +105,9 @@ class FormedEvents:
         self.untimed: list[pd.DataFrame] = []
         self.count = 0  # registrations with a time so far
 
-    def camera(self, photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """One camera's photos with their ``event_id``, and its registrations with a time
-        (with ``eventID`` and ``best_key``)."""
+    def cameras(self, photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Whole cameras' photos with their ``event_id``, and the cameras' registrations
+        with a time (with ``eventID`` and ``best_key``)."""
         from kadr.traps.export import link_events
 
         regs = form_registrations(photos_for_events(photos), self.method, self.gap)
@@ -121,7 +122,7 @@ class FormedEvents:
         from kadr.traps.export import link_events
 
         if not self.timed:  # no photos: the columns of no registrations
-            self.camera(pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+            self.cameras(pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
                 ("group", str), ("key", str), ("time", "datetime64[ns]"), ("status", str),
                 ("class", str), ("count", float), ("class_prob", float),
                 ("n_animals", float))}))
@@ -145,14 +146,16 @@ class ReviewedEvents:
         self.next = 0
         self.per_camera = {str(cam): rows for cam, rows in regs.groupby("name_folder")}
 
-    def camera(self, photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def cameras(self, photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = self.table.iloc[self.next:self.next + len(photos)]
         self.next += len(photos)
         if not np.array_equal(rows["key"].to_numpy(), photos["key"].to_numpy()):
             raise RuntimeError("the per-photo rows changed while the exports were written; "
                                "run `kadr traps export` again")
         photos = photos.assign(**{c: rows[c].to_numpy() for c in self.added})
-        return photos, self.per_camera.get(str(photos["group"].iloc[0]), self.regs[:0])
+        cameras = [self.per_camera[c] for c in photos["group"].astype(str).unique()
+                   if c in self.per_camera]
+        return photos, pd.concat(cameras) if cameras else self.regs[:0]
 
     def registrations(self) -> pd.DataFrame:
         return self.regs
@@ -218,11 +221,12 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
                                    export.common_folder(stored_keys(files))) as md_json,
           camtrap):
         parquet = None  # opened on the first camera, with its schema
-        for rows in sorted_groups(files, "group", PHOTO_ORDER[1:], exclude=exclude,
-                                  spill_dir=out_dir):
+        cameras = sorted_groups(files, "group", PHOTO_ORDER[1:], exclude=exclude,
+                                spill_dir=out_dir)
+        for rows in gathered(cameras, CHUNK_ROWS):
             photos = rows.to_pandas()
             photos["time"] = pd.to_datetime(photos["time"])
-            photos, camera_regs = events.camera(photos)
+            photos, camera_regs = events.cameras(photos)
             rows = _photo_table(rows, photos, events.added)
             photos = photos[rows.column_names]
             photos.assign(time=time_text(photos["time"])).to_csv(
