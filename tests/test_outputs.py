@@ -125,3 +125,10 @@ def test_sorted_groups_sort_through_parts_on_disk_with_missing_values_last(tmp_p
         assert frame.equals(frame.sort_values(["g", "t"], na_position="last", kind="stable")
                             .reset_index(drop=True))
     assert not list(tmp_path.glob("kadr-sort-*")), "the parts are removed"
+
+
+def test_class_list_reads_shards_where_no_photo_has_a_class(tmp_path):
+    pq.write_table(pa.table({"class": pa.nulls(3)}), tmp_path / "failed.parquet")
+    pq.write_table(pa.table({"class": ["deer", None, "fox"]}), tmp_path / "read.parquet")
+    assert outputs.photo_labels([tmp_path / "failed.parquet", tmp_path / "read.parquet"]) == {
+        "deer", "fox"}

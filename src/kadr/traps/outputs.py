@@ -166,9 +166,8 @@ def photo_labels(files: list[Path]) -> set[str]:
     labels: set[str] = set()
     for path in files:
         if "class" in pq.read_schema(path).names:
-            column = pq.read_table(path, columns=["class"], read_dictionary=["class"])["class"]
-            labels.update(v for chunk in column.chunks for v in chunk.dictionary.to_pylist()
-                          if v is not None)
+            column = pq.read_table(path, columns=["class"])["class"]  # null-typed: no class
+            labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
     return labels
 
 
