@@ -63,6 +63,7 @@ def test_hotels50k_is_recognised_and_profiled(hotels50k, tmp_path):
     assert {"rotation_needed", "offtopic_prob", "phash_90"} <= set(photos.columns)
     html = (out / "profile.html").read_text()
     assert "plotly" in html.lower() and "<script src=" not in html, "self-contained"
+    assert f"Duplicates ({len(dups)} photos)" in html and len(dups) > 2
     assert json.loads((out / "profile.json").read_text())["rows"] == 16
 
 

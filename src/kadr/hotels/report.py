@@ -10,12 +10,14 @@ GALLERY_LIMIT = 48
 MAX_FAILED_ROWS = 500
 
 
-def _gallery(rows: pd.DataFrame, caption, rotate=lambda r: 0) -> dict:
-    """Thumbnails of the first rows a gallery shows; the rest are counted only."""
+def _gallery(rows: pd.DataFrame, caption, rotate=lambda r: 0, total: int | None = None
+             ) -> dict:
+    """Thumbnails of the first rows a gallery shows; the rest are counted only (``total``:
+    how many there are, when ``rows`` holds only the first)."""
     items = [{"key": r["key"], "caption": caption(r),
               "src": thumbnail(r["path"], 160, rotate=rotate(r))}
              for r in rows.head(GALLERY_LIMIT).to_dict("records")]
-    return {"items": items, "total": len(rows)}
+    return {"items": items, "total": len(rows) if total is None else total}
 
 
 def _pct(n: int, total: int) -> str:
@@ -103,9 +105,9 @@ def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, sett
         first = dups.iloc[order.index[:GALLERY_LIMIT]]
         paths = photos.loc[photos["key"].isin(first["key"]), ["key", "path"]]
         shown = first.merge(paths.drop_duplicates("key"), on="key")
-        duplicates = {**_gallery(shown, lambda r: f"{r['kind']}" + (
+        duplicates = _gallery(shown, lambda r: f"{r['kind']}" + (
             f" (turn {r['rotation']}°)" if r["rotation"] else "")
-            + f", family {str(r['group'])[:8]}"), "total": len(dups)}
+            + f", family {str(r['group'])[:8]}", total=len(dups))
     failed = photos[photos["status"] != "ok"]
     return render(
         "hotels_profile.html", title="Hotel photo collection profile", with_plotly=True,
