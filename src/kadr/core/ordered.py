@@ -86,9 +86,8 @@ def sorted_groups(files: Sequence[str | os.PathLike], group: str, order_by: Sequ
 
     An external sort in three passes: count the rows of each value, write the rows to
     parts on disk that hold consecutive ranges of values (about ``part_rows`` rows each;
-    :data:`PART_ROWS`),
-    then sort one part at a time in memory. Memory holds one part, whatever the files
-    hold."""
+    :data:`PART_ROWS`), then sort one part at a time in memory. Memory holds one part,
+    whatever the files hold."""
     if not files:
         return
     sizes: dict = {}

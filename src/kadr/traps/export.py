@@ -413,10 +413,9 @@ class CamtrapPackage:
                 seen = self._probability.setdefault(event, [0.0, 0])
                 seen[0] += total
                 seen[1] += n
-        ids = ok["photo_id"] if "photo_id" in ok else ok["key"].map(short_id)
-        hi, lo = key_digests(ids.astype(str))
+        hi, lo = key_digests((ok["photo_id"] if "photo_id" in ok else ok["key"]).astype(str))
         self._id = [(self._id[0] + int(hi.sum(dtype=np.uint64))) % 2**64,
-                    (self._id[1] + int(lo.sum(dtype=np.uint64))) % 2**64, self._id[2] + len(ids)]
+                    (self._id[1] + int(lo.sum(dtype=np.uint64))) % 2**64, self._id[2] + len(hi)]
 
     def write(self, chunk: pd.DataFrame) -> None:
         """One chunk of photos: their media rows and media-level observations."""
