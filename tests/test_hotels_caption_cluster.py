@@ -14,9 +14,7 @@ from kadr.hotels.caption import (
 )
 from kadr.hotels.cluster import (
     ClusterSettings,
-    cluster_points,
     knee_eps,
-    reduce_embeddings,
     run_cluster,
     themes,
 )
@@ -108,8 +106,8 @@ def planted(n_per=60, k=5, dim=64, seed=0):
                                            ("none", "hdbscan")])
 def test_planted_clusters_are_recovered(reduce, method):
     x, truth = planted()
-    coords, note = reduce_embeddings(x, reduce, 50_000, 0)
-    labels, params = cluster_points(coords, method, "auto", 5)
+    labels, _, note, params = themes(x, ClusterSettings(reduce=reduce, cluster=method,
+                                                        min_samples=5))
     assert adjusted_rand_score(truth, labels) >= 0.9, (note, params)
 
 

@@ -24,22 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from kadr.core.collection import PhotoCollection, PhotoRef
 from kadr.core.decode import DEFAULT_MAX_PIXELS, DecodedPhoto, DecodeError, decode_photo, read_bytes
 from kadr.core.phototime import naive_local, photo_time
+from kadr.core.progress import PhotoProgress, console
 from kadr.core.store import DoneKeys, ShardStore
-
-console = Console(stderr=True)
 
 
 def photo_id(data: bytes) -> str:
@@ -272,29 +261,6 @@ class EngineOptions:
     block_rows: int | None = None
 
 
-class _Progress:
-    """The rich progress bar every engine shows: count, rate, ETA."""
-
-    def __init__(self, name: str, total: int, done: int, enabled: bool):
-        columns = [TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]:.1f} photos/s"), TimeElapsedColumn(),
-                   TimeRemainingColumn()]
-        self.bar = Progress(*columns, console=console, disable=not enabled)
-        self.done = done
-        self.task = self.bar.add_task(name, total=total, completed=done, rate=0.0)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
-
-    def update(self, processed: int) -> None:
-        elapsed = self.bar.tasks[self.task].elapsed or 1e-9
-        self.bar.update(self.task, completed=self.done + processed, rate=processed / elapsed)
-
-
 def run_job(
     collection: PhotoCollection | Iterable[PhotoRef],
     job: Job,
@@ -334,7 +300,7 @@ def run_job(
         summary.processed += len(rows)
         store.add(rows)
 
-    with _Progress(job.name, summary.total, summary.already_done, progress) as bar:
+    with PhotoProgress(job.name, summary.total, summary.already_done, progress) as bar:
         if engine is not None and engine.engine == "ray":
             from kadr.core.engines import run_batches_on_ray
 

@@ -6,29 +6,39 @@ each cluster with the caption whose embedding is nearest the cluster's mean.
 Image embeddings (or both, concatenated), UMAP and HDBSCAN are options;
 ``--eps auto`` reads eps off the k-distance curve.
 
-Large collections: t-SNE is fitted on at most ``max_fit`` points (after PCA
-to 50 dimensions); the remaining points are placed at the mean position of
-their nearest fitted neighbours in embedding space. The summary says when
-this happened.
+Large collections: PCA (to 50 dimensions), t-SNE and clustering are fitted
+on a seeded sample of at most ``max_fit`` photos; every other photo is placed
+at the mean position of its five nearest sampled neighbours (in the PCA
+space) and takes their majority theme. The summary says when this happened.
+The embeddings stay on disk (:mod:`kadr.hotels.theme_input`) and every pass
+after the fit reads them a block at a time, so memory does not grow with the
+collection beyond a few bytes a photo (its map position and theme); the map
+draws a sample of at most ``MAP_POINTS`` photos.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sklearn.cluster import DBSCAN, HDBSCAN
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 
-from kadr.core.models import load_model
+from kadr.core.progress import row_blocks
 from kadr.core.remote import staged
-from kadr.core.store import atomic_write_table, atomic_write_text
+from kadr.core.store import CsvAppender, atomic_open, atomic_write_table, atomic_write_text
+from kadr.hotels.theme_input import embed_input
+
+MAP_POINTS = 50_000  # photos the map draws at most (a seeded sample beyond)
 
 
 @dataclass
@@ -55,61 +65,116 @@ def knee_eps(points: np.ndarray, k: int) -> float:
     return float(d[knee]) if d[knee] > 0 else float(d[d > 0].min(initial=1e-6))
 
 
-def reduce_embeddings(x: np.ndarray, method: str, max_fit: int, seed: int) -> tuple[np.ndarray, str]:
-    """2-D coordinates, and a sentence saying what was done."""
-    coords, note, _ = reduce_with_sample(x, method, max_fit, seed)
-    return coords, note
+def sample_rows(n: int, max_fit: int, seed: int) -> np.ndarray:
+    """The row numbers the reduction and clustering are fitted on: all, or a seeded
+    sample of ``max_fit`` (sorted)."""
+    if n <= max_fit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
 
 
-def reduce_with_sample(x: np.ndarray, method: str, max_fit: int, seed: int
-                       ) -> tuple[np.ndarray, str, np.ndarray]:
-    """Coordinates, a note, and the indices the reduction was fitted on (all, or a sample)."""
-    n = len(x)
+def reduce_points(points: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """2-D map coordinates of ``points`` by t-SNE or UMAP; ``none`` returns them unchanged."""
     if method == "none":
-        return x, "no reduction: clustered in embedding space", np.arange(n)
-    xp = PCA(n_components=min(50, x.shape[1], n), random_state=seed).fit_transform(x) \
-        if x.shape[1] > 50 and n > 50 else x
-    fit_idx = np.arange(n)
-    if n > max_fit:
-        fit_idx = np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
+        return points
     if method == "umap":
         import umap
 
-        reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, n - 1))
-        reducer.fit(xp[fit_idx])
-        coords = reducer.transform(xp) if n > max_fit else reducer.embedding_
-        note = f"UMAP on {len(fit_idx):,} of {n:,} points"
-        return np.asarray(coords, np.float32), note, fit_idx
+        reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(points) - 1))
+        return np.asarray(reducer.fit_transform(points), np.float32)
     if method != "tsne":
         raise ValueError("reduce must be tsne, umap or none")
-    perplexity = float(min(30, max(2, (len(fit_idx) - 1) / 3)))
-    fitted = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
-                  ).fit_transform(xp[fit_idx])
-    if n <= max_fit:
-        return (fitted.astype(np.float32),
-                f"t-SNE on all {n:,} points (PCA to {xp.shape[1]} dims)", fit_idx)
-    coords = np.zeros((n, 2), np.float32)
-    coords[fit_idx] = fitted
-    rest = np.setdiff1d(np.arange(n), fit_idx)
-    nn = NearestNeighbors(n_neighbors=5).fit(xp[fit_idx])
-    idx = nn.kneighbors(xp[rest], return_distance=False)
-    coords[rest] = fitted[idx].mean(1)
-    return coords, (f"t-SNE fitted on a sample of {max_fit:,} of {n:,} points; the others placed "
-                    "at the mean of their 5 nearest sampled neighbours and given their "
-                    "majority cluster"), fit_idx
+    perplexity = float(min(30, max(2, (len(points) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
+                ).fit_transform(points).astype(np.float32)
 
 
-def propagate_labels(x: np.ndarray, fit_idx: np.ndarray, fit_labels: np.ndarray,
-                     k: int = 5) -> np.ndarray:
-    """Labels for all points: the sample's own, the rest by majority of k nearest sampled."""
-    labels = np.full(len(x), -1)
-    labels[fit_idx] = fit_labels
-    rest = np.setdiff1d(np.arange(len(x)), fit_idx)
-    if len(rest):
-        idx = NearestNeighbors(n_neighbors=min(k, len(fit_idx))).fit(x[fit_idx]).kneighbors(
-            x[rest], return_distance=False)
-        labels[rest] = majority(fit_labels[idx])
-    return labels
+@dataclass
+class ThemeFit:
+    """What the fitted sample gives every photo: a projection (PCA, or none), the sampled
+    points in that space, their map coordinates and themes. A sampled photo keeps its
+    own; any other photo is placed at the mean of its ``k`` nearest sampled points and
+    takes their majority theme."""
+
+    pca: PCA | None
+    sample: np.ndarray  # row numbers, sorted
+    points: np.ndarray  # what neighbours are looked up among
+    coords: np.ndarray  # [len(points), 2]
+    labels: np.ndarray
+    keep_own: bool
+    note: str
+    params: dict
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        self.neighbours = NearestNeighbors(n_neighbors=min(self.k, len(self.points))
+                                           ).fit(self.points)
+
+    def assign(self, first: int, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map coordinates and themes of the rows ``first`` .. ``first + len(emb)``."""
+        coords = np.empty((len(emb), 2), np.float32)
+        labels = np.empty(len(emb), np.int64)
+        own = np.zeros(len(emb), bool)
+        if self.keep_own:
+            rows = np.arange(first, first + len(emb))
+            at = np.minimum(np.searchsorted(self.sample, rows), len(self.sample) - 1)
+            own = self.sample[at] == rows
+            coords[own], labels[own] = self.coords[at[own]], self.labels[at[own]]
+        if not own.all():
+            rest = emb[~own]
+            near = self.neighbours.kneighbors(self.pca.transform(rest) if self.pca else rest,
+                                              return_distance=False)
+            coords[~own] = self.coords[near].mean(1)
+            labels[~own] = majority(self.labels[near])
+        return coords, labels
+
+
+def fit_themes(x: np.ndarray, sample: np.ndarray, n: int, settings: ClusterSettings) -> ThemeFit:
+    """Reduce and cluster the sampled embeddings ``x`` (rows ``sample`` of ``n``).
+
+    A sample with fewer distinct embeddings than a theme needs (every caption the
+    same: a degenerate caption model, a collection of one scene) is not reduced at
+    all (t-SNE divides by zero there): each distinct embedding is a theme, and every
+    photo takes the theme of the one it is nearest.
+    """
+    whole = len(sample) == n
+    distinct = np.unique(x.round(5), axis=0)
+    if len(distinct) <= max(2, settings.min_samples):
+        angle = 2 * np.pi * np.arange(len(distinct)) / len(distinct)
+        coords = np.c_[np.cos(angle), np.sin(angle)].astype(np.float32) * (len(distinct) > 1)
+        which = f"all {n:,} photos have" if whole else f"the {len(sample):,} sampled photos have"
+        return ThemeFit(None, sample, distinct, coords, np.arange(len(distinct)), False,
+                        f"{which} only {len(distinct)} distinct embedding(s), too few to reduce "
+                        "or cluster: each distinct one is a theme",
+                        {"method": "none (degenerate input)"}, k=1)
+    pca = None
+    if x.shape[1] > 50 and len(x) > 50:
+        pca = PCA(n_components=50, random_state=settings.seed).fit(x)
+    points = pca.transform(x) if pca else x
+    reduced = reduce_points(points, settings.reduce, settings.seed)
+    labels, params = cluster_points(reduced, settings.cluster, settings.eps, settings.min_samples)
+    coords = reduced if settings.reduce != "none" else \
+        np.c_[points[:, :2], np.zeros((len(points), max(0, 2 - points.shape[1])))]
+    space = f" (PCA to {points.shape[1]} dims)" if pca else ""
+    how = {"tsne": "t-SNE", "umap": "UMAP", "none": "no reduction: clustered in embedding space"
+           }[settings.reduce]
+    if whole:
+        note = f"{how} on all {n:,} points{space}"
+    else:
+        note = (f"{how} fitted on a sample of {len(sample):,} of {n:,} points{space}; the others "
+                "placed at the mean of their 5 nearest sampled neighbours and given their "
+                "majority cluster")
+    return ThemeFit(pca, sample, points, coords.astype(np.float32), labels, True, note, params)
+
+
+def themes(emb: np.ndarray, settings: ClusterSettings
+           ) -> tuple[np.ndarray, np.ndarray, str, dict]:
+    """Themes, map coordinates, a note and the clustering's parameters of embeddings held
+    in memory (``run_cluster`` does the same a block at a time)."""
+    sample = sample_rows(len(emb), settings.max_fit, settings.seed)
+    fit = fit_themes(emb[sample], sample, len(emb), settings)
+    coords, labels = fit.assign(0, emb)
+    return labels, coords, fit.note, fit.params
 
 
 def majority(votes: np.ndarray) -> np.ndarray:
@@ -133,150 +198,178 @@ def cluster_points(points: np.ndarray, method: str, eps: str | float, min_sample
                     else "user", "min_samples": min_samples}
 
 
+class ThemeLabels:
+    """Each theme's size, label and representatives, and its most distinctive phrases,
+    tallied a block of photos at a time in two passes: :meth:`add_sums` (the mean
+    embedding of each theme), then :meth:`add_nearest` (the photos nearest it: the first
+    is the label, the seed's rule) and :meth:`add_phrases`."""
+
+    def __init__(self, themes: int, dim: int, representatives: int = 5):
+        self.sums = np.zeros((themes, dim))
+        self.sizes = np.zeros(themes, np.int64)
+        self.top = representatives
+        self.best = {"cluster": np.zeros(0, np.int64), "distance": np.zeros(0),
+                     "row": np.zeros(0, np.int64), "key": np.zeros(0, object),
+                     "text": np.zeros(0, object)}
+        self.phrases_everywhere: Counter[str] = Counter()
+        self.phrases_in: dict[int, Counter[str]] = {}
+        self.photos = 0
+
+    def add_sums(self, labels: np.ndarray, emb: np.ndarray) -> None:
+        member = labels >= 0
+        self.sizes += np.bincount(labels[member], minlength=len(self.sizes))
+        order = np.argsort(labels[member], kind="stable")
+        ordered = labels[member][order]
+        if len(ordered):
+            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            self.sums[ordered[starts]] += np.add.reduceat(emb[member][order], starts, axis=0)
+
+    def add_nearest(self, first: int, labels: np.ndarray, emb: np.ndarray, keys: np.ndarray,
+                    texts: np.ndarray) -> None:
+        member = np.flatnonzero(labels >= 0)
+        means = self.sums / np.maximum(self.sizes, 1)[:, None]
+        found = {"cluster": labels[member],
+                 "distance": np.linalg.norm(emb[member] - means[labels[member]], axis=1),
+                 "row": first + member, "key": keys[member], "text": texts[member]}
+        both = {k: np.concatenate([self.best[k], found[k]]) for k in self.best}
+        order = np.lexsort((both["row"], both["distance"], both["cluster"]))
+        cluster = both["cluster"][order]
+        starts = np.r_[0, np.flatnonzero(cluster[1:] != cluster[:-1]) + 1]
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        keep = order[rank < self.top]
+        self.best = {k: v[keep] for k, v in both.items()}
+
+    def add_phrases(self, labels: np.ndarray, phrases: np.ndarray) -> None:
+        """Count each photo's phrases (a JSON list of [phrase, score]), overall and per theme."""
+        self.photos += len(labels)
+        for label, cell in zip(labels.tolist(), phrases, strict=True):
+            if not isinstance(cell, str):
+                continue
+            found = {p for p, _ in json.loads(cell)}
+            self.phrases_everywhere.update(found)
+            if label >= 0:
+                self.phrases_in.setdefault(label, Counter()).update(found)
+
+    def table(self) -> pd.DataFrame:
+        """One row per theme: cluster, size, label, representatives (JSON keys), phrases
+        (JSON: the five with the highest lift, each in at least two of its photos)."""
+        rows = []
+        for c in np.flatnonzero(self.sizes):
+            mine = self.best["cluster"] == c
+            row = {"cluster": int(c), "size": int(self.sizes[c]),
+                   "label": self.best["text"][mine][0],
+                   "representatives": json.dumps(self.best["key"][mine].tolist())}
+            if self.phrases_everywhere:
+                counts = self.phrases_in.get(int(c), Counter())
+                lift = {p: (k / self.sizes[c]) / (self.phrases_everywhere[p] / self.photos)
+                        for p, k in counts.items() if k >= 2}
+                row["phrases"] = json.dumps(sorted(lift, key=lambda p: (-lift[p], p))[:5])
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["cluster", "size", "label", "representatives", "phrases"])
+
+
 def label_clusters(labels: np.ndarray, emb: np.ndarray, texts: list[str], keys: list[str],
-                   phrases: list[list[str]] | None) -> pd.DataFrame:
-    """Per cluster: size, the caption nearest the mean embedding, representatives, phrases."""
-    rows = []
-    overall: dict[str, float] = {}
-    if phrases:
-        for ps in phrases:
-            for p in set(ps):
-                overall[p] = overall.get(p, 0) + 1
-    n = len(labels)
-    for c in sorted(set(labels) - {-1}):
-        idx = np.flatnonzero(labels == c)
-        mean = emb[idx].mean(0)
-        d = np.linalg.norm(emb[idx] - mean, axis=1)
-        order = idx[np.argsort(d)]
-        row = {"cluster": int(c), "size": len(idx), "label": texts[order[0]],
-               "representatives": json.dumps([keys[i] for i in order[:5]])}
-        if phrases:
-            counts: dict[str, int] = {}
-            for i in idx:
-                for p in set(phrases[i]):
-                    counts[p] = counts.get(p, 0) + 1
-            lift = {p: (k / len(idx)) / (overall[p] / n) for p, k in counts.items() if k >= 2}
-            row["phrases"] = json.dumps(sorted(lift, key=lambda p: -lift[p])[:5])
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["cluster", "size", "label", "representatives", "phrases"])
+                   phrases: list[str | None] | None = None) -> pd.DataFrame:
+    """:class:`ThemeLabels` of photos held in memory."""
+    tally = ThemeLabels(int(labels.max(initial=-1)) + 1, emb.shape[1])
+    tally.add_sums(labels, emb)
+    tally.add_nearest(0, labels, emb, np.asarray(keys, object), np.asarray(texts, object))
+    if phrases is not None:
+        tally.add_phrases(labels, np.asarray(phrases, object))
+    return tally.table()
 
 
-def themes(emb: np.ndarray, settings: ClusterSettings):
-    """Reduce, cluster (on the fitted sample when the input is large), propagate labels.
+@dataclass
+class MapRows:
+    """What the map page shows of a large run: a seeded sample of the photos (a scatter of
+    millions is neither drawn nor read), and each theme's first photos for its gallery."""
 
-    Input with fewer distinct embeddings than a theme needs (every caption the
-    same: a degenerate caption model, a collection of one scene) is not
-    reduced at all (t-SNE divides by zero there): each distinct embedding is
-    one theme, and the note says so.
-    """
-    distinct, inverse = np.unique(emb.round(5), axis=0, return_inverse=True)
-    if len(distinct) <= max(2, settings.min_samples):
-        angle = 2 * np.pi * inverse.ravel() / len(distinct)
-        coords = np.c_[np.cos(angle), np.sin(angle)].astype(np.float32) * (len(distinct) > 1)
-        note = (f"all {len(emb):,} photos have only {len(distinct)} distinct embedding(s), too few "
-                "to reduce or cluster: each distinct one is a theme")
-        return inverse.ravel().astype(int), coords, note, {"method": "none (degenerate input)"}
-    coords, note, fit_idx = reduce_with_sample(emb, settings.reduce, settings.max_fit,
-                                               settings.seed)
-    fit_labels, params = cluster_points(coords[fit_idx], settings.cluster, settings.eps,
-                                        settings.min_samples)
-    labels = propagate_labels(emb, fit_idx, fit_labels)
-    return labels, coords, note, params
+    sample: np.ndarray  # row numbers shown, sorted
+    gallery_size: int = 24
 
+    def __post_init__(self) -> None:
+        self.points: list[pd.DataFrame] = []
+        self.members: list[pd.DataFrame] = []
+        self.taken: Counter[int] = Counter()
 
-def _load_input(path: str) -> pd.DataFrame:
-    p = Path(path)
-    if p.is_dir():
-        for name in ("captions.parquet", "assignments.parquet"):
-            if (p / name).exists():
-                return pd.read_parquet(p / name)
-        from kadr.core.store import read_shards
+    def add(self, first: int, rows: pd.DataFrame) -> None:
+        at = np.minimum(np.searchsorted(self.sample, first + np.arange(len(rows))),
+                        max(len(self.sample) - 1, 0))
+        shown = self.sample[at] == first + np.arange(len(rows)) if len(self.sample) else \
+            np.zeros(len(rows), bool)
+        self.points.append(rows[shown].assign(text=rows["text"][shown].str.slice(0, 200)))
+        rank = rows.groupby("cluster").cumcount().to_numpy() + \
+            rows["cluster"].map(self.taken).fillna(0).to_numpy(int)
+        wanted = rows[(rank < self.gallery_size) & (rows["cluster"] >= 0).to_numpy()]
+        self.members.append(wanted)
+        self.taken.update(wanted["cluster"].tolist())
 
-        return read_shards(p).to_pandas()
-    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
-
-
-def embeddings_for(df: pd.DataFrame, settings: ClusterSettings, out_dir: Path
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The embeddings to cluster and, per row, whether it has one (its photo could be embedded)."""
-    parts = []
-    usable = np.ones(len(df), bool)
-    if settings.embed in ("caption", "both"):
-        from kadr.core.text_cache import text_embeddings
-
-        model = load_model(settings.clip, kind="image-text")
-        parts.append(text_embeddings(model, df[settings.text_column].fillna("").tolist()))
-    if settings.embed in ("image", "both"):
-        if "embedding" in df and df["embedding"].notna().all():
-            parts.append(np.stack(df["embedding"].to_numpy()).astype(np.float32))
-        else:
-            from kadr.core.store import read_shards
-            from kadr.embed import embed_photos
-
-            # Each file once (a photo listed twice is embedded once), failures left out.
-            manifest = out_dir / "image_manifest.csv"
-            atomic_write_text(manifest, df[["path"]].drop_duplicates().to_csv(index=False))
-            embed_photos(str(manifest), str(out_dir / "image.store"), settings.clip,
-                         progress=settings.progress)
-            img = read_shards(out_dir / "image.store", ["path", "status", "embedding"]).to_pandas()
-            img = img[img["status"] == "ok"].drop_duplicates("path").set_index("path")["embedding"]
-            usable &= df["path"].isin(img.index).to_numpy()
-            dim = len(img.iloc[0]) if len(img) else 1
-            parts.append(np.stack([np.asarray(img[p], np.float32) if ok else np.zeros(dim, np.float32)
-                                   for p, ok in zip(df["path"], usable, strict=True)]))
-    if not parts:
-        raise ValueError("--embed must be caption, image or both")
-    return np.concatenate(parts, axis=1) / np.sqrt(len(parts)), usable
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return pd.concat(self.points, ignore_index=True), pd.concat(self.members, ignore_index=True)
 
 
 @staged
 def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> dict:
+    """Group the photos of a captions table or store into themes; write the assignments,
+    the themes, the noise and the map under ``out``."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = _load_input(input_path)
-    if "status" in df:
-        skipped = df[df["status"] != "ok"].assign(skipped_because="its row's status is not ok")
-        df = df[df["status"] == "ok"].reset_index(drop=True)
-    else:
-        skipped = df.iloc[:0].assign(skipped_because="")
-    if len(df) < settings.min_samples + 1:
-        raise ValueError(f"{len(df)} usable rows: too few to cluster")
-    emb, usable = embeddings_for(df, settings, out_dir)
-    if not usable.all():
-        skipped = pd.concat([skipped, df[~usable].assign(
-            skipped_because="the photo could not be embedded (see image.store)")])
-        df, emb = df[usable].reset_index(drop=True), emb[usable]
-    if len(df) == 0:
+    data = embed_input(input_path, out_dir, embed=settings.embed, clip=settings.clip,
+                       text_column=settings.text_column, progress=settings.progress)
+    if data.rows == 0:
         raise ValueError("no photo could be embedded: nothing to cluster")
-    atomic_write_text(out_dir / "skipped.csv", skipped.drop(
-        columns=[c for c in ("embedding",) if c in skipped]).to_csv(index=False))
-    labels, coords, reduce_note, params = themes(emb, settings)
-    phrases = None
-    if "phrases" in df:
-        phrases = [[p for p, _ in json.loads(s)] if isinstance(s, str) else [] for s in df["phrases"]]
-    texts = df[settings.text_column].fillna("").tolist() if settings.text_column in df \
-        else df["key"].tolist()
-    clusters = label_clusters(labels, emb, texts, df["key"].tolist(), phrases)
-    xy = coords[:, :2] if coords.shape[1] >= 2 else np.c_[coords, np.zeros(len(coords))]
-    assign = pd.DataFrame({"key": df["key"], "path": df.get("path", df["key"]), "x": xy[:, 0],
-                           "y": xy[:, 1], "cluster": labels, "text": texts})
-    import pyarrow as pa
-
-    atomic_write_table(out_dir / "assignments.parquet", pa.Table.from_pandas(assign, preserve_index=False))
+    if data.rows < settings.min_samples + 1:
+        raise ValueError(f"{data.rows} usable rows: too few to cluster")
+    sample = sample_rows(data.rows, settings.max_fit, settings.seed)
+    fit = fit_themes(data.take(sample), sample, data.rows, settings)
+    coords = np.empty((data.rows, 2), np.float32)  # 12 bytes a photo: held whole
+    labels = np.empty(data.rows, np.int64)
+    tally = ThemeLabels(int(fit.labels.max(initial=-1)) + 1, data.dim)
+    for first, _, emb in row_blocks(data.blocks(columns=["key"]), "assign", data.rows,
+                                    settings.progress, rows=lambda block: len(block[2])):
+        end = first + len(emb)
+        coords[first:end], labels[first:end] = fit.assign(first, emb)
+        tally.add_sums(labels[first:end], emb)
+    shown = MapRows(sample_rows(data.rows, MAP_POINTS, settings.seed))
+    schema = pa.schema([("key", pa.string()), ("path", pa.string()), ("x", pa.float32()),
+                        ("y", pa.float32()), ("cluster", pa.int64()), ("text", pa.string())])
+    with atomic_open(out_dir / "assignments.parquet", binary=True) as assign_out, \
+            atomic_open(out_dir / "noise.csv") as noise_out, \
+            pq.ParquetWriter(assign_out, schema, compression="zstd") as writer:
+        noise = CsvAppender(noise_out)
+        for first, rows, emb in row_blocks(data.blocks(), "label and write", data.rows,
+                                           settings.progress, rows=lambda block: len(block[2])):
+            end = first + len(rows)
+            block = pd.DataFrame({"key": rows["key"], "path": rows["path"],
+                                  "x": coords[first:end, 0], "y": coords[first:end, 1],
+                                  "cluster": labels[first:end], "text": rows["text"].fillna("")})
+            tally.add_nearest(first, labels[first:end], emb, rows["key"].to_numpy(object),
+                              block["text"].to_numpy(object))
+            tally.add_phrases(labels[first:end], rows["phrases"].to_numpy(object))
+            writer.write_table(pa.Table.from_pandas(block, schema, preserve_index=False))
+            noise.write(block[block["cluster"] == -1])
+            shown.add(first, block)
+    clusters = tally.table()
     atomic_write_table(out_dir / "clusters.parquet", pa.Table.from_pandas(clusters, preserve_index=False))
     atomic_write_text(out_dir / "clusters.csv", clusters.to_csv(index=False))
-    atomic_write_text(out_dir / "noise.csv", assign[assign["cluster"] == -1].to_csv(index=False))
-    summary = {"photos": len(df), "skipped_not_ok": len(skipped), "clusters": len(clusters),
-               "noise": int((labels == -1).sum()), "reduction": reduce_note, **params,
-               "embed": settings.embed}
+    summary = {"photos": data.rows, "skipped_not_ok": data.skipped,
+               "clusters": len(clusters), "noise": int((labels == -1).sum()),
+               "reduction": fit.note, **fit.params, "embed": settings.embed,
+               "map_points": len(shown.sample)}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(out_dir / "map.html", render_map(assign, clusters, summary))
+    points, members = shown.frames()
+    atomic_write_text(out_dir / "map.html", render_map(points, clusters, summary, members=members))
     return summary
 
 
 def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
-               max_thumbs: int = 3000, gallery_size: int = 24) -> str:
-    """Plotly scatter (inlined), hover shows caption and thumbnail, click opens the gallery."""
+               max_thumbs: int = 3000, gallery_size: int = 24,
+               members: pd.DataFrame | None = None) -> str:
+    """Plotly scatter (inlined), hover shows caption and thumbnail, click opens the gallery.
+
+    ``assign``: the photos drawn (all, or a sample); ``members``: the photos each
+    theme's gallery shows (the first ``gallery_size`` of each, from ``assign`` when not
+    given)."""
     import plotly.graph_objects as go
 
     from kadr.core.html import figure, render, thumbnail
@@ -285,6 +378,8 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
     thumb_idx = set(rng.choice(len(assign), min(len(assign), max_thumbs), replace=False).tolist())
     labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
     fig = go.Figure()
+    drawn = f"; {len(assign):,} of {summary['photos']:,} drawn" \
+        if summary.get("photos", len(assign)) > len(assign) else ""
     thumbs: dict[str, str] = {}
     for c, part in assign.groupby("cluster", sort=True):
         name = "noise" if c == -1 else f"{c}: {labels.get(c, '')[:40]}"
@@ -300,8 +395,10 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
                 thumbs[part.at[i, "key"]] = src
     fig.update_layout(height=700, legend={"itemsizing": "constant"},
                       title=html.escape(f"{summary['clusters']} themes, {summary['noise']} noise "
-                                        f"points ({summary['reduction']})"))
-    members = assign.groupby("cluster").head(gallery_size)
+                                        f"points ({summary['reduction']}){drawn}"))
+    if members is None:
+        members = assign
+    members = members.groupby("cluster").head(gallery_size)
     galleries = [
         {"cluster": c["cluster"], "size": c["size"], "label": c["label"],
          "members": [{"key": k, "src": thumbnail(p, 160), "text": t[:80]}
