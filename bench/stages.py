@@ -13,10 +13,14 @@ process (peak memory is the process's high-water mark, VmHWM):
   of ten (re-encoded copies and copies turned by 90 degrees);
 - ``profile``: everything ``hotels profile`` does after its models, from a store
   of N photos of 5,000 hotels with those hash families: duplicates, statistics,
-  tables and the report.
+  tables and the report;
+- ``themes``: ``hotels cluster`` from a store of N captioned photos with image
+  embeddings (512 floats) around 40 themes: t-SNE and DBSCAN fitted on 10,000,
+  every other photo assigned (theme assignment beyond ``--max-fit``), themes
+  labelled, the tables and the map written.
 
     python bench/stages.py [--sizes 100000 1000000] [--rounds 1]
-                           [--stages listing skipping exports duplicates profile]
+                           [--stages listing skipping exports duplicates profile themes]
 
 Targets (issue): time ratio <= 12 for 10x the photos; peak memory at 1M <= 2 GB.
 """
@@ -239,11 +243,59 @@ def profile(n: int, folder: Path) -> float:
     return time.perf_counter() - t
 
 
+THEMES = 40
+DIM = 512  # ViT-B-32's embedding size
+
+
+def theme_store(n: int, folder: Path) -> None:
+    """A store of n captioned photos with their image embeddings (512 floats) around 40
+    themes, the phrases of each photo as captioning writes them; 1% unreadable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(THEMES, DIM)).astype(np.float32)
+    store = folder / "store"
+    store.mkdir(parents=True)
+    shard = 50_000
+    for a in range(0, n, shard):
+        m = min(n, a + shard) - a
+        theme = rng.integers(0, THEMES, m)
+        emb = centres[theme] + rng.normal(scale=0.6, size=(m, DIM)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        name = np.char.add("kind ", theme.astype(str))
+        key = np.char.add(np.char.add("hotel", (np.arange(a, a + m) // 200).astype(str)),
+                          np.char.add("/", np.char.add(np.arange(a, a + m).astype(str), ".jpg")))
+        table = pa.table({
+            "key": key, "path": np.char.add("/data/hotels50k/", key),
+            "status": np.where(rng.random(m) < 0.01, "decode_error", "ok"),
+            "caption": np.char.add("a hotel room of ", name),
+            "phrases": np.char.add(np.char.add('[["', name), ' decor", 0.31], ["hotel room", 0.25]]'),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM)})
+        for j in range(0, m, 2048):  # shards as a store writes them
+            pq.write_table(table.slice(j, 2048), store / f"part-{a + j:08d}.parquet")
+
+
+def themes(n: int, folder: Path) -> float:
+    """`hotels cluster` from image embeddings: reduction and clustering fitted on 10,000
+    photos, every other photo assigned, themes labelled, tables and map written."""
+    from kadr.hotels.cluster import ClusterSettings, run_cluster
+
+    out = folder / "themes"
+    shutil.rmtree(out, ignore_errors=True)  # every round embeds the input again
+    t = time.perf_counter()
+    summary = run_cluster(str(folder / "store"), str(out),
+                          ClusterSettings(embed="image", max_fit=10_000, progress=False))
+    assert summary["photos"] >= 0.98 * n and summary["clusters"] >= THEMES * 0.9, summary
+    return time.perf_counter() - t
+
+
 STAGES = {"listing": listing, "skipping": skipping, "exports": exports,
-          "duplicates": duplicates, "profile": profile}
+          "duplicates": duplicates, "profile": profile, "themes": themes}
 # Each stage's input, made in a process of its own so that making it does not count.
 INPUTS = {"listing": manifest, "skipping": done_store,
-          "exports": lambda n, folder: trap_store(n, folder / "out"), "profile": profile_store}
+          "exports": lambda n, folder: trap_store(n, folder / "out"), "profile": profile_store,
+          "themes": theme_store}
 
 
 def main() -> None:

@@ -227,7 +227,7 @@ class ThemeLabels:
     def add_nearest(self, first: int, labels: np.ndarray, emb: np.ndarray, keys: np.ndarray,
                     texts: np.ndarray) -> None:
         member = np.flatnonzero(labels >= 0)
-        means = self.sums / np.maximum(self.sizes, 1)[:, None]
+        means = (self.sums / np.maximum(self.sizes, 1)[:, None]).astype(emb.dtype)
         found = {"cluster": labels[member],
                  "distance": np.linalg.norm(emb[member] - means[labels[member]], axis=1),
                  "row": first + member, "key": keys[member], "text": texts[member]}

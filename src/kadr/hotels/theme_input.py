@@ -58,11 +58,8 @@ class EmbeddedRows:
         return flat.reshape(count, self.dim)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The embeddings of the given row numbers (sorted: the file is read forward)."""
-        mapped = np.memmap(self.vectors_path, np.float32, "r", shape=(self.rows, self.dim))
-        taken = np.array(mapped[rows])
-        del mapped  # unmapped: the pages read do not stay in the process
-        return taken
+        """The embeddings of the given row numbers."""
+        return read_rows(self.vectors_path, self.dim, rows)
 
     def blocks(self, columns: list[str] | None = None
                ) -> Iterator[tuple[int, pd.DataFrame, np.ndarray]]:
@@ -74,9 +71,22 @@ class EmbeddedRows:
             first += batch.num_rows
 
 
-def input_blocks(path: str) -> Iterator[pd.DataFrame]:
+def read_rows(path: Path, dim: int, rows: np.ndarray) -> np.ndarray:
+    """Rows of a float32 matrix file, each read on its own. A memory map would do the
+    same in one line, but every page it reads ahead stays in the process: a sample of
+    10,000 rows of a 2 GB file mapped all of it."""
+    out = np.empty((len(rows), dim), np.float32)
+    size = dim * 4
+    with open(path, "rb", buffering=0) as f:
+        for i, row in enumerate(rows.tolist()):
+            os.preadv(f.fileno(), [out[i]], row * size)
+    return out
+
+
+def input_blocks(path: str) -> Iterator[pa.RecordBatch]:
     """The input's rows a block at a time: a captions folder (its ``captions.parquet``
-    or ``assignments.parquet``), a store folder, a Parquet file or a CSV file."""
+    or ``assignments.parquet``), a store folder, a Parquet file or a CSV file. Arrow
+    batches: embeddings are read as arrays of floats, not a Python object a row."""
     from kadr.core.ordered import file_batches
 
     p = Path(path)
@@ -87,15 +97,14 @@ def input_blocks(path: str) -> Iterator[pd.DataFrame]:
             if not shards:
                 raise ValueError(f"{path}: holds no captions.parquet, assignments.parquet "
                                  "or store shards (part-*.parquet)")
-            for batch in file_batches(shards):  # its own batch size: READ_ROWS
-                yield batch.to_pandas()
+            yield from file_batches(shards)  # its own batch size: READ_ROWS
             return
         p = tables[0]
     if p.suffix == ".parquet":
-        for batch in pq.ParquetFile(p).iter_batches(BLOCK_ROWS):
-            yield batch.to_pandas()
+        yield from pq.ParquetFile(p).iter_batches(BLOCK_ROWS)
     else:
-        yield from pd.read_csv(p, chunksize=BLOCK_ROWS)
+        for chunk in pd.read_csv(p, chunksize=BLOCK_ROWS):
+            yield pa.RecordBatch.from_pandas(chunk, preserve_index=False)
 
 
 def input_rows(path: str) -> int | None:
@@ -131,7 +140,7 @@ class _ImageVectors:
                 ok = table.filter(pc.equal(table["status"], "ok"))
                 if not ok.num_rows:
                     continue
-                vectors = np.stack(ok["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+                vectors, _ = arrow_vectors(ok["embedding"])
                 self.dim = vectors.shape[1]
                 for p in ok["path"].to_pylist():
                     self.index.setdefault(p, len(self.index))
@@ -143,9 +152,7 @@ class _ImageVectors:
         found = at >= 0
         vectors = np.zeros((len(paths), max(self.dim, 1)), np.float32)
         if found.any():
-            mapped = np.memmap(self.path, np.float32, "r", shape=(len(self.index), self.dim))
-            vectors[found] = mapped[at[found]]
-            del mapped
+            vectors[found] = read_rows(self.path, self.dim, at[found])
         return vectors, found
 
 
@@ -181,18 +188,21 @@ def embed_input(input_path: str, out_dir: Path, *, embed: str, clip: str, text_c
             atomic_open(folder / "vectors.f32", binary=True) as vectors_out:
         skipped = CsvAppender(skipped_out)
         with pq.ParquetWriter(rows_out, schema, compression="zstd") as writer:
-            for block in row_blocks(input_blocks(input_path), "embed", input_rows(input_path),
+            for batch in row_blocks(input_blocks(input_path), "embed", input_rows(input_path),
                                     progress):
-                if embed != "image" and text_column not in block:
+                names = batch.schema.names
+                if embed != "image" and text_column not in names:
                     raise ValueError(f"the input has no {text_column!r} column to embed "
-                                     f"(it has: {', '.join(map(str, block.columns))})")
-                block = block.reset_index(drop=True)
-                plain = block.drop(columns=[c for c in ("embedding",) if c in block])
+                                     f"(it has: {', '.join(names)})")
+                own = arrow_vectors(batch.column("embedding")) if "embedding" in names else None
+                block = pa.Table.from_batches([batch]).drop_columns(
+                    [c for c in ("embedding",) if c in names]).to_pandas()
                 ok = (block["status"] == "ok").to_numpy() if "status" in block \
                     else np.ones(len(block), bool)
-                skipped.write(plain[~ok].assign(skipped_because=NOT_OK))
+                skipped.write(block[~ok].assign(skipped_because=NOT_OK))
                 left_out += int((~ok).sum())
-                block, plain = block[ok].reset_index(drop=True), plain[ok].reset_index(drop=True)
+                block = block[ok].reset_index(drop=True)
+                own = (own[0][ok], own[1][ok]) if own is not None else None
                 parts, usable = [], np.ones(len(block), bool)
                 texts = (block[text_column].fillna("").astype(str).tolist()
                          if text_column in block else block["key"].astype(str).tolist())
@@ -200,15 +210,17 @@ def embed_input(input_path: str, out_dir: Path, *, embed: str, clip: str, text_c
                     parts.append(model.encode_texts(texts) if texts
                                  else np.zeros((0, model.embed_dim), np.float32))
                 if embed != "caption":
-                    vectors, found = _block_image_vectors(block, images)
+                    vectors, found = _image_vectors(block, own, images)
                     parts.append(vectors)
                     usable &= found
-                skipped.write(plain[~usable].assign(skipped_because=NOT_EMBEDDED))
+                skipped.write(block[~usable].assign(skipped_because=NOT_EMBEDDED))
                 left_out += int((~usable).sum())
-                vectors = np.concatenate(parts, axis=1)[usable] / np.sqrt(len(parts))
                 kept = block[usable]
                 if not len(kept):
                     continue
+                vectors = np.concatenate([v[usable] for v in parts], axis=1)
+                if len(parts) > 1:
+                    vectors /= np.sqrt(len(parts))
                 dim = vectors.shape[1]
                 vectors_out.write(np.ascontiguousarray(vectors, np.float32).tobytes())
                 writer.write_table(pa.table({
@@ -225,25 +237,42 @@ def embed_input(input_path: str, out_dir: Path, *, embed: str, clip: str, text_c
     return EmbeddedRows(folder, rows, dim, left_out)
 
 
-def _block_image_vectors(block: pd.DataFrame, images: _ImageVectors | None
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the input's own embedding where it has one, else the photo's from the
-    image store; and whether there was one."""
+def arrow_vectors(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A list column of embeddings as float32 rows (zeros where null), and which are there."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    present = ~column.is_null().to_numpy(zero_copy_only=False)
+    values = column.filter(pa.array(present))
+    if not len(values):
+        return np.zeros((len(column), 1), np.float32), present
+    lengths = pc.list_value_length(values)
+    dim = pc.max(lengths).as_py()
+    if pc.min(lengths).as_py() != dim:
+        raise ValueError("the input's embeddings are not all of one length")
+    vectors = np.zeros((len(column), dim), np.float32)
+    vectors[present] = values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return vectors, present
+
+
+def _image_vectors(block: pd.DataFrame, own: tuple[np.ndarray, np.ndarray] | None,
+                   images: _ImageVectors | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the input's own embedding where it has one (``own``: vectors, present),
+    else the photo's from the image store; and whether there was one."""
     n = len(block)
-    given = block["embedding"].notna().to_numpy() if "embedding" in block else np.zeros(n, bool)
-    own = np.stack(block.loc[given, "embedding"].to_numpy()).astype(np.float32) \
-        if given.any() else None
+    if own is not None and own[1].all():
+        return own
     if images is not None:
         vectors, found = images.lookup(block["path"].astype(str).tolist())
     else:
         vectors, found = np.zeros((n, 1), np.float32), np.zeros(n, bool)
-    if own is not None:
-        if vectors.shape[1] != own.shape[1]:
+    if own is not None and own[1].any():
+        given_vectors, given = own
+        if vectors.shape[1] != given_vectors.shape[1]:
             if found.any():
-                raise ValueError(f"the input's embeddings have {own.shape[1]} dimensions and "
-                                 f"the photos' ({images.path}) {vectors.shape[1]}")
-            vectors = np.zeros((n, own.shape[1]), np.float32)
-        vectors[given], found = own, found | given
+                raise ValueError(f"the input's embeddings have {given_vectors.shape[1]} "
+                                 f"dimensions and the photos' {vectors.shape[1]}")
+            vectors = np.zeros_like(given_vectors)
+        vectors[given], found = given_vectors[given], found | given
     return vectors, found
 
 
@@ -262,12 +291,13 @@ def _embedded_photos(input_path: str, out_dir: Path, clip: str, progress: bool
     with atomic_open(manifest) as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(["path"])
-        for block in input_blocks(input_path):
-            if "status" in block:
-                block = block[block["status"] == "ok"]
-            if "embedding" in block:
-                block = block[block["embedding"].isna()]
-            for p in block["path"].astype(str):
+        for batch in input_blocks(input_path):
+            names = batch.schema.names
+            wanted = pc.equal(batch.column("status"), "ok") if "status" in names \
+                else pa.array(np.ones(batch.num_rows, bool))
+            if "embedding" in names:
+                wanted = pc.and_(wanted, batch.column("embedding").is_null())
+            for p in batch.column("path").filter(pc.fill_null(wanted, False)).to_pylist():
                 if p not in seen:
                     seen.add(p)
                     out.writerow([p])
