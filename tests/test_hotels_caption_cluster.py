@@ -39,7 +39,9 @@ def test_caption_every_mode_end_to_end(rooms, tmp_path, mode):
     out = tmp_path / mode
     settings = CaptionSettings(captioner=TINY_BLIP, clip=TINY_CLIP, mode=mode, progress=False,
                                batch_size=8)
-    summary, table = run_caption(str(rooms), str(out), settings)
+    summary, captions = run_caption(str(rooms), str(out), settings)
+    table = pd.read_parquet(captions)
+    assert table["key"].tolist() == pd.read_csv(out / "captions.csv")["key"].tolist()
     ok = table[table["status"] == "ok"]
     clip = load_model(TINY_CLIP)
     decodable = [k for k, v in make_broken_corpus(tmp_path / "corpus").items() if v == "ok"]
@@ -216,3 +218,27 @@ def test_label_propagation_takes_the_majority_and_the_smaller_label_on_a_tie():
     rng = np.random.default_rng(0)
     many = rng.integers(-1, 6, (5000, 5))
     assert (majority(many) == [np.bincount(v + 1).argmax() - 1 for v in many]).all()
+
+
+def test_caption_tables_are_written_from_every_shard_a_batch_at_a_time(tmp_path, monkeypatch):
+    from kadr.core import ordered
+    from kadr.hotels.caption import write_caption_tables
+
+    monkeypatch.setattr(ordered, "READ_ROWS", 3)
+    store = tmp_path / "captions.store"
+    store.mkdir()
+    photos = [tmp_path / f"p{i}.jpg" for i in range(10)]
+    for k in range(2):
+        rows = range(5 * k, 5 * k + 5)
+        pd.DataFrame({"key": [f"p{i}" for i in rows], "path": [str(photos[i]) for i in rows],
+                      "status": ["ok" if i != 7 else "decode_error" for i in rows],
+                      "caption": [f"room {i}" if i != 7 else None for i in rows],
+                      "prompt": [f"room {i}, suite" if i != 7 else None for i in rows]}
+                     ).to_parquet(store / f"part-{k:06d}.parquet")
+    write_caption_tables(tmp_path, write_txt=True)
+    table = pd.read_parquet(tmp_path / "captions.parquet")
+    assert table["key"].tolist() == [f"p{i}" for i in range(10)]
+    assert pd.read_csv(tmp_path / "captions.csv")["prompt"].tolist()[:2] == ["room 0, suite",
+                                                                              "room 1, suite"]
+    assert (tmp_path / "p9.txt").read_text() == "room 9, suite\n"
+    assert not (tmp_path / "p7.txt").exists(), "a failed photo has no prompt file"

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
@@ -38,7 +40,14 @@ from kadr.core.models import load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, driver_job, run_job
-from kadr.core.store import ShardStore, atomic_write_text, read_shards
+from kadr.core.store import (
+    CsvAppender,
+    ShardStore,
+    atomic_open,
+    atomic_write_table,
+    atomic_write_text,
+    shard_files,
+)
 from kadr.core.text_cache import text_embeddings
 from kadr.embed import read_text_lines
 
@@ -354,15 +363,32 @@ def run_caption(source: str, out: str, settings: CaptionSettings,
         summary = run_job(collection, job, store, workers=settings.workers,
                           progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
                           job_factory=functools.partial(make_caption_job, settings))
-    table = read_shards(out_dir / "captions.store").to_pandas()
-    import pyarrow as pa
+    write_caption_tables(out_dir, settings.write_txt)
+    return summary, out_dir / "captions.parquet"  # the table's path: it can be millions of rows
 
-    from kadr.core.store import atomic_write_table
 
-    atomic_write_table(out_dir / "captions.parquet", pa.Table.from_pandas(table, preserve_index=False))
-    atomic_write_text(out_dir / "captions.csv", table.to_csv(index=False))
-    if settings.write_txt:
-        for r in table[table["status"] == "ok"].to_dict("records"):
-            if "://" not in r["path"]:
-                atomic_write_text(Path(r["path"]).with_suffix(".txt"), r["prompt"] + "\n")
-    return summary, table
+def write_caption_tables(out_dir: Path, write_txt: bool = False) -> None:
+    """``captions.parquet`` and ``captions.csv`` from the store, a batch of rows at a time
+    (a million captions are never in memory at once); with ``write_txt``, each photo's
+    prompt in a ``.txt`` file beside it (the file layout training tools read)."""
+    from kadr.core.ordered import file_batches
+
+    shards = shard_files(out_dir / "captions.store")
+    if not shards:
+        atomic_write_text(out_dir / "captions.csv", "")
+        atomic_write_table(out_dir / "captions.parquet", pa.table({}))
+        return
+    batches = file_batches(shards)
+    with atomic_open(out_dir / "captions.parquet", binary=True) as parquet_out, \
+            atomic_open(out_dir / "captions.csv") as csv_out, \
+            pq.ParquetWriter(parquet_out, batches.schema, compression="zstd") as writer:
+        rows = CsvAppender(csv_out)
+        for batch in batches:
+            writer.write_batch(batch)
+            frame = batch.to_pandas()
+            rows.write(frame)
+            if write_txt:
+                for path, prompt in frame.loc[frame["status"] == "ok", ["path", "prompt"]
+                                              ].itertuples(index=False):
+                    if "://" not in path:
+                        atomic_write_text(Path(path).with_suffix(".txt"), prompt + "\n")

@@ -107,7 +107,7 @@ def caption(
         path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
         progress=not quiet, retry_failed=retry_failed)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, table = guarded(lambda: run_caption(source, str(output), settings, eng))
+    summary, _ = guarded(lambda: run_caption(source, str(output), settings, eng))
     finish(summary)
     out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
 
