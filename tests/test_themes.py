@@ -104,3 +104,24 @@ def test_a_rerun_reuses_the_embeddings_until_the_input_changes(tmp_path, monkeyp
     rows.assign(caption="a room").to_parquet(table)
     with pytest.raises(AssertionError, match="embedded again"):
         run_cluster(str(table), str(out), ClusterSettings(clip=TINY_CLIP, progress=False))
+
+
+def test_photo_vectors_are_found_by_path_even_when_a_path_is_stored_twice(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "image.store"
+    store.mkdir()
+    vectors = np.arange(12, dtype=np.float32).reshape(6, 2)
+    paths = ["a.jpg", "b.jpg", "c.jpg", "b.jpg", "d.jpg", "e.jpg"]
+    status = ["ok", "ok", "decode_error", "ok", "ok", "ok"]
+    for k in range(2):
+        part = slice(3 * k, 3 * k + 3)
+        pq.write_table(pa.table({"path": paths[part], "status": status[part],
+                                 "embedding": pa.FixedSizeListArray.from_arrays(
+                                     pa.array(vectors[part].ravel()), 2)}),
+                       store / f"part-{k:06d}.parquet")
+    found_vectors, found = theme_input._ImageVectors(store, tmp_path).lookup(
+        ["e.jpg", "b.jpg", "c.jpg", "x.jpg", "a.jpg"])
+    assert found.tolist() == [True, True, False, False, True]
+    np.testing.assert_array_equal(found_vectors[[0, 1, 4]], vectors[[5, 1, 0]])

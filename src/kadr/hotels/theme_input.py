@@ -142,9 +142,11 @@ class _ImageVectors:
                     continue
                 vectors, _ = arrow_vectors(ok["embedding"])
                 self.dim = vectors.shape[1]
-                for p in ok["path"].to_pylist():
-                    self.index.setdefault(p, len(self.index))
-                out.write(np.ascontiguousarray(vectors).tobytes())
+                new = np.zeros(len(vectors), bool)  # a path stored twice: its first vector
+                for i, p in enumerate(ok["path"].to_pylist()):
+                    if p not in self.index:
+                        self.index[p], new[i] = len(self.index), True
+                out.write(np.ascontiguousarray(vectors[new]).tobytes())
 
     def lookup(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The embeddings of ``paths`` (zeros where there is none), and which have one."""
