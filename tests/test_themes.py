@@ -62,7 +62,7 @@ def test_streamed_themes_equal_the_in_memory_answer(tmp_path, monkeypatch):
     assert failed and summary["skipped_not_ok"] == len(skipped) == 1000 - len(x)
     assert summary["photos"] == len(x) and summary["noise"] == int((labels == -1).sum())
     page = (tmp_path / "out" / "map.html").read_text()
-    assert f"250 of {len(x):,} drawn" in page
+    assert f"a sample of 250 of the {len(x):,} photos" in page
 
 
 def test_label_clusters_in_blocks_match_one_block():

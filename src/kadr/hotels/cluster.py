@@ -378,8 +378,10 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
     thumb_idx = set(rng.choice(len(assign), min(len(assign), max_thumbs), replace=False).tolist())
     labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
     fig = go.Figure()
-    drawn = f"; {len(assign):,} of {summary['photos']:,} drawn" \
-        if summary.get("photos", len(assign)) > len(assign) else ""
+    notes = [f"How: {summary['reduction']}."]
+    if summary.get("photos", len(assign)) > len(assign):
+        notes.append(f"The map draws a sample of {len(assign):,} of the {summary['photos']:,} "
+                     "photos; the tables list them all.")
     thumbs: dict[str, str] = {}
     for c, part in assign.groupby("cluster", sort=True):
         name = "noise" if c == -1 else f"{c}: {labels.get(c, '')[:40]}"
@@ -395,7 +397,7 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
                 thumbs[part.at[i, "key"]] = src
     fig.update_layout(height=700, legend={"itemsizing": "constant"},
                       title=html.escape(f"{summary['clusters']} themes, {summary['noise']} noise "
-                                        f"points ({summary['reduction']}){drawn}"))
+                                        "points"))
     if members is None:
         members = assign
     members = members.groupby("cluster").head(gallery_size)
@@ -407,5 +409,5 @@ def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,
         for c in clusters.to_dict("records")]
     themes = clusters[["cluster", "size", "label", "phrases"]].to_dict("records")
     return render("hotels_themes.html", title="Photo themes", with_plotly=True,
-                  map=figure(fig, div_id="map"),
+                  map=figure(fig, div_id="map"), notes=notes,
                   galleries=galleries, themes=themes, thumbs=thumbs)

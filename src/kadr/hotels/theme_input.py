@@ -304,6 +304,7 @@ def _embedded_photos(input_path: str, out_dir: Path, clip: str, progress: bool
                     seen.add(p)
                     out.writerow([p])
     if not seen:
+        manifest.unlink()
         return None
     del seen
     embed_photos(str(manifest), str(out_dir / "image.store"), clip, progress=progress)
