@@ -65,6 +65,16 @@ def file_batches(files: Sequence[str | os.PathLike], exclude: Iterable[str] = ()
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
+def sorted_lookup(sorted_values: np.ndarray, values: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``values`` are in ``sorted_values``, and where (a binary search each; the
+    position is meaningful only where found)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), bool), np.zeros(len(values), np.int64)
+    at = np.searchsorted(sorted_values, values).clip(max=len(sorted_values) - 1)
+    return sorted_values[at] == values, at
+
+
 def _parts(sizes: dict, part_rows: int) -> dict:
     """Each value's part: the values in sorted order (a missing one last), cut into
     consecutive ranges of about ``part_rows`` rows (a bigger value has a part of its own)."""

@@ -167,7 +167,6 @@ def atomic_write_csv(path: str | os.PathLike, frame, rows_per_chunk: int = 50_00
                 f, index=False, header=start == 0, lineterminator="\n", **to_csv)
 
 
-
 class CsvAppender:
     """Frames written one after another as one CSV (the header once, from the first)."""
 
@@ -178,6 +177,7 @@ class CsvAppender:
         if self.header or len(frame):
             frame.to_csv(self.out, index=False, header=self.header, lineterminator="\n")
             self.header = False
+
 
 class ShardStore:
     """``OUT/<name>/part-NNNNNN.parquet`` plus ``run.json`` describing what made them.

@@ -33,6 +33,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 
+from kadr.core.ordered import sorted_lookup
 from kadr.core.progress import row_blocks
 from kadr.core.remote import staged
 from kadr.core.store import CsvAppender, atomic_open, atomic_write_table, atomic_write_text
@@ -116,9 +117,7 @@ class ThemeFit:
         labels = np.empty(len(emb), np.int64)
         own = np.zeros(len(emb), bool)
         if self.keep_own:
-            rows = np.arange(first, first + len(emb))
-            at = np.minimum(np.searchsorted(self.sample, rows), len(self.sample) - 1)
-            own = self.sample[at] == rows
+            own, at = sorted_lookup(self.sample, np.arange(first, first + len(emb)))
             coords[own], labels[own] = self.coords[at[own]], self.labels[at[own]]
         if not own.all():
             rest = emb[~own]
@@ -293,10 +292,7 @@ class MapRows:
         self.taken: Counter[int] = Counter()
 
     def add(self, first: int, rows: pd.DataFrame) -> None:
-        at = np.minimum(np.searchsorted(self.sample, first + np.arange(len(rows))),
-                        max(len(self.sample) - 1, 0))
-        shown = self.sample[at] == first + np.arange(len(rows)) if len(self.sample) else \
-            np.zeros(len(rows), bool)
+        shown, _ = sorted_lookup(self.sample, first + np.arange(len(rows)))
         self.points.append(rows[shown].assign(text=rows["text"][shown].str.slice(0, 200)))
         rank = rows.groupby("cluster").cumcount().to_numpy() + \
             rows["cluster"].map(self.taken).fillna(0).to_numpy(int)

@@ -24,6 +24,7 @@ from PIL import Image
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.spec import spec_fingerprint
+from kadr.core.ordered import sorted_lookup
 from kadr.core.remote import staged
 from kadr.core.runner import Job, run_job
 from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
@@ -295,12 +296,6 @@ def hex_hashes(column: pd.Series) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join(column.astype(str))), ">u8").astype(np.uint64)
 
 
-def _sorted_contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Which ``values`` are in ``sorted_values`` (a binary search each; see sorted_unique)."""
-    at = np.searchsorted(sorted_values, values).clip(max=max(len(sorted_values) - 1, 0))
-    return sorted_values[at] == values if len(sorted_values) else np.zeros(len(values), bool)
-
-
 def _families(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Connected families of ``n`` photos and each member's orientation within its family.
 
@@ -389,8 +384,8 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     for r in ROTATIONS[1:]:
         turned = hash_pairs(hashes[r], hashes[0], max_distance, skipped=skipped)
         pair = np.sort(turned, axis=1)
-        keep = (turned[:, 0] != turned[:, 1]) & ~_sorted_contains(linked,
-                                                                  pair[:, 0] * n + pair[:, 1])
+        known, _ = sorted_lookup(linked, pair[:, 0] * n + pair[:, 1])
+        keep = (turned[:, 0] != turned[:, 1]) & ~known
         edges.append(np.column_stack([turned[keep], np.full(int(keep.sum()), r)]))
     # Photos with the same bytes: each linked to the first row holding them.
     rows = np.arange(n)

@@ -83,46 +83,47 @@ def read_rows(path: Path, dim: int, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def input_files(path: str) -> list[Path]:
+    """What the input is read from: a captions folder's ``captions.parquet`` (or
+    ``assignments.parquet``), a store folder's shards, or the Parquet or CSV file itself."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    tables = [p / n for n in ("captions.parquet", "assignments.parquet") if (p / n).exists()]
+    files = tables[:1] or shard_files(p)
+    if not files:
+        raise ValueError(f"{path}: holds no captions.parquet, assignments.parquet "
+                         "or store shards (part-*.parquet)")
+    return files
+
+
 def input_blocks(path: str) -> Iterator[pa.RecordBatch]:
-    """The input's rows a block at a time: a captions folder (its ``captions.parquet``
-    or ``assignments.parquet``), a store folder, a Parquet file or a CSV file. Arrow
-    batches: embeddings are read as arrays of floats, not a Python object a row."""
+    """The input's rows a block at a time (:func:`input_files`). Arrow batches:
+    embeddings are read as arrays of floats, not a Python object a row."""
     from kadr.core.ordered import file_batches
 
-    p = Path(path)
-    if p.is_dir():
-        tables = [p / n for n in ("captions.parquet", "assignments.parquet") if (p / n).exists()]
-        if not tables:
-            shards = shard_files(p)
-            if not shards:
-                raise ValueError(f"{path}: holds no captions.parquet, assignments.parquet "
-                                 "or store shards (part-*.parquet)")
-            yield from file_batches(shards)  # its own batch size: READ_ROWS
-            return
-        p = tables[0]
-    if p.suffix == ".parquet":
-        yield from pq.ParquetFile(p).iter_batches(BLOCK_ROWS)
-    else:
-        for chunk in pd.read_csv(p, chunksize=BLOCK_ROWS):
+    files = input_files(path)
+    if files[0].suffix != ".parquet":
+        for chunk in pd.read_csv(files[0], chunksize=BLOCK_ROWS):
             yield pa.RecordBatch.from_pandas(chunk, preserve_index=False)
+    elif len(files) == 1:
+        yield from pq.ParquetFile(files[0]).iter_batches(BLOCK_ROWS)
+    else:
+        yield from file_batches(files)  # shards under one schema; its own batch size
 
 
 def input_rows(path: str) -> int | None:
     """How many rows the input holds, from Parquet metadata (None for a CSV file)."""
-    p = Path(path)
-    if p.is_dir():
-        tables = [p / n for n in ("captions.parquet", "assignments.parquet") if (p / n).exists()]
-        files = tables[:1] or shard_files(p)
-    else:
-        files = [p] if p.suffix == ".parquet" else []
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
+    files = input_files(path)
+    if files[0].suffix != ".parquet":
+        return None
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def input_identity(path: str) -> str:
     """A digest of the input's files (name, size, modification time)."""
-    p = Path(path)
-    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
-    parts = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    parts = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+             for f in input_files(path)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

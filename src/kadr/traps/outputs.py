@@ -26,7 +26,13 @@ import pyarrow.parquet as pq
 
 from kadr.core.ordered import file_batches, gathered, read_columns, sorted_groups
 from kadr.core.runner import RunSummary
-from kadr.core.store import atomic_open, atomic_write_table, atomic_write_text, shard_files
+from kadr.core.store import (
+    CsvAppender,
+    atomic_open,
+    atomic_write_table,
+    atomic_write_text,
+    shard_files,
+)
 from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.events import form_registrations
 from kadr.traps.prompts import PromptSet
@@ -220,6 +226,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
                                    export.common_folder(stored_keys(files))) as md_json,
           camtrap):
         parquet = None  # opened on the first camera, with its schema
+        photo_rows = CsvAppender(photos_csv)
         cameras = sorted_groups(files, "group", PHOTO_ORDER[1:], exclude=exclude,
                                 spill_dir=out_dir)
         for rows in gathered(cameras, CHUNK_ROWS):
@@ -228,8 +235,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
             photos, camera_regs = events.cameras(photos)
             rows = _photo_table(rows, photos, events.added)
             photos = photos[rows.column_names]
-            photos.assign(time=time_text(photos["time"])).to_csv(
-                photos_csv, index=False, header=parquet is None, lineterminator="\n")
+            photo_rows.write(photos.assign(time=time_text(photos["time"])))
             if parquet is None:
                 parquet = pq.ParquetWriter(photos_parquet, rows.schema, compression="zstd")
             parquet.write_table(rows.cast(parquet.schema))
