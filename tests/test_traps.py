@@ -286,3 +286,35 @@ def test_a_resume_with_nothing_to_do_rewrites_nothing(d04_camera, tmp_path):
                              TrapSettings(detector=yolox(), classifier=None, progress=False,
                                           gap="1m"))
     assert (out / "registrations.csv").stat().st_mtime_ns != stamps[0], "new settings, new files"
+
+
+def test_no_detector_classifies_whole_photos(d04_camera, tmp_path):
+    """`--detector none`: a classifier-only workflow; every photo is named from the whole
+    frame, no boxes are invented, and the exports and the review still work."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kadr.traps.review import load_state
+
+    out = tmp_path / "out"
+    kadr = str(Path(sys.executable).with_name("kadr"))
+    done = subprocess.run([kadr, "traps", "run", str(d04_camera), "-o", str(out), "--detector",
+                           "none", "--classifier", TINY_CLIP, "--quiet"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    photos = pd.read_parquet(out / "photos.parquet")
+    assert len(photos) == 10 and (photos["status"] == "ok").all()
+    assert (photos["detections"] == "[]").all() and (photos["n_animals"] == 0).all()
+    from kadr.traps.prompts import EXAMPLE
+
+    names = set(load_prompts(EXAMPLE).names) | {"empty"}
+    assert set(photos["class"]) <= names and photos["class_prob"].notna().all()
+    md = json.loads((out / "megadetector.json").read_text())
+    assert all(i["detections"] == [] for i in md["images"])
+    assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
+    assert sum(len(u.rows) for u in load_state(out).units.values()) == 10
+    refused = subprocess.run([kadr, "traps", "run", str(d04_camera), "-o", str(tmp_path / "o2"),
+                              "--detector", "none", "--classifier", "none"], capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "--detector none" in refused.stderr + refused.stdout

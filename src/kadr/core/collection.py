@@ -65,6 +65,55 @@ def csv_pieces(f: IO[bytes], block_size: int = 1 << 20) -> Iterator[bytes]:
         carry = data[cut + 1:]
 
 
+@dataclass(frozen=True)
+class PhotoRoot:
+    """The folder a run's photos were listed under (``then``) and where it is now.
+
+    A run records it beside its results, also relative to its own folder, so a run folder
+    moved together with its photos still finds them: a stored path under ``then`` is read
+    under ``now``."""
+
+    then: str
+    now: str
+
+    @classmethod
+    def of(cls, collection: PhotoCollection) -> PhotoRoot | None:
+        """A local collection's root: the folder itself, or the folder of its manifest or
+        single photo (what relative manifest paths were resolved against)."""
+        if "://" in collection.source:
+            return None
+        root = collection.source if not (collection.is_manifest or collection.is_single_photo) \
+            else os.path.dirname(collection.source)
+        return cls(root, root)
+
+    @classmethod
+    def recorded(cls, record: dict | None, out_dir: str | os.PathLike) -> PhotoRoot | None:
+        """The root a run folder recorded (:meth:`record`), found again after a move."""
+        if not record or not record.get("path"):
+            return None
+        then = str(record["path"])
+        moved = os.path.normpath(os.path.join(os.path.abspath(out_dir),
+                                              str(record.get("from_output") or ".")))
+        now = then if os.path.isdir(then) or not os.path.isdir(moved) else moved
+        return cls(then, now)
+
+    def record(self, out_dir: str | os.PathLike) -> dict:
+        return {"path": self.now, "from_output": os.path.relpath(self.now, os.path.abspath(out_dir))}
+
+    def resolve(self, path: str) -> str:
+        """Where a stored path is now."""
+        if self.then == self.now or not path.startswith(self.then.rstrip(os.sep) + os.sep):
+            return path
+        return self.now.rstrip(os.sep) + path[len(self.then.rstrip(os.sep)):]
+
+
+def resolved_paths(paths, root: PhotoRoot | None):
+    """A column of stored paths (pandas), each where it is now."""
+    if root is None or root.then == root.now:
+        return paths
+    return paths.map(root.resolve)
+
+
 class PhotoCollection:
     """A folder tree (recursive) or a manifest (CSV/Parquet with a path/URL column).
 
@@ -81,7 +130,9 @@ class PhotoCollection:
         group_column: str | None = None,
         path_column: str | None = None,
     ):
-        self.source = str(source)
+        # A local source is kept absolute: the paths a run stores then open from any
+        # working directory, not only the one the command was started in.
+        self.source = str(source) if "://" in str(source) else os.path.abspath(source)
         self.group_level = group_level
         self.group_column = group_column
         self.path_column = path_column

@@ -104,3 +104,28 @@ def photo_time(
 def naive_local(t: datetime | None) -> datetime | None:
     """Drop the UTC offset, keeping the camera's wall-clock time (what reports show)."""
     return None if t is None else t.replace(tzinfo=None)
+
+
+# What a person types for a time: ISO 8601 (space or T), EXIF's colons, or day.month.year;
+# seconds and their fraction optional. Anything else is refused, never guessed.
+_TYPED_TIME = re.compile(
+    r"\s*(?:(?P<y>\d{4})[-:/.](?P<m>\d{1,2})[-:/.](?P<d>\d{1,2})"
+    r"|(?P<d2>\d{1,2})\.(?P<m2>\d{1,2})\.(?P<y2>\d{4}))"
+    r"(?:[ T]+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:[.,](?P<f>\d{1,9}))?)?)?\s*")
+
+
+def typed_time(text: str) -> datetime:
+    """A time as a person types it (``2012-10-20 07:36:53``, ``2012-10-20T07:36``,
+    ``2012:10:20 07:36:53``, ``20.10.2012 07:36``), to the microsecond; ValueError
+    naming the accepted forms otherwise."""
+    m = _TYPED_TIME.fullmatch(str(text or ""))
+    try:
+        if m is None:
+            raise ValueError
+        year, month, day = ((m["y"], m["m"], m["d"]) if m["y"] else (m["y2"], m["m2"], m["d2"]))
+        micro = int((m["f"] or "0")[:6].ljust(6, "0"))
+        return datetime(int(year), int(month), int(day), int(m["H"] or 0), int(m["M"] or 0),
+                        int(m["S"] or 0), micro)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: type it as 2012-10-20 07:36:53 (seconds "
+                         "optional; 2012:10:20 07:36:53 and 20.10.2012 07:36 work too)") from None

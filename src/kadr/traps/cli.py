@@ -42,7 +42,8 @@ def run(
     prompts: Annotated[str | None, typer.Option(
         help="class prompts JSON (default: the shipped 21-class example)")] = None,
     detector: Annotated[str, typer.Option(help="detector spec: yolox:PATH.onnx, "
-                                               "megadetector:PATH|MDV5A")] = "megadetector:MDV5A",
+                                               "megadetector:PATH|MDV5A, or 'none' to classify "
+                                               "whole photos")] = "megadetector:MDV5A",
     classifier: Annotated[str, typer.Option(help="CLIP spec, or 'none' for detector labels")] = (
         "open_clip:ViT-B-32@laion2b_s34b_b79k"),
     allow_detector_labels: Annotated[bool, typer.Option(
@@ -82,7 +83,8 @@ def run(
     if utc_offset is not None and not re.fullmatch(r"Z|[+-]\d\d:\d\d", utc_offset):
         fail(f"--utc-offset must look like +03:00, -05:00 or Z, not {utc_offset!r}")
     settings = TrapSettings(
-        detector=detector, classifier=None if classifier.lower() == "none" else classifier,
+        detector=None if detector.lower() == "none" else detector,
+        classifier=None if classifier.lower() == "none" else classifier,
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
         batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,

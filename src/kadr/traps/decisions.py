@@ -157,7 +157,3 @@ def last_decision_id(out_dir: str | Path) -> int:
     with DecisionLog(out_dir, create=False) as log:
         return log.last_id()
 
-
-def undone_ids(decisions: Iterable[Decision]) -> set[int]:
-    """Ids of the decisions an undo has taken back."""
-    return {int(d.payload["undoes"]) for d in decisions if d.kind == "undo"}

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kadr.core.collection import PhotoRoot, resolved_paths
 from kadr.core.ordered import file_batches, gathered, read_columns, sorted_groups
 from kadr.core.runner import RunSummary
 from kadr.core.store import (
@@ -144,7 +145,7 @@ class ReviewedEvents:
     """Registrations with the reviewers' decisions (:func:`reviewed_outputs`, over the
     whole table); each camera's photos take their columns from that table."""
 
-    added = ("time", "time_camera", "event_id", "human_class")
+    added = ("time", "time_camera", "time_source", "event_id", "human_class")
 
     def __init__(self, regs: pd.DataFrame, table: pd.DataFrame):
         self.regs = regs
@@ -187,28 +188,32 @@ def _photo_table(rows: pa.Table, photos: pd.DataFrame, added: tuple[str, ...]) -
     """The stored rows with the columns the exports added (replaced in place, or appended)."""
     time_type = rows.schema.field("time").type
     for name in added:
-        column = pa.array(photos[name], type=time_type if name.startswith("time") else pa.string(),
-                          from_pandas=True)
+        if name in ("time", "time_camera"):  # a shifted time keeps the store's unit
+            column = pa.array(photos[name], from_pandas=True).cast(time_type, safe=False)
+        else:
+            column = pa.array(photos[name], type=pa.string(), from_pandas=True)
         at = rows.schema.get_field_index(name)
         rows = rows.set_column(at, name, column) if at >= 0 else rows.append_column(name, column)
     return rows
 
 
 def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | None,
-                  fingerprint: dict, summary: RunSummary, key: str) -> pd.DataFrame:
+                  fingerprint: dict, summary: RunSummary, key: str,
+                  photo_root: PhotoRoot | None = None) -> pd.DataFrame:
     """Every export of a run, from its per-photo rows (:func:`photo_files`), a camera at a
     time; returns the registrations. ``key`` (:func:`kadr.traps.pipeline.outputs_key`) is
-    recorded so that a later resume with nothing to do can leave them all as they are."""
+    recorded so that a later resume with nothing to do can leave them all as they are.
+    ``photo_root``: where the photos are now (their stored paths are written as found)."""
     from kadr.traps import export
     from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
 
     files = photo_files(out_dir)
     decisions = read_decisions(out_dir)
     labels = photo_labels(files)
-    pairs = None
+    pairs, problems = None, []
     if decisions:
         table = per_photo_table(files, class_probabilities=True)
-        regs, table, pairs = reviewed_outputs(table, settings, decisions, out_dir)
+        regs, table, pairs, problems = reviewed_outputs(table, settings, decisions, out_dir)
         labels |= set(table["human_class"].dropna())
         events: FormedEvents | ReviewedEvents = ReviewedEvents(regs, table)
     else:
@@ -232,8 +237,9 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         for rows in gathered(cameras, CHUNK_ROWS):
             photos = rows.to_pandas()
             photos["time"] = pd.to_datetime(photos["time"])
+            photos["path"] = resolved_paths(photos["path"], photo_root)
             photos, camera_regs = events.cameras(photos)
-            rows = _photo_table(rows, photos, events.added)
+            rows = _photo_table(rows, photos, (*events.added, "path"))
             photos = photos[rows.column_names]
             photo_rows.write(photos.assign(time=time_text(photos["time"])))
             if parquet is None:
@@ -254,7 +260,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     atomic_write_text(out_dir / "registrations.csv", registrations_csv(regs))
     atomic_write_table(out_dir / "registrations.parquet",
                        pa.Table.from_pandas(regs, preserve_index=False))
-    warnings = camtrap.warnings + tally.file_dated_warning()
+    warnings = problems + camtrap.warnings + tally.file_dated_warning()
     summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
     agreement = export.write_agreement(pairs, out_dir) if pairs is not None else None
     learned = out_dir / "learn.json"
@@ -273,17 +279,19 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         if "reviewed" in regs else 0,
         "warnings": summary.warnings,
         "outputs_key": key,
+        "photo_root": photo_root.record(out_dir) if photo_root else None,
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
     }, indent=2, default=str))
     return regs
 
 
 def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: list[Decision],
-                     out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                     out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
     """Registrations and the per-photo table with the reviewers' decisions applied: human
     classes, counts, splits and merges, clock shifts (``time``; ``time_camera`` keeps the
-    camera's own), and the learned classifier's classes for what nobody reviewed. Also the
-    (machine, human) class of every reviewed registration."""
+    camera's own; ``time_source`` "reviewer" where a shift set it), and the learned
+    classifier's classes for what nobody reviewed. Also the (machine, human) class of every
+    reviewed registration, and the decisions that could not be applied."""
     from kadr.traps.review import ReviewState, camera_times, load_learned
 
     table = camera_times(table).copy()
@@ -296,4 +304,6 @@ def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: lis
     table["human_class"] = ids.map(per_photo["human_class"])
     shifted = ids.map(per_photo["time"])
     table["time"] = pd.to_datetime(shifted.where(ids.isin(per_photo.index), table["time"]))
-    return regs, table, state.reviewed_pairs()
+    source = ids.map(per_photo["time_source"])
+    table["time_source"] = source.where(ids.isin(per_photo.index), table["time_source"])
+    return regs, table, state.reviewed_pairs(), state.problems

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
-from kadr.core.collection import PhotoCollection
+from kadr.core.collection import PhotoCollection, PhotoRoot
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
@@ -38,7 +38,7 @@ EMPTY = "empty"
 
 @dataclass
 class TrapSettings:
-    detector: str = "megadetector:MDV5A"
+    detector: str | None = "megadetector:MDV5A"  # None: classify whole photos, no boxes
     classifier: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"  # None: detector labels
     prompts: str | None = None
     threshold: float = 0.3  # detection confidence that counts as an animal
@@ -66,15 +66,23 @@ def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
     """Everything that changes the per-photo numbers, from the settings alone (no model is
     loaded for it). ``prompts`` is None when the detector's labels are the classes."""
     s = settings
+    if not s.detector and not s.classifier:
+        raise ValueError("with --detector none a classifier names the species: give "
+                         "--classifier, or a detector")
     fp = {"job": "traps", "detector": s.detector, "detector_model": spec_fingerprint(s.detector),
           "threshold": s.threshold}
     if prompts is not None:
         prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
         fp.update(classifier={"model": s.classifier, **spec_fingerprint(s.classifier)},
-                  classify_on=s.classify_on, crop_margin=s.crop_margin, max_crops=s.max_crops,
+                  classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
                   crops="full-res padded", embedding="float32 vote-weighted mean",
                   prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
     return fp
+
+
+def classify_on(settings: TrapSettings) -> str:
+    """What the classifier looks at: without a detector there are no crops, only photos."""
+    return settings.classify_on if settings.detector else "photo"
 
 
 def count_animals(dets: list[Detection], threshold: float, iou: float = 0.5) -> list[Detection]:
@@ -109,7 +117,8 @@ class TrapJob:
     def __init__(self, settings: TrapSettings):
         self.s = settings
         self.detector = load_model(settings.detector, kind="detector",
-                                   trust_checkpoint=settings.trust_checkpoint)
+                                   trust_checkpoint=settings.trust_checkpoint) \
+            if settings.detector else None
         self.model = None
         self.prompts: PromptSet | None = None
         self.note = None
@@ -132,7 +141,7 @@ class TrapJob:
 
     def prepare(self, photo: DecodedPhoto):
         # The photo stays at full resolution: a small, distant animal keeps every pixel it has.
-        return self.detector.prepare(photo), photo.image
+        return (self.detector.prepare(photo) if self.detector else None), photo.image
 
     def classifier_input(self, image: Image.Image, bbox) -> np.ndarray:
         """One animal as the classifier sees it: the box with its margin, cut from the
@@ -143,7 +152,8 @@ class TrapJob:
     def process(self, inputs: list, rows: list[dict]) -> list[dict]:
         if not inputs:
             return []
-        all_dets = self.detector.detect([x for x, _ in inputs])
+        all_dets = (self.detector.detect([x for x, _ in inputs]) if self.detector
+                    else [[] for _ in inputs])
         results = []
         for (_, image), dets in zip(inputs, all_dets, strict=True):
             animals = count_animals(dets, self.s.threshold)
@@ -167,7 +177,7 @@ class TrapJob:
         return results
 
     def _classify(self, results: list[dict]) -> None:
-        mode = self.s.classify_on
+        mode = classify_on(self.s)
         crops, owners, weights = [], [], []
         for i, r in enumerate(results):
             for d in r["_animals"][: self.s.max_crops] if mode in ("crops", "both") else []:
@@ -242,8 +252,9 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         prepare=trap.prepare,
         process=trap.process,
         # Crops come from the full-resolution photo; without them the detector's size will do.
-        min_side=None if trap.model and settings.classify_on != "photo"
-        else max(trap.detector.size, trap.model.image_size if trap.model else 0),
+        min_side=None if trap.model and classify_on(settings) != "photo"
+        else max(trap.detector.size if trap.detector else 0,
+                 trap.model.image_size if trap.model else 0),
         batch_size=settings.batch_size,
         empty_result={"detections": None, "n_animals": None, "class": None,
                       "class_prob": None, "count": None, "top_bbox": None, "embedding": None},
@@ -281,7 +292,8 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
     unchanged = _unchanged_outputs(out_dir, key, summary)
     if unchanged is not None:
         return summary, unchanged
-    regs = write_outputs(out_dir, settings, prompts, fingerprint, summary, key)
+    regs = write_outputs(out_dir, settings, prompts, fingerprint, summary, key,
+                         PhotoRoot.of(collection))
     return summary, regs
 
 
@@ -329,5 +341,6 @@ def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     summary = RunSummary(skipped_files=before.get("skipped_files", []),
                          empty_groups=before.get("empty_folders", []))
     regs = write_outputs(out_dir, settings, prompts, trap_fingerprint(settings, prompts),
-                         summary, outputs_key(out_dir, settings))
+                         summary, outputs_key(out_dir, settings),
+                         PhotoRoot.recorded(before.get("photo_root"), out_dir))
     return regs, summary

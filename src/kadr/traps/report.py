@@ -108,7 +108,8 @@ class PhotoTally:
             return
         is_ok = (chunk["status"] == "ok").to_numpy()
         has_time = chunk["time"].notna().to_numpy()
-        not_exif = (chunk["time_source"] != "exif").to_numpy()
+        # A photo whose camera clock a reviewer set is dated, not guessed.
+        not_exif = (~chunk["time_source"].isin(["exif", "reviewer"])).to_numpy()
         self.photos += len(chunk)
         self.ok += int(is_ok.sum())
         self.untimed += int((is_ok & ~has_time).sum())

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kadr.traps.decisions import Decision, read_decisions, undone_ids
+from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.events import parse_gap, registrations_with_members
 from kadr.traps.tables import BACKGROUND_CLASSES, normalise_photo_table
 
@@ -85,6 +85,7 @@ class Group:
     cls: str | None  # None: the machine's vote over the photos
     count: int | None
     reviewed: bool
+    note: str | None = None  # what a reviewer should look at again
 
 
 def run_summary(out_dir: str | Path) -> dict:
@@ -120,22 +121,96 @@ def read_run(out_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     return camera_times(pd.read_parquet(Path(out_dir) / "photos.parquet")), settings
 
 
-def _shifted_times(table: pd.DataFrame, decisions: list[Decision]) -> pd.Series:
-    """Photo times after the reviewers' clock shifts (each applies to the photos of its
-    camera from its ``from_time`` on, in the camera's own original time)."""
-    times = pd.to_datetime(table["time"]).copy()
-    original = times.copy()
+# Beyond this no camera clock is wrong: the number itself is (a typo, a unit mix-up).
+MAX_SHIFT_SECONDS = 200 * 365.25 * 86400
+NS = np.iinfo(np.int64)
+
+
+class NotApplicable(ValueError):
+    """A stored decision that cannot apply to this run (flagged, never raised to a page)."""
+
+
+def problem_text(d: Decision, e: Exception) -> str:
+    reason = f"it has no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+    return f"decision #{d.id} ({d.kind} by {d.reviewer}) could not be applied: {reason}"
+
+
+def clock_offset(payload: dict) -> int:
+    """A clock decision's offset in nanoseconds, to the microsecond a run stores its times
+    in (any fraction of a second a person gives); NotApplicable for what cannot be a clock
+    error."""
+    try:
+        seconds = float(payload["offset_seconds"])
+    except (TypeError, ValueError):
+        raise NotApplicable(f"the offset {payload['offset_seconds']!r} is not a number") from None
+    if not np.isfinite(seconds) or abs(seconds) > MAX_SHIFT_SECONDS:
+        raise NotApplicable(f"an offset of {seconds:g} s is not a camera clock error "
+                            "(at most 200 years)")
+    return round(seconds * 1e6) * 1000
+
+
+def _shifted_times(original: np.ndarray, cameras: np.ndarray, decisions: list[Decision],
+                   problems: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Photo times (datetime64[ns]) after the reviewers' clock shifts, and which photos a
+    shift moved. Each shift applies to the photos of its camera from its ``from_time`` on,
+    in the camera's own original time; one that cannot apply is named in ``problems``."""
+    ticks = original.view(np.int64).copy()
+    timed = ~np.isnat(original)
+    moved = np.zeros(len(original), bool)
     for d in decisions:
         if d.kind != "clock":
             continue
-        sel = table["group"].astype(str) == str(d.payload["camera"])
-        if d.payload.get("from_time"):
-            sel &= original >= pd.Timestamp(d.payload["from_time"])
-        times[sel] = times[sel] + pd.Timedelta(seconds=float(d.payload["offset_seconds"]))
-    return times
+        try:
+            camera = str(d.payload["camera"])
+            offset = clock_offset(d.payload)
+            sel = (cameras == camera) & timed
+            if not sel.any():
+                raise NotApplicable(f"camera {camera!r} has no timed photo in this run")
+            if d.payload.get("from_time"):
+                sel &= original >= np.datetime64(pd.Timestamp(d.payload["from_time"]), "ns")
+            lo, hi = int(ticks[sel].min(initial=0)), int(ticks[sel].max(initial=0))
+            if not NS.min < lo + offset and hi + offset < NS.max:
+                raise NotApplicable("the shifted times would leave the calendar kadr can hold")
+            ticks[sel] += offset
+            moved |= sel
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
+            problems.append(problem_text(d, e))
+    return ticks.view("datetime64[ns]"), moved
 
 
-def _replay_groups(decisions: list[Decision]) -> dict[str, Group]:
+def active_decisions(decisions: list[Decision], problems: list[str]) -> list[Decision]:
+    """The decisions in force: every one but undos and what they took back."""
+    undone = set()
+    for d in decisions:
+        if d.kind == "undo":
+            try:
+                undone.add(int(d.payload["undoes"]))
+            except (KeyError, ValueError, TypeError) as e:
+                problems.append(problem_text(d, e))
+    return [d for d in decisions if d.id not in undone and d.kind != "undo"]
+
+
+def _photo_list(d: Decision, least: int = 1) -> list[str]:
+    photos = [str(p) for p in d.photos]
+    if len(photos) < least:
+        raise NotApplicable(f"it names {len(photos)} photo(s), {least} needed")
+    return photos
+
+
+def _label(d: Decision) -> tuple[str, int]:
+    """The class and count a label or empty decision gives."""
+    if d.kind == "empty":
+        return EMPTY, 0
+    cls = str(d.payload["class"]).strip()
+    count = int(d.payload["count"])
+    if not cls or count < 0:
+        raise NotApplicable(f"class {cls!r} with count {count} is no label")
+    return cls, count
+
+
+def _replay_groups(decisions: list[Decision], problems: list[str]) -> dict[str, Group]:
+    """Human groups from the decisions in order; a decision that cannot apply is skipped
+    and named in ``problems`` (the replay itself never fails)."""
     groups: dict[str, Group] = {}
     owner: dict[str, str] = {}
 
@@ -150,22 +225,58 @@ def _replay_groups(decisions: list[Decision]) -> dict[str, Group]:
             owner[p] = gid
 
     for d in decisions:
-        photos = list(d.photos)
-        if d.kind in ("label", "empty"):
-            gid = f"h{d.id}"
-            take(photos, gid)
-            cls = EMPTY if d.kind == "empty" else str(d.payload["class"])
-            count = 0 if d.kind == "empty" else int(d.payload["count"])
-            groups[gid] = Group(gid, photos, d, cls, count, True)
-        elif d.kind == "split":
-            at = photos.index(d.payload["at"])
-            for suffix, part in (("a", photos[:at]), ("b", photos[at:])):
-                take(part, f"h{d.id}{suffix}")
-                groups[f"h{d.id}{suffix}"] = Group(f"h{d.id}{suffix}", part, d, None, None, False)
-        elif d.kind == "merge":
-            take(photos, f"h{d.id}")
-            groups[f"h{d.id}"] = Group(f"h{d.id}", photos, d, None, None, False)
+        try:
+            if d.kind in ("label", "empty"):
+                photos = _photo_list(d)
+                cls, count = _label(d)
+                gid = f"h{d.id}"
+                take(photos, gid)
+                groups[gid] = Group(gid, photos, d, cls, count, True)
+            elif d.kind == "split":
+                photos = _photo_list(d, 2)
+                if d.payload.get("at") not in photos[1:]:
+                    raise NotApplicable("the photo to split at is not among its photos")
+                at = photos.index(d.payload["at"])
+                for suffix, part in (("a", photos[:at]), ("b", photos[at:])):
+                    take(part, f"h{d.id}{suffix}")
+                    groups[f"h{d.id}{suffix}"] = Group(f"h{d.id}{suffix}", part, d, None, None,
+                                                       False)
+            elif d.kind == "merge":
+                photos = _photo_list(d, 2)
+                merged = Group(f"h{d.id}", photos, d, None, None, False)
+                _keep_labels(merged, [groups[owner[p]] for p in dict.fromkeys(photos)
+                                      if owner.get(p) in groups])
+                take(photos, merged.id)
+                groups[merged.id] = merged
+        except (KeyError, ValueError, TypeError) as e:
+            problems.append(problem_text(d, e))
     return groups
+
+
+def _keep_labels(merged: Group, parts: list[Group]) -> None:
+    """A merge keeps what reviewers said of its parts: one species among the labelled
+    parts labels the whole (the largest count); two species leave it to be chosen."""
+    labelled = {id(g): g for g in parts if g.reviewed and g.cls not in (None, EMPTY)}.values()
+    classes = sorted({g.cls for g in labelled})
+    if len(classes) == 1:
+        merged.cls, merged.count, merged.reviewed = classes[0], max(g.count for g in labelled), True
+    elif classes:
+        merged.note = (f"merged registrations were labelled {' and '.join(classes)}: choose "
+                       "the species")
+
+
+def _stored_time(text) -> pd.Timestamp | None:
+    """A time a decision recorded; None when it has none (or one no longer readable)."""
+    try:
+        t = pd.Timestamp(text) if text else None
+    except (TypeError, ValueError):
+        return None
+    return None if t is None or pd.isna(t) else t
+
+
+def time_order(unit: Unit) -> tuple[pd.Timestamp, str]:
+    """Where a unit stands on its camera's time line (untimed ones first)."""
+    return (unit.start if unit.start is not None else pd.Timestamp.min, unit.id)
 
 
 def _runs(labels: np.ndarray) -> list[np.ndarray]:
@@ -198,6 +309,7 @@ class ReviewState:
         self.n_animals = pd.to_numeric(t.get("n_animals", t["count"]),
                                        errors="coerce").to_numpy(float)
         self.source = t["time_source"].astype(str).to_numpy()
+        self.camera_t = pd.to_datetime(t["time"]).to_numpy().astype("datetime64[ns]")
         # Exports replay decisions without the detections; the review app reads them.
         self.detections = (t["detections"].to_numpy() if "detections" in t
                            else np.full(len(t), None, object))
@@ -212,14 +324,16 @@ class ReviewState:
     # ------------------------------------------------------------------ building
     def rebuild(self) -> None:
         """Everything from the photo table and the log (startup, undo, clock shift)."""
-        undone = undone_ids(self.decisions)
-        active = [d for d in self.decisions if d.id not in undone and d.kind != "undo"]
-        self.times = _shifted_times(self.table, active)
-        self.t = self.times.to_numpy().astype("datetime64[ns]")
+        self.problems: list[str] = []
+        active = active_decisions(self.decisions, self.problems)
+        self.t, moved = _shifted_times(self.camera_t, self.cam, active, self.problems)
+        self.times = pd.Series(self.t)
+        # A photo whose clock a reviewer set is no longer dated by a guess.
+        self.time_source = np.where(moved, "reviewer", self.source)
         self.units: dict[str, Unit] = {}
         self.by_camera: dict[str, set[str]] = {}
         self.unit_of_row = np.full(len(self.table), None, dtype=object)
-        self.groups = _replay_groups(active)
+        self.groups = _replay_groups(active, self.problems)
         grouped = np.zeros(len(self.table), bool)
         for g in self.groups.values():
             self._add(self._group_unit(g))
@@ -298,6 +412,8 @@ class ReviewState:
                     machine_cls=machine[0] or EMPTY, photo_ids=tuple(g.photos))
         if len(rows):
             unit.camera = str(self.cam[rows[0]])
+        if g.note:
+            unit.flags.append(g.note)
         gone = len(g.photos) - len(rows)
         if gone:
             unit.flags.append(f"photos changed: {gone} of {len(g.photos)} photos of this "
@@ -309,14 +425,14 @@ class ReviewState:
     def _decorate(self, unit: Unit) -> None:
         if not len(unit.rows):
             snap = (unit.decision.payload if unit.decision else {})
-            unit.start, unit.end = (pd.Timestamp(snap["start"]) if snap.get("start") else None,
-                                    pd.Timestamp(snap["end"]) if snap.get("end") else None)
+            unit.start, unit.end = (_stored_time(snap.get("start")),
+                                    _stored_time(snap.get("end")))
             return
         t = self.t[unit.rows]
         t = t[~np.isnat(t)]
         unit.start, unit.end = ((pd.Timestamp(t.min()), pd.Timestamp(t.max())) if len(t)
                                 else (None, None))
-        guessed = int((self.source[unit.rows] != "exif").sum())
+        guessed = int((~np.isin(self.time_source[unit.rows], ("exif", "reviewer"))).sum())
         if guessed:
             unit.flags.append(f"time not from EXIF: {guessed} photo(s) dated by file name or "
                               "modification time")
@@ -365,7 +481,8 @@ class ReviewState:
     def apply(self, decisions: list[Decision]) -> None:
         """Bring the state up to date with newly stored decisions."""
         self.decisions = self.decisions + decisions
-        if any(d.kind in ("undo", "clock") for d in decisions):
+        # An undo or a clock shift changes what came before; a merge reads its parts' labels.
+        if any(d.kind in ("undo", "clock", "merge") for d in decisions):
             self.rebuild()
             return
         for d in decisions:
@@ -380,7 +497,7 @@ class ReviewState:
                     return
             for uid in touched:
                 self._remove(uid)
-            fresh = _replay_groups([d])
+            fresh = _replay_groups([d], self.problems)
             for gid, g in fresh.items():
                 self.groups[gid] = g
                 self._add(self._group_unit(g))
@@ -392,9 +509,14 @@ class ReviewState:
                         del self.groups[g.id]
 
     def decisions_of(self, reviewer: str) -> list[Decision]:
-        gone = undone_ids(self.decisions)
-        return [d for d in self.decisions
-                if d.reviewer == reviewer and d.kind != "undo" and d.id not in gone]
+        return [d for d in active_decisions(self.decisions, []) if d.reviewer == reviewer]
+
+    def previous_unit(self, unit: Unit) -> Unit | None:
+        """The registration (or blank stretch) before this one on its camera."""
+        here = time_order(unit)
+        earlier = [v for v in (self.units[i] for i in self.by_camera.get(unit.camera, ()))
+                   if time_order(v) < here]
+        return max(earlier, key=time_order) if earlier else None
 
     # ------------------------------------------------------------------ views
     def classes(self, project: list[str] = ()) -> list[str]:
@@ -436,7 +558,7 @@ class ReviewState:
 
     def photo_events(self) -> pd.DataFrame:
         """Per photo id: its registration (event id), the human class where reviewed, and
-        its time after clock shifts."""
+        its time after clock shifts (with where that time came from)."""
         human = np.full(len(self.table), None, dtype=object)
         event = np.full(len(self.table), None, dtype=object)
         for u in self.units.values():
@@ -445,7 +567,8 @@ class ReviewState:
             if not u.blank:
                 event[u.rows] = u.id
         return pd.DataFrame({"photo_id": self.table["photo_id"], "event_id": event,
-                             "human_class": human, "time": self.times.to_numpy()})
+                             "human_class": human, "time": self.t,
+                             "time_source": self.time_source})
 
     def reviewed_pairs(self) -> pd.DataFrame:
         """(machine, human) class of every reviewed unit; "empty" where one saw no animal."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import json
 import secrets
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -26,14 +27,41 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from kadr.core.collection import PhotoRoot
 from kadr.core.html import render, thumbnail_jpeg
+from kadr.core.phototime import typed_time
 from kadr.core.store import atomic_write_bytes
-from kadr.traps.decisions import DecisionLog, DecisionLogError, NewDecision
-from kadr.traps.review import EMPTY, ReviewState, Unit, load_learned, read_run
+from kadr.traps.decisions import Decision, DecisionLog, DecisionLogError, NewDecision
+from kadr.traps.review import (
+    EMPTY,
+    ReviewState,
+    Unit,
+    clock_offset,
+    load_learned,
+    read_run,
+    run_summary,
+    time_order,
+)
 
 PHOTO_SIZES = {"thumb": 200, "display": 1280}
 QUEUE_LIMIT = 1000
 CACHE_FOLDER = "review-cache"
+MAX_COUNT = 9999  # animals in one registration; more is a typo
+DONE = {"accept": "accepted", "label": "relabelled", "count": "recounted",
+        "empty": "marked empty", "split": "split", "merge": "merged",
+        "clock": "shifted the clock of", "undo": "undid a decision on"}
+
+
+def _duration(seconds: float) -> str:
+    """An offset as a person reads it: -14 years 3 days 02:36:20.8."""
+    sign, left = ("-" if seconds < 0 else "+"), abs(seconds)
+    days, left = divmod(left, 86400)
+    years, days = divmod(days, 365)
+    h, left = divmod(left, 3600)
+    m, sec = divmod(left, 60)
+    parts = [f"{int(years)} years"] if years else []
+    parts += [f"{int(days)} days"] if days else []
+    return sign + " ".join([*parts, f"{int(h):02d}:{int(m):02d}:{sec:04.1f}"])
 
 
 def _time(t) -> str | None:
@@ -55,6 +83,7 @@ class Review:
         self.reviewer = reviewer
         self.lock = threading.Lock()  # one decision at a time: check, store, apply
         table, settings = read_run(self.out)
+        self.root = PhotoRoot.recorded(run_summary(self.out).get("photo_root"), self.out)
         self.log: DecisionLog | None = None
         self.problems: list[str] = []
         try:
@@ -66,6 +95,7 @@ class Review:
         self.state = ReviewState(table, settings, decisions, load_learned(self.out))
         self.project = self._project_classes(settings)
         self.cache = self.out / CACHE_FOLDER
+        self.served: dict[str, tuple[str, ...]] = {}
 
     @staticmethod
     def _project_classes(settings: dict) -> list[str]:
@@ -77,6 +107,9 @@ class Review:
     # ------------------------------------------------------------------ views
     def summary(self, u: Unit) -> dict:
         d = u.decision
+        # What the page was shown, so that a stale reference can still be traced to the
+        # registration that holds its photos now (a conflict then says what happened).
+        self.served[u.id] = self._photo_ids(u)
         return {"id": u.id, "etag": u.etag, "camera": u.camera, "cls": u.cls, "count": u.count,
                 "prob": u.prob, "start": _time(u.start), "end": _time(u.end),
                 "photos": len(u.rows), "reviewed": u.reviewed, "source": u.source,
@@ -92,11 +125,12 @@ class Review:
             units = [u for u in units if u.camera == q["camera"]]
         if q.get("cls"):
             units = [u for u in units if u.cls == q["cls"]]
+        lo, hi = float(q.get("pmin") or 0), float(q.get("pmax") or 1)
+        units = [u for u in units if lo <= (u.prob if u.prob is not None else 1.0) <= hi]
+        done = sum(u.reviewed for u in units)  # progress within the other filters
         reviewed = q.get("reviewed", "no")
         if reviewed in ("yes", "no"):
             units = [u for u in units if u.reviewed == (reviewed == "yes")]
-        lo, hi = float(q.get("pmin") or 0), float(q.get("pmax") or 1)
-        units = [u for u in units if lo <= (u.prob if u.prob is not None else 1.0) <= hi]
         if q.get("sort") == "time":
             def order(u):
                 return u.camera, u.start or pd.Timestamp.min, u.id
@@ -107,8 +141,9 @@ class Review:
         # Only the page is sorted out of the whole queue (a heap, not a full sort).
         page = heapq.nsmallest(offset + QUEUE_LIMIT, units, key=order)[offset:]
         return {"total": len(units), "units": [self.summary(u) for u in page],
-                "cameras": cameras,
-                "classes": self.state.classes(self.project)}
+                "reviewed": done, "left": len(units) if reviewed == "no" else
+                sum(not u.reviewed for u in units), "cameras": cameras,
+                "classes": self.state.classes(self.project), "problems": self.state.problems}
 
     def detail(self, uid: str) -> dict:
         with self.lock:
@@ -122,14 +157,14 @@ class Review:
             dets = json.loads(s.detections[r] or "[]")
             photos.append({
                 "id": s.pid[r], "name": s.key[r].rsplit("/", 1)[-1], "key": s.key[r],
-                "time": _time(s.t[r]), "time_camera": _time(s.table["time"].iat[r]),
-                "time_source": s.source[r], "cls": s.cls[r],
+                "time": _time(s.t[r]), "time_camera": _time(s.camera_t[r]),
+                "time_source": s.time_source[r], "cls": s.cls[r],
                 "prob": None if np.isnan(s.cls_prob[r]) else float(s.cls_prob[r]),
                 "boxes": [{"bbox": d["bbox"], "conf": d["conf"], "label": d["label"]}
                           for d in dets if d.get("category") == "animal" and d["conf"] >= 0.1],
             })
         same_cam = sorted((self.state.units[v] for v in self.state.by_camera[u.camera]),
-                          key=lambda v: (v.start or pd.Timestamp.min, v.id))
+                          key=time_order)
         i = next(k for k, v in enumerate(same_cam) if v.id == u.id)
         neighbours = [dict(self.summary(v), here=v.id == u.id)
                       for v in same_cam[max(0, i - 3): i + 4]]
@@ -137,7 +172,20 @@ class Review:
         return dict(self.summary(u), photo_list=photos, alternatives=u.alternatives,
                     neighbours=neighbours, machine_cls=u.machine_cls,
                     previous=self.summary(previous) if previous else None,
-                    decided_at=u.decision.at if u.decision else None)
+                    decided_at=u.decision.at if u.decision else None,
+                    why=self._why(u))
+
+    @staticmethod
+    def _why(u: Unit) -> str | None:
+        """Why the class shown is not the top of the probability list beside it."""
+        if u.reviewed or u.blank or not u.alternatives or u.alternatives[0][0] == u.cls:
+            return None
+        if u.source == "human":
+            return (f"the class is the vote of these photos' own classes; averaged over the "
+                    f"photos, the probabilities rank {u.alternatives[0][0]} first")
+        return (f"the class is the visit's vote: each photo votes for its own most likely "
+                f"class, weighted by its confidence; averaged over the photos, the "
+                f"probabilities rank {u.alternatives[0][0]} first")
 
     # ------------------------------------------------------------------ decisions
     def _catch_up(self) -> None:
@@ -148,18 +196,49 @@ class Review:
         if newer:
             self.state.apply(newer)
 
-    def _check(self, refs: list[dict]) -> list[Unit]:
+    def _check(self, refs) -> list[Unit]:
+        if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+            raise ValueError("units must be a list of {id, etag} objects")
         self._catch_up()
         units, stale = [], []
         for ref in refs:
-            u = self.state.units.get(ref.get("id", ""))
+            u = self.state.units.get(str(ref.get("id", "")))
             if u is None or u.etag != ref.get("etag"):
-                stale.append({"id": ref.get("id"), "now": self.summary(u) if u else None})
+                stale.append(self._stale(str(ref.get("id", "")), u))
             else:
                 units.append(u)
         if stale:
             raise Conflict(stale)
         return units
+
+    def _stale(self, uid: str, unit: Unit | None) -> dict:
+        """What became of a registration the page showed: the one that holds its photos
+        now, and the decision that made it so (who, what, when)."""
+        photos = self.served.get(uid) or (self._photo_ids(unit) if unit else ())
+        if unit is None and photos:
+            rows = [self.state.row_of[p] for p in photos if p in self.state.row_of]
+            held = [self.state.unit_of_row[r] for r in rows]
+            uid_now = max(set(held), key=held.count) if held else None
+            unit = self.state.units.get(uid_now) if uid_now else None
+        by = self._latest_decision(set(photos), unit.camera if unit else None)
+        entry = {"id": uid, "now": self.summary(unit) if unit else None,
+                 "by": {"reviewer": by.reviewer, "action": by.payload.get("action", by.kind),
+                        "at": by.at, "id": by.id} if by else None}
+        who = (("you, in another tab or window," if by.reviewer == self.reviewer
+                else by.reviewer) if by else "someone")
+        what = DONE.get(entry["by"]["action"], entry["by"]["action"]) if by else "changed"
+        when = f" at {by.at[:16].replace('T', ' ')} UTC" if by else ""
+        now = (f"now {unit.cls} ×{unit.count}, {len(unit.rows)} photo(s)" if unit
+               else "its photos are no longer in the run")
+        entry["message"] = f"{who} {what} it{when}: {now}"
+        return entry
+
+    def _latest_decision(self, photos: set[str], camera: str | None) -> Decision | None:
+        for d in reversed(self.state.decisions):
+            if photos.intersection(d.photos) or (
+                    d.kind == "clock" and camera is not None and d.payload.get("camera") == camera):
+                return d
+        return None
 
     def _photo_ids(self, u: Unit) -> tuple[str, ...]:
         if not len(u.rows):
@@ -182,11 +261,30 @@ class Review:
             units = self._check(body.get("units") or [])
             if not units:
                 raise ValueError("no registration given")
+            if action == "merge" and len(units) == 1:  # `m`: with the one before it, as now
+                previous = self.state.previous_unit(units[0])
+                if previous is None:
+                    raise ValueError("no earlier registration on this camera to merge with")
+                units = [previous, units[0]]
             new = [self._decision(action, units, body)] if action in ("split", "merge") \
                 else [self._decision(action, [u], body) for u in units]
             stored = log.append(self.reviewer, new)
             self.state.apply(stored)
-            return {"saved": [d.id for d in stored], "units": self._units_of(stored)}
+            return {"saved": [d.id for d in stored], "units": self._units_of(stored),
+                    "said": [self._said(d) for d in stored]}
+
+    def _said(self, d: Decision) -> str:
+        """What a stored decision did, in the words the status line shows."""
+        p = d.payload
+        where = f"{p.get('camera', '')}, {len(d.photos)} photo(s)"
+        if d.kind == "label":
+            return f"{DONE.get(p.get('action'), 'labelled')} {p['class']} ×{p['count']} ({where})"
+        if d.kind == "empty":
+            return f"marked empty ({where})"
+        if d.kind == "split":
+            at = d.photos.index(p["at"])
+            return f"split {p.get('camera', '')} into {at} + {len(d.photos) - at} photo(s)"
+        return f"{DONE.get(d.kind, d.kind)} {where}"
 
     def _decision(self, action: str, units: list[Unit], body: dict) -> NewDecision:
         u = units[0]
@@ -206,8 +304,8 @@ class Review:
                 snap, action="label", **{"class": cls}, count=max(1, int(u.count or 0))))
         if action == "count":
             count = int(body.get("count"))
-            if count < 0:
-                raise ValueError("a count cannot be negative")
+            if not 0 <= count <= MAX_COUNT:
+                raise ValueError(f"a count is a number from 0 to {MAX_COUNT}")
             if count == 0:
                 return NewDecision("empty", self._photo_ids(u), dict(snap, action="count"))
             if u.blank:
@@ -255,30 +353,41 @@ class Review:
             return {"undone": last.id, "kind": last.kind, "units": self._units_of([last])}
 
     def clock(self, body: dict) -> dict:
-        """Shift a camera's clock: by an offset, or so that one photo shows its true time;
-        for all its photos, or from that photo on."""
+        """Shift a camera's clock: by an offset, or so that one photo shows its true time
+        (any form :func:`typed_time` reads); for all its photos, or from that photo on.
+        Nothing that could not apply is stored."""
         log = self._writable()
         with self.lock:
             self._catch_up()
-            camera = str(body["camera"])
+            s = self.state
+            camera = body.get("camera")
+            if not isinstance(camera, str) or camera not in s.by_camera:
+                raise ValueError(f"no camera {camera!r} in this run")
             photo = body.get("photo")
-            row = self.state.row_of.get(photo) if photo else None
-            if photo and row is None:
-                raise ValueError("that photo is not part of this run")
-            if body.get("true_time"):
-                if row is None:
-                    raise ValueError("give the photo whose true time you typed")
-                offset = (pd.Timestamp(body["true_time"])
-                          - pd.Timestamp(self.state.times.iat[row])).total_seconds()
+            row = s.row_of.get(photo) if isinstance(photo, str) else None
+            if photo is not None and (row is None or s.cam[row] != camera):
+                raise ValueError(f"that photo is not one of camera {camera}'s")
+            if body.get("true_time") not in (None, ""):
+                if row is None or np.isnat(s.t[row]):
+                    raise ValueError("give a photo with a time to set its true time")
+                true = np.datetime64(typed_time(body["true_time"]), "ns")
+                offset = round(int((true - s.t[row]).astype(np.int64)) / 1e9, 6)
             else:
-                offset = float(body["offset_seconds"])
-            from_time = (_time(self.state.table["time"].iat[row])
-                         if body.get("from_photo_on") and row is not None else None)
+                offset = body.get("offset_seconds")
+            payload = {"camera": camera, "offset_seconds": offset, "from_time": None}
+            clock_offset(payload)  # refuses what is not a number or not a clock error
+            payload["offset_seconds"] = float(offset)
+            if body.get("from_photo_on"):
+                if row is None or np.isnat(s.camera_t[row]):
+                    raise ValueError("'from this photo on' needs a photo with a time")
+                payload["from_time"] = pd.Timestamp(s.camera_t[row]).isoformat()
+            problems = len(s.problems)
             stored = log.append(self.reviewer, [NewDecision(
-                "clock", (photo,) if photo else (),
-                {"camera": camera, "offset_seconds": offset, "from_time": from_time})])
-            self.state.apply(stored)
-            return {"saved": [d.id for d in stored], "offset_seconds": offset}
+                "clock", (photo,) if row is not None else (), payload)])
+            s.apply(stored)
+            said = f"shifted the clock of {camera} by {_duration(float(offset))}"
+            return {"saved": [d.id for d in stored], "offset_seconds": float(offset),
+                    "said": [said], "problems": s.problems[problems:]}
 
     # ------------------------------------------------------------------ photos
     def photo(self, photo_id: str, size: str) -> bytes | None:
@@ -289,8 +398,9 @@ class Review:
         cached = self.cache / size / f"{photo_id}.jpg"
         if cached.exists():
             return cached.read_bytes()
-        data = thumbnail_jpeg(str(self.state.table["path"].iat[row]), PHOTO_SIZES[size],
-                              quality=85)
+        path = str(self.state.table["path"].iat[row])
+        data = thumbnail_jpeg(self.root.resolve(path) if self.root else path,
+                              PHOTO_SIZES[size], quality=85)
         if data is not None:
             atomic_write_bytes(cached, data)
         return data
@@ -328,6 +438,18 @@ def _json(fn):
         return JSONResponse({"error": str(e)}, status_code=400)
 
 
+async def _posted(request: Request, action) -> JSONResponse:
+    """An action on the JSON object a page posted; anything else is a 400, not a crash."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return JSONResponse({"error": "the request body must be a JSON object"},
+                            status_code=400)
+    return _json(lambda: action(body))
+
+
 def create_app(review: Review, token: str) -> Starlette:
     """The ASGI app; every route is under ``/t/{token}/``."""
 
@@ -352,15 +474,13 @@ def create_app(review: Review, token: str) -> Starlette:
         return _json(lambda: review.detail(request.path_params["uid"]))
 
     async def decide(request: Request):
-        body = await request.json()
-        return _json(lambda: review.decide(body))
+        return await _posted(request, review.decide)
 
     async def undo(request: Request):
         return _json(review.undo)
 
     async def clock(request: Request):
-        body = await request.json()
-        return _json(lambda: review.clock(body))
+        return await _posted(request, review.clock)
 
     async def photo(request: Request):
         data = review.photo(request.path_params["pid"], request.path_params["size"])
@@ -415,4 +535,15 @@ def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int = 0,
 
         webbrowser.open(url)
     config = uvicorn.Config(create_app(review, token), log_level="warning")
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again once
+    # its handlers are gone: both end here, so the caller's final export always runs.
+    def stopped(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
