@@ -251,3 +251,16 @@ def test_a_run_folder_works_from_anywhere_and_after_a_move(tmp_path, monkeypatch
     report = (run / "report.html").read_text()
     assert report.count("data:image/jpeg") >= 1, "the report's photos are found"
     every_photo_served(run)
+
+
+def test_merge_finds_the_previous_part_of_a_burst_within_one_second(tmp_path):
+    rows = [photo_row(tmp_path, "camA", i, 0, "fox", 1, 0.9) for i in range(3)]
+    out = make_run(tmp_path, rows)  # three photos stamped with the same second
+    review = Review(out, "ana")
+    fox = unit_with(review, "fox")
+    ids = review._photo_ids(fox)
+    first, second = (review.state.units[u["id"]] for u in review.decide(
+        {"action": "split", "units": [ref(fox)], "at": ids[1]})["units"])
+    review.decide({"action": "label", "units": [ref(first)], "cls": "wolf"})
+    merged = review.decide({"action": "merge", "units": [ref(second)]})["units"][0]
+    assert (merged["cls"], merged["photos"], merged["reviewed"]) == ("wolf", 3, True)

@@ -274,11 +274,6 @@ def _stored_time(text) -> pd.Timestamp | None:
     return None if t is None or pd.isna(t) else t
 
 
-def time_order(unit: Unit) -> tuple[pd.Timestamp, str]:
-    """Where a unit stands on its camera's time line (untimed ones first)."""
-    return (unit.start if unit.start is not None else pd.Timestamp.min, unit.id)
-
-
 def _runs(labels: np.ndarray) -> list[np.ndarray]:
     """Positions of each distinct label, in order of the labels (one sort, not one scan per
     label: a season of 100k registrations costs what sorting it costs)."""
@@ -513,10 +508,16 @@ class ReviewState:
 
     def previous_unit(self, unit: Unit) -> Unit | None:
         """The registration (or blank stretch) before this one on its camera."""
-        here = time_order(unit)
+        here = self.time_order(unit)
         earlier = [v for v in (self.units[i] for i in self.by_camera.get(unit.camera, ()))
-                   if time_order(v) < here]
-        return max(earlier, key=time_order) if earlier else None
+                   if self.time_order(v) < here]
+        return max(earlier, key=self.time_order) if earlier else None
+
+    def time_order(self, unit: Unit) -> tuple[pd.Timestamp, str, str]:
+        """Where a unit stands on its camera's time line: its start (untimed ones first),
+        then its first photo's name (a burst shares a second), then its id."""
+        first = str(self.key[unit.rows[0]]) if len(unit.rows) else ""
+        return (unit.start if unit.start is not None else pd.Timestamp.min, first, unit.id)
 
     # ------------------------------------------------------------------ views
     def classes(self, project: list[str] = ()) -> list[str]:

@@ -40,8 +40,8 @@ from kadr.traps.review import (
     load_learned,
     read_run,
     run_summary,
-    time_order,
 )
+from kadr.traps.similar import UnitVectors
 
 PHOTO_SIZES = {"thumb": 200, "display": 1280}
 QUEUE_LIMIT = 1000
@@ -96,6 +96,8 @@ class Review:
         self.project = self._project_classes(settings)
         self.cache = self.out / CACHE_FOLDER
         self.served: dict[str, tuple[str, ...]] = {}
+        self._vectors: UnitVectors | None = None  # loaded on first use
+        self._useful: tuple[int, dict[str, float]] = (-1, {})
 
     @staticmethod
     def _project_classes(settings: dict) -> list[str]:
@@ -128,22 +130,59 @@ class Review:
         lo, hi = float(q.get("pmin") or 0), float(q.get("pmax") or 1)
         units = [u for u in units if lo <= (u.prob if u.prob is not None else 1.0) <= hi]
         done = sum(u.reviewed for u in units)  # progress within the other filters
+        left = len(units) - done
         reviewed = q.get("reviewed", "no")
         if reviewed in ("yes", "no"):
             units = [u for u in units if u.reviewed == (reviewed == "yes")]
-        if q.get("sort") == "time":
+        offset = int(q.get("offset") or 0)
+        limit = min(int(q.get("limit") or QUEUE_LIMIT), QUEUE_LIMIT)  # 0: the counts only
+        sort = q.get("sort") or "useful"
+        useful = self.usefulness() if sort == "useful" and limit else None
+        if sort == "time":
             def order(u):
                 return u.camera, u.start or pd.Timestamp.min, u.id
+        elif useful:  # least certain and most typical first (kadr.traps.similar)
+            def order(u):
+                return -useful.get(u.id, u.uncertainty * 0.5), u.blank, u.camera, u.id
         else:  # least certain first; blanks after animals at equal certainty
             def order(u):
                 return -u.uncertainty, u.blank, u.camera, u.id
-        offset = int(q.get("offset") or 0)
         # Only the page is sorted out of the whole queue (a heap, not a full sort).
-        page = heapq.nsmallest(offset + QUEUE_LIMIT, units, key=order)[offset:]
+        page = heapq.nsmallest(offset + limit, units, key=order)[offset:] if limit else []
         return {"total": len(units), "units": [self.summary(u) for u in page],
-                "reviewed": done, "left": len(units) if reviewed == "no" else
-                sum(not u.reviewed for u in units), "cameras": cameras,
+                "reviewed": done, "left": left, "cameras": cameras,
                 "classes": self.state.classes(self.project), "problems": self.state.problems}
+
+    def vectors(self) -> UnitVectors:
+        if self._vectors is None:
+            self._vectors = UnitVectors(self.out, self.state)
+        return self._vectors
+
+    def usefulness(self) -> dict[str, float]:
+        """The default order's scores, worked out again once per new decision."""
+        version = len(self.state.decisions)
+        if self._useful[0] != version:
+            vectors = self.vectors()
+            units = list(self.state.units.values())
+            self._useful = (version, vectors.usefulness(units) if vectors.available else {})
+        return self._useful[1]
+
+    def like(self, uid: str, q: dict) -> dict:
+        """More like this: the unreviewed registrations nearest to ``uid`` (in the camera
+        filter, if one is set), nearest first."""
+        with self.lock:
+            self._catch_up()
+        u = self.state.units.get(uid)
+        if u is None:
+            raise KeyError(uid)
+        if not self.vectors().available:
+            raise ValueError("this run has no classifier embeddings (made with --classifier "
+                             "none?): 'more like this' needs them")
+        n = max(1, min(int(q.get("n") or 20), 200))
+        candidates = [v for v in self.state.units.values() if not v.reviewed
+                      and (not q.get("camera") or v.camera == q["camera"])]
+        near = self.vectors().nearest(u, candidates, n)
+        return {"units": [dict(self.summary(v), similarity=round(s, 4)) for v, s in near]}
 
     def detail(self, uid: str) -> dict:
         with self.lock:
@@ -164,7 +203,7 @@ class Review:
                           for d in dets if d.get("category") == "animal" and d["conf"] >= 0.1],
             })
         same_cam = sorted((self.state.units[v] for v in self.state.by_camera[u.camera]),
-                          key=time_order)
+                          key=self.state.time_order)
         i = next(k for k, v in enumerate(same_cam) if v.id == u.id)
         neighbours = [dict(self.summary(v), here=v.id == u.id)
                       for v in same_cam[max(0, i - 3): i + 4]]
@@ -350,7 +389,8 @@ class Review:
             stored = log.append(self.reviewer, [NewDecision("undo", last.photos,
                                                             {"undoes": last.id})])
             self.state.apply(stored)
-            return {"undone": last.id, "kind": last.kind, "units": self._units_of([last])}
+            return {"undone": last.id, "kind": last.kind, "units": self._units_of([last]),
+                    "said": [f"undid #{last.id}: {self._said(last)}"]}
 
     def clock(self, body: dict) -> dict:
         """Shift a camera's clock: by an offset, or so that one photo shows its true time
@@ -420,6 +460,7 @@ class Review:
             result = learn_run(self.out)
             self.state.learned = load_learned(self.out)
             self.state.rebuild()
+            self._useful = (-1, {})
         return result
 
 
@@ -473,6 +514,9 @@ def create_app(review: Review, token: str) -> Starlette:
     async def unit(request: Request):
         return _json(lambda: review.detail(request.path_params["uid"]))
 
+    async def like(request: Request):
+        return _json(lambda: review.like(request.path_params["uid"], dict(request.query_params)))
+
     async def decide(request: Request):
         return await _posted(request, review.decide)
 
@@ -499,6 +543,7 @@ def create_app(review: Review, token: str) -> Starlette:
         Route("/t/{token}/", guarded(page)),
         Route("/t/{token}/api/queue", guarded(queue)),
         Route("/t/{token}/api/unit/{uid}", guarded(unit)),
+        Route("/t/{token}/api/like/{uid}", guarded(like)),
         Route("/t/{token}/api/decide", guarded(decide), methods=["POST"]),
         Route("/t/{token}/api/undo", guarded(undo), methods=["POST"]),
         Route("/t/{token}/api/clock", guarded(clock), methods=["POST"]),
