@@ -115,7 +115,9 @@ def test_review_the_demo_by_keyboard_survive_kill9_and_export(demo_run, tmp_path
             # Accept the least certain registration: it leaves the "not yet" queue.
             first = current(page)
             saved += press(page, "Enter")
-            assert int(page.inner_text("#total").split()[0]) == total
+            page.wait_for_function("document.getElementById('progress').textContent"
+                                   ".startsWith('1 reviewed')")
+            assert int(page.inner_text("#total").split()[0]) == total - 1, "the count follows"
             assert page.locator("#queue li").count() == total - 1
             assert current(page) != first
             # Relabel by number key: the third choice.
@@ -261,7 +263,8 @@ def test_two_tabs_get_a_conflict_to_resolve(demo_run, tmp_path):
             press(first, "e")  # the first tab marks the registration empty
             second.keyboard.press("Enter")  # the second, still showing it, accepts it
             second.wait_for_selector("#conflict:not([hidden])")
-            assert "changed elsewhere" in second.inner_text("#conflict")
+            said = second.inner_text("#conflict")
+            assert "you, in another tab or window, marked empty it" in said, said
             assert "conflict" in second.inner_text("#status")
             second.click("#conflict button")  # show the current state
             second.wait_for_selector("#conflict", state="hidden")

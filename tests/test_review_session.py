@@ -251,7 +251,7 @@ def test_a_reviewers_session_by_keyboard_only(classified_demo, tmp_path, size):
             assert alike > 2 and "look alike" in page.inner_text("#status")
             before, _ = progress(page)
             said = kb.decide("Enter")
-            assert "saved #" in said
+            assert re.match(rf"saved {alike} decisions #\d+–#\d+: accepted ", said), said
             page.wait_for_function(f"!document.getElementById('progress').textContent"
                                    f".startsWith('{before} reviewed')")
             # Enter on a focused button presses that button, not "accept".

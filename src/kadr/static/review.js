@@ -178,7 +178,14 @@ function enqueue(fn) {
 }
 function saved(data) {
   state.decidedAt.push(Date.now());
-  say(`saved #${data.saved.join(", #")}: ${(data.said || []).join("; ")}`);
+  const n = data.saved.length, said = data.said || [];
+  if (n <= 3) say(`saved #${data.saved.join(", #")}: ${said.join("; ")}`);
+  else {  // a bulk decision: how many, and what they were
+    const kinds = {};
+    for (const s of said) { const w = s.split(" (")[0]; kinds[w] = (kinds[w] || 0) + 1; }
+    say(`saved ${n} decisions #${data.saved[0]}–#${data.saved[n - 1]}: ` +
+        Object.entries(kinds).map(([w, k]) => k > 1 ? `${w} (${k} registrations)` : w).join("; "));
+  }
   $("status").dataset.saved = data.saved.join(",");
 }
 // refs: a function giving the units at the moment the action runs (default: the current one).
@@ -240,7 +247,7 @@ function label(cls) {
 }
 function bulk(action, extra) {
   const chosen = () => state.queue.filter((u) => state.selected.has(u.id)).map(ref);
-  return decide(action, extra, chosen, false).then(() => { state.selected.clear(); renderQueue(); });
+  return decide(action, extra, chosen, true).then(() => { state.selected.clear(); renderQueue(); });
 }
 const setCount = (n) => Number.isInteger(n) && n >= 0 ? decide("count", {count: n}, null, false) : say("a count is a whole number", true);
 const countBy = (delta) => decide("count", () => ({count: Math.max(0, (cur()?.count || 0) + delta)}), null, false);
