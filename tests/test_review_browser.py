@@ -70,6 +70,15 @@ class Server:
             self.proc.wait(60)
 
 
+def serve_copy(run: Path, tmp_path: Path, reviewer: str = "ana") -> tuple[Path, Server]:
+    """A copy of a run folder (tests change it) and a review server started on it."""
+    out = tmp_path / "traps"
+    shutil.copytree(run, out, symlinks=True)
+    server = Server(out, reviewer)
+    server.start()
+    return out, server
+
+
 def acknowledged(page) -> list[int]:
     """Ids of the decisions the page was told are stored by the last action."""
     ids = page.get_attribute("#status", "data-saved") or ""
@@ -97,10 +106,8 @@ def current(page) -> dict:
 def test_review_the_demo_by_keyboard_survive_kill9_and_export(demo_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "traps"
-    shutil.copytree(demo_run, out, symlinks=True)
-    server = Server(out)
-    url = server.start()
+    out, server = serve_copy(demo_run, tmp_path)
+    url = server.url
     saved: list[int] = []
     try:
         with sync_playwright() as p:
@@ -219,10 +226,8 @@ def test_token_and_paths(demo_run, tmp_path):
     import urllib.error
     import urllib.request
 
-    out = tmp_path / "traps"
-    shutil.copytree(demo_run, out, symlinks=True)
-    server = Server(out)
-    url = server.start()
+    out, server = serve_copy(demo_run, tmp_path)
+    url = server.url
     base = url.split("/t/")[0]
 
     def status(u: str) -> int:
@@ -248,10 +253,8 @@ def test_token_and_paths(demo_run, tmp_path):
 def test_two_tabs_get_a_conflict_to_resolve(demo_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "traps"
-    shutil.copytree(demo_run, out, symlinks=True)
-    server = Server(out)
-    url = server.start()
+    out, server = serve_copy(demo_run, tmp_path)
+    url = server.url
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TINY_CLIP, shared_path
-from tests.test_review_browser import Server, chromium
+from tests.test_review_browser import chromium, serve_copy
 
 SIZES = [(1366, 800), (1920, 1080)]
 
@@ -106,10 +105,8 @@ def choose_filter(kb: Keyboard, name: str, letter: str) -> None:
 def test_a_reviewers_session_by_keyboard_only(classified_demo, tmp_path, size):
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "traps"
-    shutil.copytree(classified_demo, out, symlinks=True)
-    server = Server(out)
-    url = server.start()
+    out, server = serve_copy(classified_demo, tmp_path)
+    url = server.url
     shots = Path(os.environ.get("KADR_SCREENSHOTS", tmp_path))
     width, height = size
     try:
@@ -294,10 +291,8 @@ BOX_SIZES = [(1366, 800), (1920, 1080), (700, 1000)]
 def test_boxes_sit_on_the_photos_own_pixels(classified_demo, tmp_path, size):
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "traps"
-    shutil.copytree(classified_demo, out, symlinks=True)
-    server = Server(out)
-    url = server.start()
+    out, server = serve_copy(classified_demo, tmp_path)
+    url = server.url
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
