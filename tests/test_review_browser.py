@@ -134,6 +134,8 @@ def test_review_the_demo_by_keyboard_survive_kill9_and_export(demo_run, tmp_path
             # Type-ahead with a new name.
             page.keyboard.press("s")
             page.keyboard.type("serval")
+            page.keyboard.press("Enter")  # a new name: the page asks, Enter again adds it
+            assert "new species" in page.inner_text("#species-note")
             saved += press(page, "Enter")
             # Count: + twice on the same registration, then c 5 Enter.
             start = int(current(page)["count"])
