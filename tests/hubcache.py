@@ -12,9 +12,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import SHARED, missing_shared
+from tests.helpers import SHARED, missing_shared
 
 
 def put_in_hub_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes | str]) -> Path:
@@ -44,22 +42,6 @@ def save_pretrained_to_hub_cache(cache: Path, repo_id: str, *objects) -> Path:
         obj.save_pretrained(folder)
     return put_in_hub_cache(cache, repo_id, {
         str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()})
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch) -> Path:
-    """An empty hub cache that every loader uses, with downloads switched off (as HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("KADR_OFFLINE", "1")
-    # huggingface_hub reads these once, at import; a user sets them before starting Python.
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def parity_photos() -> list[Path]:

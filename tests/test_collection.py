@@ -91,7 +91,7 @@ def test_subsec_and_offset():
 
 def test_a_single_photo_is_a_collection_of_one(tmp_path):
     from kadr.core.collection import PhotoCollection
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     photo = tmp_path / "room.JPG"
     photo.write_bytes(jpeg_bytes())

@@ -7,7 +7,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodeError, decode_photo, read_bytes
 from kadr.core.models.preprocess import ImagePreprocess
-from tests.conftest import jpeg_bytes
+from tests.helpers import jpeg_bytes
 
 
 def status_of(path) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 from kadr.core.decode import decode_photo
 from kadr.core.store import ShardStore, StoreLockedError, read_shards
 from kadr.embed import embed_photos
-from tests.conftest import TINY_CLIP, jpeg_bytes, make_broken_corpus, shared_path
+from tests.helpers import TINY_CLIP, jpeg_bytes, make_broken_corpus, shared_path
 
 KADR = [sys.executable, "-m", "kadr.cli"]
 

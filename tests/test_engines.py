@@ -11,7 +11,7 @@ import pytest
 from kadr.core.runner import EngineOptions
 from kadr.core.store import read_shards
 from kadr.embed import embed_photos
-from tests.conftest import TINY_CLIP, make_broken_corpus, shared_path
+from tests.helpers import TINY_CLIP, make_broken_corpus, shared_path
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -105,7 +105,7 @@ def test_one_model_load_per_actor_for_the_whole_run(tmp_path):
     from kadr.core.runner import run_job
     from kadr.core.store import ShardStore
     from kadr.embed import make_embedding_job
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     photos = tmp_path / "photos"
     photos.mkdir()

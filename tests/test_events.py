@@ -14,7 +14,7 @@ from kadr.traps.tables import (
     read_registrations,
     registrations_csv,
 )
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 
 def photos(rows):

@@ -18,7 +18,7 @@ from kadr.hotels.cluster import (
     run_cluster,
     themes,
 )
-from tests.conftest import TINY_CLIP, make_broken_corpus, shared_path
+from tests.helpers import TINY_CLIP, make_broken_corpus, shared_path
 
 TINY_BLIP = "hf-caption:kadr/tiny-blip@random"
 
@@ -147,7 +147,7 @@ def test_cluster_command_on_real_caption_output(rooms, tmp_path):
 
 
 def _caption_table(tmp_path, captions: list[str], extra_rows=()) -> str:
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -165,7 +165,7 @@ def _caption_table(tmp_path, captions: list[str], extra_rows=()) -> str:
 
 @pytest.mark.parametrize("embed", ["image", "both"])
 def test_cluster_images_with_a_repeated_photo_and_a_broken_one(tmp_path, embed):
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(jpeg_bytes(seed=99)[:200])
@@ -194,7 +194,7 @@ def test_cluster_identical_captions_give_one_theme_not_a_crash(tmp_path):
 
 def test_map_escapes_photo_keys_and_captions(tmp_path):
     from kadr.hotels.cluster import render_map
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     photo = tmp_path / "p.jpg"
     photo.write_bytes(jpeg_bytes(size=(64, 48)))

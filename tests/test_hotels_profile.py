@@ -8,7 +8,7 @@ from PIL import Image
 
 from kadr.hotels.profile import ProfileSettings, gini, hash_pairs, imbalance, run_profile
 from kadr.hotels.sources import hotels50k_manifest, is_hotels50k
-from tests.conftest import TINY_CLIP, shared_path
+from tests.helpers import TINY_CLIP, shared_path
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from kadr.core.html import thumbnail
-from tests.conftest import jpeg_bytes
+from tests.helpers import jpeg_bytes
 
 EVIL = "</script><img src=x onerror=alert(1)>"
 

@@ -12,7 +12,7 @@ from kadr.core.models import (
     load_model,
 )
 from kadr.core.models.weights import load_state_dict
-from tests.conftest import TINY_CLIP
+from tests.helpers import TINY_CLIP
 
 
 def test_spec_parsing():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, jpeg_bytes
+from tests.helpers import ROOT, jpeg_bytes
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from kadr.core.models import load_model
-from tests.hubcache import (  # noqa: F401
-    offline_hub,
+from tests.hubcache import (
     parity_photos,
     put_in_hub_cache,
     save_pretrained_to_hub_cache,
@@ -145,7 +144,7 @@ def photos() -> list[Image.Image]:
     (git, "microsoft/git-large-coco", "GitForCausalLM"),
     (blip2, "Salesforce/blip2-opt-2.7b", "Blip2ForConditionalGeneration"),
 ])
-def test_hf_captioner_by_hub_id_matches_generate(build, repo, model_class, offline_hub,  # noqa: F811
+def test_hf_captioner_by_hub_id_matches_generate(build, repo, model_class, offline_hub,
                                                  tmp_path):
     save_pretrained_to_hub_cache(offline_hub, repo, *build(tmp_path))
     images = photos()
@@ -157,7 +156,7 @@ def test_hf_captioner_by_hub_id_matches_generate(build, repo, model_class, offli
 
 
 @pytest.mark.slow
-def test_hf_captioner_from_a_local_folder(offline_hub, tmp_path):  # noqa: F811
+def test_hf_captioner_from_a_local_folder(offline_hub, tmp_path):
     folder = tmp_path / "my-blip"
     for obj in blip(tmp_path):
         obj.save_pretrained(folder)
@@ -184,7 +183,7 @@ def _open_clip_generate_enabled(monkeypatch):
 
 
 @pytest.mark.slow
-def test_coca_tag_matches_open_clip_generate(offline_hub, tmp_path, monkeypatch):  # noqa: F811
+def test_coca_tag_matches_open_clip_generate(offline_hub, tmp_path, monkeypatch):
     import open_clip as oc
     from safetensors.torch import save_file
 
@@ -270,7 +269,7 @@ def florence2(tmp: Path):
 
 
 @pytest.mark.slow
-def test_florence2_caption_task_matches_its_processor(offline_hub, tmp_path):  # noqa: F811
+def test_florence2_caption_task_matches_its_processor(offline_hub, tmp_path):
     """`hf-caption:florence-community/Florence-2-base` (transformers' own Florence-2) gives
     what the model card's recipe gives: the <CAPTION> task prompt, greedy generate, and
     the processor's post_process_generation."""

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from kadr.core.models import load_model
 from kadr.core.store import read_shards
 from kadr.embed import embed_photos
-from tests.hubcache import offline_hub, parity_photos, save_pretrained_to_hub_cache  # noqa: F401
+from tests.hubcache import parity_photos, save_pretrained_to_hub_cache
 
 TEXTS = ["a photo of a bedroom", "a camera trap photo of an elephant at night",
          " ".join(["a very long description of a hotel room with many words"] * 12)]
@@ -101,7 +101,7 @@ def kadr_embeddings(spec: str, photos, texts, tmp_path):
 
 
 @pytest.mark.slow
-def test_hf_clip_by_hub_id_matches_transformers(offline_hub, tmp_path):  # noqa: F811
+def test_hf_clip_by_hub_id_matches_transformers(offline_hub, tmp_path):
     repo = "openai/clip-vit-base-patch32"
     photos = parity_photos()
     save_pretrained_to_hub_cache(offline_hub, repo, small_clip(), clip_processor())
@@ -113,7 +113,7 @@ def test_hf_clip_by_hub_id_matches_transformers(offline_hub, tmp_path):  # noqa:
 
 
 @pytest.mark.slow
-def test_hf_clip_from_a_local_folder_matches_the_hub_id(offline_hub, tmp_path):  # noqa: F811
+def test_hf_clip_from_a_local_folder_matches_the_hub_id(offline_hub, tmp_path):
     folder = tmp_path / "my-clip"
     small_clip().save_pretrained(folder)
     clip_processor().save_pretrained(folder)
@@ -126,7 +126,7 @@ def test_hf_clip_from_a_local_folder_matches_the_hub_id(offline_hub, tmp_path): 
 
 
 @pytest.mark.slow
-def test_hf_siglip_by_hub_id_matches_transformers(offline_hub, tmp_path):  # noqa: F811
+def test_hf_siglip_by_hub_id_matches_transformers(offline_hub, tmp_path):
     repo = "google/siglip-base-patch16-224"
     photos = parity_photos()
     save_pretrained_to_hub_cache(offline_hub, repo, *small_siglip(tmp_path))

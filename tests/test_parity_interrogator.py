@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageOps
 
 from kadr.hotels.caption import CaptionSettings, run_caption
-from tests.conftest import shared_path
-from tests.hubcache import offline_hub, save_pretrained_to_hub_cache  # noqa: F401
+from tests.helpers import shared_path
+from tests.hubcache import save_pretrained_to_hub_cache
 from tests.test_parity_captioners import MAX_TOKENS, blip
 from tests.test_parity_open_clip import cached_random_tag
 
@@ -42,7 +42,7 @@ def write_tables(folder):
 
 
 @pytest.mark.slow
-def test_every_mode_gives_clip_interrogators_prompt(offline_hub, tmp_path, monkeypatch):  # noqa: F811
+def test_every_mode_gives_clip_interrogators_prompt(offline_hub, tmp_path, monkeypatch):
     import open_clip as oc
     from clip_interrogator import Config, Interrogator
     from transformers import AutoProcessor, BlipForConditionalGeneration

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from kadr.core.models import load_model
 from kadr.core.models.spec import ModelSpec
-from tests.hubcache import offline_hub, parity_photos, save_pretrained_to_hub_cache  # noqa: F401
+from tests.hubcache import parity_photos, save_pretrained_to_hub_cache
 
 QUERIES = ["the bed", "a lamp on the table", "the window"]
 
@@ -36,7 +36,7 @@ def reference_from_hub_id(cache, tiny_spec: str, repo: str, model_class: str,
 
 
 @pytest.mark.slow
-def test_clipseg_by_hub_id_gives_the_masks_of_transformers(offline_hub):  # noqa: F811
+def test_clipseg_by_hub_id_gives_the_masks_of_transformers(offline_hub):
     repo = "CIDAS/clipseg-rd64-refined"
     model, processor = reference_from_hub_id(offline_hub, "clipseg:kadr/tiny-clipseg@random",
                                              repo, "CLIPSegForImageSegmentation",
@@ -57,7 +57,7 @@ def test_clipseg_by_hub_id_gives_the_masks_of_transformers(offline_hub):  # noqa
 
 
 @pytest.mark.slow
-def test_sam_by_hub_id_gives_the_outline_of_transformers(offline_hub):  # noqa: F811
+def test_sam_by_hub_id_gives_the_outline_of_transformers(offline_hub):
     repo = "facebook/sam-vit-base"
     model, processor = reference_from_hub_id(offline_hub, "sam:kadr/tiny-sam@random", repo,
                                              "SamModel", "SamProcessor")
@@ -91,7 +91,7 @@ def tiny_inpainting_pipeline():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", [None, "euler_a", "dpm"])
-def test_diffusers_inpainting_by_hub_id_matches_the_pipeline(scheduler, offline_hub):  # noqa: F811
+def test_diffusers_inpainting_by_hub_id_matches_the_pipeline(scheduler, offline_hub):
     import diffusers
 
     from kadr.core.models.diffusion import SCHEDULERS

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from kadr.core.models import load_model
 from kadr.core.store import read_shards
 from kadr.embed import embed_photos
-from tests.hubcache import offline_hub, parity_photos, put_in_hub_cache  # noqa: F401
+from tests.hubcache import parity_photos, put_in_hub_cache
 
 TEXTS = ["a photo of a bedroom", "a camera trap photo of an elephant at night",
          " ".join(["a very long description of a hotel room with many words"] * 12)]
@@ -39,7 +39,7 @@ def cached_random_tag(cache, oc, reference_arch: str, arch: str, tag: str, tmp_p
     ("ViT-B-32", "openai", "ViT-B-32-quickgelu"),  # OpenAI weights: QuickGELU, as open_clip advises
     ("PE-Core-T-16-384", "meta", "PE-Core-T-16-384"),  # squash, bilinear, its own mean/std, 32 tokens
 ])
-def test_open_clip_tag_matches_open_clip(arch, tag, reference_arch, offline_hub, tmp_path):  # noqa: F811
+def test_open_clip_tag_matches_open_clip(arch, tag, reference_arch, offline_hub, tmp_path):
     import open_clip as oc
 
     photos = parity_photos()

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from kadr.core.remote import staging_dir
 from kadr.embed import embed_photos
-from tests.conftest import TINY_CLIP, jpeg_bytes
+from tests.helpers import TINY_CLIP, jpeg_bytes
 
 
 def test_embed_from_and_to_object_storage_resumes(tmp_path, monkeypatch):

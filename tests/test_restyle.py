@@ -17,7 +17,7 @@ from kadr.hotels.restyle import (
     load_audience,
     run_restyle,
 )
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 TINY_SD = "diffusers:kadr/tiny-sd@random"
 

@@ -6,7 +6,7 @@ import sys
 from kadr.core.collection import PhotoCollection
 from kadr.core.runner import Job, run_job
 from kadr.core.store import ShardStore, read_shards
-from tests.conftest import jpeg_bytes
+from tests.helpers import jpeg_bytes
 
 
 def counting_job(calls: list, fail_keys: set) -> Job:

@@ -15,7 +15,7 @@ from kadr.traps.export import validate_camtrap_dp
 from kadr.traps.pipeline import export_run
 from kadr.traps.review import NotARunError, load_state
 from kadr.traps.review_app import Conflict, Review
-from tests.conftest import jpeg_bytes, shared_path
+from tests.helpers import jpeg_bytes, shared_path
 
 T0 = datetime(2024, 7, 1, 6, 0, 0)
 
@@ -326,7 +326,7 @@ def test_learning_on_real_crops_of_the_camtrapr_photos(tmp_path):
     from kadr.core.store import read_shards
     from kadr.traps.learn import learn_run
     from kadr.traps.pipeline import TrapSettings, run_traps
-    from tests.conftest import TINY_CLIP
+    from tests.helpers import TINY_CLIP
 
     src = shared_path("data", "camera_traps", "camtrapR_pictures", "sample_images_species_dir")
     rows = [{"path": str(p), "camera": p.parents[1].name, "species": p.parent.name}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 CHROMIUM = os.environ.get("KADR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 KADR = str(Path(sys.executable).with_name("kadr"))

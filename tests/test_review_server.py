@@ -220,7 +220,7 @@ def test_sigterm_stops_the_server_and_exports_every_decision(tmp_path):
 def test_a_run_folder_works_from_anywhere_and_after_a_move(tmp_path, monkeypatch):
     """`traps run photos -o run` in one folder; review, export and report from another,
     and again after the run and its photos moved together."""
-    from tests.conftest import shared_path
+    from tests.helpers import shared_path
 
     src = shared_path("data", "camera_traps", "cameratraps_repo", "api", "synchronous")
     work = tmp_path / "work"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_CLIP, shared_path
+from tests.helpers import TINY_CLIP, shared_path
 from tests.test_review_browser import chromium, serve_copy
 
 SIZES = [(1366, 800), (1920, 1080)]

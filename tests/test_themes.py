@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from kadr.hotels import cluster, theme_input
 from kadr.hotels.cluster import ClusterSettings, label_clusters, run_cluster, themes
-from tests.conftest import TINY_CLIP
+from tests.helpers import TINY_CLIP
 
 
 def planted_table(tmp_path, n_per=200, k=5, dim=64, failed_every=37):

@@ -8,7 +8,7 @@ import pytest
 from kadr.traps.export import validate_camtrap_dp
 from kadr.traps.pipeline import TrapSettings, run_traps
 from kadr.traps.prompts import PromptFileError, load_prompts, parse_prompts
-from tests.conftest import TINY_CLIP, jpeg_bytes, shared_path
+from tests.helpers import TINY_CLIP, jpeg_bytes, shared_path
 
 D04 = ("data", "camera_traps", "cameratraps_repo", "api", "synchronous", "sample_input")
 
@@ -126,7 +126,7 @@ def test_jpeg_helper_is_deterministic():
 def test_clock_jumping_back_is_reported(tmp_path):
     from datetime import datetime
 
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     cam = tmp_path / "photos" / "cam1"
     cam.mkdir(parents=True)
