@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from kadr.core.status import PhotoStatus
+
 try:  # HEIC/HEIF support is optional at import time, present once installed.
     import pillow_heif
 
@@ -60,13 +62,13 @@ def read_bytes(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except PermissionError as e:
-        raise DecodeError("unreadable", f"permission denied: {e.filename or path}") from e
+        raise DecodeError(PhotoStatus.UNREADABLE, f"permission denied: {e.filename or path}") from e
     except FileNotFoundError as e:
-        raise DecodeError("missing", f"file not found: {path}") from e
+        raise DecodeError(PhotoStatus.MISSING, f"file not found: {path}") from e
     except IsADirectoryError as e:
-        raise DecodeError("unreadable", f"is a directory: {path}") from e
+        raise DecodeError(PhotoStatus.UNREADABLE, f"is a directory: {path}") from e
     except OSError as e:
-        raise DecodeError("unreadable", f"{type(e).__name__}: {e}") from e
+        raise DecodeError(PhotoStatus.UNREADABLE, f"{type(e).__name__}: {e}") from e
 
 
 def _read_url(url: str, timeout: float = 30.0) -> bytes:
@@ -114,13 +116,13 @@ def decode_photo(
     decode followed by a resize and visually the same.
     """
     if not data:
-        raise DecodeError("empty_file", "file is empty (0 bytes)")
+        raise DecodeError(PhotoStatus.EMPTY_FILE, "file is empty (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
-        raise DecodeError("not_an_image", "not a recognised image format") from e
+        raise DecodeError(PhotoStatus.NOT_AN_IMAGE, "not a recognised image format") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is a per-photo status
-        raise DecodeError("decode_error", f"{type(e).__name__}: {e}") from e
+        raise DecodeError(PhotoStatus.DECODE_ERROR, f"{type(e).__name__}: {e}") from e
 
     width, height = img.size
     if width * height > max_pixels:
@@ -148,10 +150,11 @@ def decode_photo(
             img.load()
     except OSError as e:
         msg = str(e)
-        status = "truncated" if "truncated" in msg or "premature" in msg.lower() else "decode_error"
+        status = (PhotoStatus.TRUNCATED if "truncated" in msg or "premature" in msg.lower()
+                  else PhotoStatus.DECODE_ERROR)
         raise DecodeError(status, f"{msg}") from e
     except Exception as e:  # noqa: BLE001
-        raise DecodeError("decode_error", f"{type(e).__name__}: {e}") from e
+        raise DecodeError(PhotoStatus.DECODE_ERROR, f"{type(e).__name__}: {e}") from e
 
     try:
         if orientation and orientation != 1:
@@ -160,5 +163,5 @@ def decode_photo(
                 width, height = height, width
         img = _to_rgb(img)
     except Exception as e:  # noqa: BLE001
-        raise DecodeError("decode_error", f"{type(e).__name__}: {e}") from e
+        raise DecodeError(PhotoStatus.DECODE_ERROR, f"{type(e).__name__}: {e}") from e
     return DecodedPhoto(img, width, height, fmt, mode, exif)

@@ -28,6 +28,7 @@ from kadr.core.collection import PhotoCollection, PhotoRef
 from kadr.core.decode import DEFAULT_MAX_PIXELS, DecodedPhoto, DecodeError, decode_photo, read_bytes
 from kadr.core.phototime import naive_local, photo_time
 from kadr.core.progress import PhotoProgress, console
+from kadr.core.status import PhotoStatus
 from kadr.core.store import DoneKeys, ShardStore
 
 
@@ -117,7 +118,7 @@ def _base_row(ref: PhotoRef) -> dict:
         "height": None,
         "format": None,
         "mode": None,
-        "status": "ok",
+        "status": PhotoStatus.OK,
         "reason": None,
     }
 
@@ -136,7 +137,7 @@ def load_photo(
         photo = decode_photo(data, min_side=job.min_side, max_pixels=max_pixels)
     except DecodeError as e:
         row["status"], row["reason"] = e.status, e.reason
-        if e.status not in ("missing", "unreadable"):
+        if e.status not in (PhotoStatus.MISSING, PhotoStatus.UNREADABLE):
             t, src = photo_time(ref.path, None, time_pattern)
             row["time"], row["time_source"] = naive_local(t), src
         return row, None
@@ -237,7 +238,7 @@ def apply_batch(job: Job, rows: list[dict], inputs: list[Any]) -> list[dict]:
             try:
                 by_idx[i] = job.process([inputs[i]], [rows[i]])[0]
             except Exception as e:  # noqa: BLE001 - a per-photo status, retried on a rerun
-                rows[i]["status"], rows[i]["reason"] = "process_error", f"{type(e).__name__}: {e}"
+                rows[i]["status"], rows[i]["reason"] = PhotoStatus.PROCESS_ERROR, f"{type(e).__name__}: {e}"
     for i, row in enumerate(rows):
         row.update(by_idx.get(i, job.empty_result))
     return rows
@@ -291,7 +292,7 @@ def run_job(
 
     def record(rows: list[dict]) -> None:
         for row in rows:
-            if row["status"] == "ok":
+            if row["status"] == PhotoStatus.OK:
                 summary.ok += 1
             else:
                 summary.failed += 1

@@ -29,16 +29,12 @@ import pyarrow.parquet as pq
 
 from kadr.core.errors import StoreLockedError, StoreMismatchError  # noqa: F401 (re-exported)
 from kadr.core.remote import upload_now
+from kadr.core.status import PERMANENT_FAILURES, PhotoStatus
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-# Failures that a rerun cannot change (the bytes themselves are bad). Any other
-# failure (an I/O error, a file not there yet, a model that ran out of memory) is
-# tried again on the next run; ``retry_failed`` tries these as well.
-PERMANENT_FAILURES = frozenset({"empty_file", "truncated", "not_an_image", "too_large",
-                                "decode_error"})
 
 
 def key_digests(keys: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +111,7 @@ def _shard_keys(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     status = np.full(len(hi), OK, np.int8)
     if "status" in names:
         text = t.column("status")
-        status[~pc.equal(text, "ok").to_numpy(zero_copy_only=False)] = RETRY
+        status[~pc.equal(text, PhotoStatus.OK).to_numpy(zero_copy_only=False)] = RETRY
         status[pc.is_in(text, pa.array(sorted(PERMANENT_FAILURES))).to_numpy(
             zero_copy_only=False)] = PERMANENT
     return hi, lo, status

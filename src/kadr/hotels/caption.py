@@ -40,6 +40,7 @@ from kadr.core.models import load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, driver_job, run_job
+from kadr.core.status import PhotoStatus
 from kadr.core.store import (
     CsvAppender,
     ShardStore,
@@ -388,7 +389,7 @@ def write_caption_tables(out_dir: Path, write_txt: bool = False) -> None:
             frame = batch.to_pandas()
             rows.write(frame)
             if write_txt:
-                for path, prompt in frame.loc[frame["status"] == "ok", ["path", "prompt"]
+                for path, prompt in frame.loc[frame["status"] == PhotoStatus.OK, ["path", "prompt"]
                                               ].itertuples(index=False):
                     if "://" not in path:
                         atomic_write_text(Path(path).with_suffix(".txt"), prompt + "\n")

@@ -27,6 +27,7 @@ from kadr.core.models.spec import spec_fingerprint
 from kadr.core.ordered import sorted_lookup
 from kadr.core.remote import staged
 from kadr.core.runner import Job, run_job
+from kadr.core.status import PhotoStatus
 from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
 
 ROTATIONS = (0, 90, 180, 270)  # counter-clockwise degrees applied to the photo
@@ -372,7 +373,7 @@ def duplicates(photos: pd.DataFrame, max_distance: int,
     another member) or ``near`` (an upright copy that differs in its bytes).
     """
     cols = ["key", "kind", "group", "rotation"]
-    ok = photos[photos["status"] == "ok"].reset_index(drop=True)
+    ok = photos[photos["status"] == PhotoStatus.OK].reset_index(drop=True)
     if ok.empty:
         return pd.DataFrame(columns=cols)
     hashes = {r: hex_hashes(ok[f"phash_{r}"]) for r in ROTATIONS}
@@ -437,7 +438,7 @@ def group_columns(photos: pd.DataFrame) -> dict[str, str]:
 
 
 def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None) -> dict:
-    ok = photos[photos["status"] == "ok"]
+    ok = photos[photos["status"] == PhotoStatus.OK]
     summary: dict = {
         "rows": len(photos),
         "unique_paths": int(photos["path"].nunique()),
@@ -445,8 +446,8 @@ def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None)
         if "extra_image_id" in photos else None,
         "unique_contents": int(ok["photo_id"].nunique()),
         "readable": len(ok),
-        "missing": int((photos["status"] == "missing").sum()),
-        "unreadable": int(((photos["status"] != "ok") & (photos["status"] != "missing")).sum()),
+        "missing": int((photos["status"] == PhotoStatus.MISSING).sum()),
+        "unreadable": int((~photos["status"].isin([PhotoStatus.OK, PhotoStatus.MISSING])).sum()),
         "status_counts": photos["status"].value_counts().to_dict(),
         "formats": ok["format"].value_counts().to_dict(),
         "colour_modes": ok["mode"].value_counts().to_dict(),
@@ -525,7 +526,7 @@ def write_upright_copies(photos: pd.DataFrame, folder: Path, threshold: float) -
     from kadr.core.decode import decode_photo, read_bytes
     from kadr.core.store import atomic_write_bytes
 
-    flagged = photos[(photos["status"] == "ok") & (photos["rotation_needed"] != 0)
+    flagged = photos[(photos["status"] == PhotoStatus.OK) & (photos["rotation_needed"] != 0)
                      & (photos["rotation_confidence"] >= threshold)]
     import io
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from kadr.core.html import figure, render, thumbnail
+from kadr.core.status import PhotoStatus
 
 GALLERY_LIMIT = 48
 MAX_FAILED_ROWS = 500
@@ -71,7 +72,7 @@ def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, sett
 
     from kadr.hotels.profile import group_columns
 
-    ok = photos[photos["status"] == "ok"]
+    ok = photos[photos["status"] == PhotoStatus.OK]
     group_charts = [
         {"what": what, "figure": figure(px.histogram(
             photos.groupby(col).size(), nbins=50, log_y=True,
@@ -108,7 +109,7 @@ def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, sett
         duplicates = _gallery(shown, lambda r: f"{r['kind']}" + (
             f" (turn {r['rotation']}°)" if r["rotation"] else "")
             + f", family {str(r['group'])[:8]}", total=len(dups))
-    failed = photos[photos["status"] != "ok"]
+    failed = photos[photos["status"] != PhotoStatus.OK]
     return render(
         "hotels_profile.html", title="Hotel photo collection profile", with_plotly=True,
         figures=key_figures(summary), group_charts=group_charts, size_charts=size_charts,

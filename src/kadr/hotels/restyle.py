@@ -35,6 +35,7 @@ from kadr.core.models.diffusion import paste_inside
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, driver_job, run_job
+from kadr.core.status import PhotoStatus
 from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
 
 AUDIENCES = Path(__file__).parent / "audiences"
@@ -318,7 +319,7 @@ def render_gallery(table: pd.DataFrame, audience: Audience) -> str:
     rows = []
     for r in table.to_dict("records"):
         row = {"key": r["key"], "status": r["status"], "reason": r["reason"]}
-        if r["status"] == "ok":
+        if r["status"] == PhotoStatus.OK:
             row.update(
                 prompts=json.loads(r["prompts"] or "{}"),
                 missing=json.loads(r["not_found"] or "[]"),

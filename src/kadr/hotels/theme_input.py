@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kadr.core.progress import row_blocks
+from kadr.core.status import PhotoStatus
 from kadr.core.store import CsvAppender, atomic_open, atomic_write_text, shard_files
 
 BLOCK_ROWS = 20_000
@@ -138,7 +139,7 @@ class _ImageVectors:
         with open(self.path, "wb") as out:
             for shard in shard_files(store):
                 table = pq.read_table(shard, columns=["path", "status", "embedding"])
-                ok = table.filter(pc.equal(table["status"], "ok"))
+                ok = table.filter(pc.equal(table["status"], PhotoStatus.OK))
                 if not ok.num_rows:
                     continue
                 vectors, _ = arrow_vectors(ok["embedding"])
@@ -200,7 +201,7 @@ def embed_input(input_path: str, out_dir: Path, *, embed: str, clip: str, text_c
                 own = arrow_vectors(batch.column("embedding")) if "embedding" in names else None
                 block = pa.Table.from_batches([batch]).drop_columns(
                     [c for c in ("embedding",) if c in names]).to_pandas()
-                ok = (block["status"] == "ok").to_numpy() if "status" in block \
+                ok = (block["status"] == PhotoStatus.OK).to_numpy() if "status" in block \
                     else np.ones(len(block), bool)
                 skipped.write(block[~ok].assign(skipped_because=NOT_OK))
                 left_out += int((~ok).sum())
@@ -296,7 +297,7 @@ def _embedded_photos(input_path: str, out_dir: Path, clip: str, progress: bool
         out.writerow(["path"])
         for batch in input_blocks(input_path):
             names = batch.schema.names
-            wanted = pc.equal(batch.column("status"), "ok") if "status" in names \
+            wanted = pc.equal(batch.column("status"), PhotoStatus.OK) if "status" in names \
                 else pa.array(np.ones(batch.num_rows, bool))
             if "embedding" in names:
                 wanted = pc.and_(wanted, batch.column("embedding").is_null())

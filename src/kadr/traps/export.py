@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text, key_digests
 from kadr.traps.tables import BACKGROUND_CLASSES, background_of_codes
 
@@ -65,7 +66,7 @@ def link_events(regs: pd.DataFrame, table: pd.DataFrame, first: int = 0
     }).sort_values("start", kind="stable")
     background = background_of_codes(class_names)
     time = pd.to_datetime(table["time"]).to_numpy(dtype="datetime64[ns]")
-    animal = ((table["status"] == "ok").to_numpy() & ~np.isnat(time) & ~background[classes])
+    animal = ((table["status"] == PhotoStatus.OK).to_numpy() & ~np.isnat(time) & ~background[classes])
     rows = np.flatnonzero(animal)
     photos = pd.DataFrame({"row": rows, "camera": cameras[rows], "cls": classes[rows],
                            "time": time[rows]}).sort_values("time", kind="stable")
@@ -252,26 +253,11 @@ def megadetector_json(path: str | Path, fingerprint: dict, labels: Iterable, roo
         f.write("\n ]\n}\n")
 
 
-def write_megadetector_json(table: pd.DataFrame, path: str | Path, fingerprint: dict) -> None:
-    """The MegaDetector batch output of a per-photo table (see :func:`megadetector_json`)."""
-    labels = {c for column in ("class", "human_class") if column in table
-              for c in table[column].dropna().unique()}
-    root = common_folder([table["key"]]) if len(table) else ""
-    with megadetector_json(path, fingerprint, labels, root) as write:
-        for chunk in _chunks(table):
-            write(chunk)
-
-
-def _chunks(table: pd.DataFrame, rows: int = 50_000):
-    for start in range(0, len(table), rows):
-        yield table.iloc[start:start + rows]
-
-
 def _md_image(r: dict, root: str, class_ids: dict[str, str]) -> dict:
     """One photo's entry of a MegaDetector batch output."""
     # Timelapse and MegaDetector's tools read ``file`` relative to the image folder.
     entry: dict = {"file": os.path.relpath(r["key"], root) if root else r["key"]}
-    if r["status"] != "ok":
+    if r["status"] != PhotoStatus.OK:
         entry["failure"] = f"{r['status']}: {r['reason']}"
         return entry
     dets = []
@@ -339,7 +325,7 @@ def _deployments(cameras: dict[str, list], deployments_csv: str | None, offset: 
 
 def _timed_ok(photos: pd.DataFrame) -> np.ndarray:
     """Which photos Camtrap DP describes: read, and with a time."""
-    return ((photos["status"] == "ok") & photos["time"].notna()).to_numpy()
+    return ((photos["status"] == PhotoStatus.OK) & photos["time"].notna()).to_numpy()
 
 
 class CamtrapPackage:
@@ -527,18 +513,6 @@ class CamtrapPackage:
         if self.warnings:
             package["description"] = "Warnings: " + "; ".join(self.warnings)
         atomic_write_text(self.folder / "datapackage.json", json.dumps(package, indent=2))
-
-
-def write_camtrap_dp(table: pd.DataFrame, regs: pd.DataFrame, folder: str | Path,
-                     **options) -> list[str]:
-    """The Camtrap DP package of a per-photo table and its registrations (see
-    :class:`CamtrapPackage`, which takes the same ``options``); returns warnings for the
-    user."""
-    with CamtrapPackage(folder, **options) as package:
-        for chunk in _chunks(table):
-            package.write(chunk)
-        package.write_events(regs)
-    return package.warnings
 
 
 def _media_observations(r: dict, media_id: str, off: str, now: str, names: dict) -> list[dict]:

@@ -26,7 +26,8 @@ import pyarrow as pa
 
 from kadr.core.store import atomic_write_table, atomic_write_text, read_shards, shard_files
 from kadr.traps.decisions import read_decisions
-from kadr.traps.review import EMPTY, ReviewState, read_run
+from kadr.traps.review import ReviewState, read_run
+from kadr.traps.tables import EMPTY
 
 MIN_PER_CLASS = 3
 MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from kadr.core.collection import PhotoRoot, resolved_paths
 from kadr.core.ordered import file_batches, gathered, read_columns, sorted_groups
 from kadr.core.runner import RunSummary
+from kadr.core.status import PhotoStatus
 from kadr.core.store import (
     CsvAppender,
     atomic_open,
@@ -91,7 +92,7 @@ def photos_for_events(df: pd.DataFrame) -> pd.DataFrame:
     already (text, times, numbers), so only the gaps are filled: no class is background,
     no class probability is a full vote (a column no photo has a value in may be typed as
     text)."""
-    ok = (df["status"] == "ok").to_numpy()
+    ok = (df["status"] == PhotoStatus.OK).to_numpy()
     return pd.DataFrame({
         "camera": df["group"][ok], "file": df["key"][ok], "time": df["time"][ok],
         "class": df["class"][ok].fillna(""), "count": df["count"][ok],
@@ -280,7 +281,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         "warnings": summary.warnings,
         "outputs_key": key,
         "photo_root": photo_root.record(out_dir) if photo_root else None,
-        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
+        "settings": dict(settings.__dict__),
     }, indent=2, default=str))
     return regs
 

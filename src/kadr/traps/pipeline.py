@@ -1,8 +1,10 @@
 """``kadr traps run``: detect, count, classify, form registrations, export, report.
 
-Per-photo work is one batch job on the core runner (resumable, streamed);
-everything after it reads the per-photo store and is cheap to redo, so
-exports are rewritten whole (atomically) at the end of every run.
+Per-photo work is one batch job on the core runner (resumable, streamed).
+The exports (:mod:`kadr.traps.outputs`) are written from the per-photo store a
+camera at a time, each file atomically, at the end of a run that changed
+something (new photos, decisions, settings); a resume with nothing to do
+leaves them as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,7 @@ from kadr.core.store import (
 from kadr.traps.decisions import last_decision_id
 from kadr.traps.outputs import write_outputs
 from kadr.traps.prompts import PromptSet, classify, load_prompts
-
-EMPTY = "empty"
+from kadr.traps.tables import EMPTY
 
 
 @dataclass
@@ -59,7 +60,6 @@ class TrapSettings:
     deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
     utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
     media_url: str | None = None  # where the photos will be published, for Camtrap DP
-    extra: dict = field(default_factory=dict)
 
 
 def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
@@ -307,7 +307,7 @@ def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
     if learned.exists():
         parts.append((learned.name, learned.stat().st_size, learned.stat().st_mtime_ns))
     shaping = {k: v for k, v in settings.__dict__.items()
-               if k not in ("progress", "workers", "batch_size", "retry_failed", "extra")}
+               if k not in ("progress", "workers", "batch_size", "retry_failed")}
     if settings.deployments and Path(settings.deployments).exists():
         st = Path(settings.deployments).stat()
         shaping["deployments_file"] = (st.st_size, st.st_mtime_ns)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kadr.core.html import render, thumbnail, write_page
+from kadr.core.status import PhotoStatus
 
 MAX_GALLERY = 400  # registrations shown with a photo; the table lists them all
 MAX_FAILED_ROWS = 2000  # failed photos listed in the page; photos.csv has all
@@ -67,7 +68,7 @@ def clock_jumps(table: pd.DataFrame) -> dict[str, int]:
     means the clock was reset or changed; registrations still use time order,
     but the user should know.
     """
-    ok = table.loc[(table["status"] == "ok") & table["time"].notna(), ["group", "key", "time"]]
+    ok = table.loc[(table["status"] == PhotoStatus.OK) & table["time"].notna(), ["group", "key", "time"]]
     ok = ok.sort_values(["group", "key"], kind="stable")
     back = ((ok["time"].diff() < pd.Timedelta(0)) & (ok["group"] == ok["group"].shift())).to_numpy()
     counts = ok["group"][back].value_counts()
@@ -106,7 +107,7 @@ class PhotoTally:
         ``detections`` and ``class_prob`` the gallery shows (:func:`gallery_keys`)."""
         if not len(chunk):
             return
-        is_ok = (chunk["status"] == "ok").to_numpy()
+        is_ok = (chunk["status"] == PhotoStatus.OK).to_numpy()
         has_time = chunk["time"].notna().to_numpy()
         # A photo whose camera clock a reviewer set is dated, not guessed.
         not_exif = (~chunk["time_source"].isin(["exif", "reviewer"])).to_numpy()

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kadr.core.status import PhotoStatus
 from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.events import parse_gap, registrations_with_members
-from kadr.traps.tables import BACKGROUND_CLASSES, normalise_photo_table
+from kadr.traps.tables import BACKGROUND_CLASSES, EMPTY, normalise_photo_table
 
-EMPTY = "empty"
 REQUIRED_COLUMNS = ("key", "path", "group", "photo_id", "time", "time_source", "status", "class",
                     "class_prob", "count", "detections")
 
@@ -289,7 +289,7 @@ class ReviewState:
                  learned: dict[str, dict[str, float]] | None = None):
         self.method = settings.get("method", "sessions")
         self.gap = parse_gap(settings.get("gap", "30m"))
-        ok = table[(table["status"] == "ok") & table["photo_id"].notna()]
+        ok = table[(table["status"] == PhotoStatus.OK) & table["photo_id"].notna()]
         # A photo listed twice (same bytes) is one photo to review.
         self.table = ok.drop_duplicates("photo_id").reset_index(drop=True)
         t = self.table

@@ -33,7 +33,6 @@ from kadr.core.phototime import typed_time
 from kadr.core.store import atomic_write_bytes
 from kadr.traps.decisions import Decision, DecisionLog, DecisionLogError, NewDecision
 from kadr.traps.review import (
-    EMPTY,
     ReviewState,
     Unit,
     clock_offset,
@@ -42,6 +41,7 @@ from kadr.traps.review import (
     run_summary,
 )
 from kadr.traps.similar import UnitVectors
+from kadr.traps.tables import EMPTY
 
 PHOTO_SIZES = {"thumb": 200, "display": 1280}
 QUEUE_LIMIT = 1000

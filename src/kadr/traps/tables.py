@@ -30,7 +30,8 @@ REGISTRATION_COLUMNS = [
 ]
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PHOTO_COLUMNS = ["camera", "file", "time", "class", "count", "confidence"]
-BACKGROUND_CLASSES = frozenset({"", "empty", "background", "blank", "none", "nan"})
+EMPTY = "empty"  # the class of a photo or registration without an animal
+BACKGROUND_CLASSES = frozenset({"", EMPTY, "background", "blank", "none", "nan"})
 
 
 def background_of_codes(class_names) -> np.ndarray:
