@@ -29,8 +29,8 @@ from kadr.cli_common import (
     engine_options,
     fail,
     finish,
-    guarded,
     out,
+    report_user_errors,
 )
 from kadr.core.models.spec import PRECISION_ENV
 from kadr.hotels.cli import app as hotels_app
@@ -85,7 +85,7 @@ def models(
         out.print(f"{len(rows) - len(shown)} more pretrained tags: kadr models --all")
     setting = f"{DEVICE_ENV}={os.environ.get(DEVICE_ENV, 'auto')}"
     if device:
-        out.print(f"models run on: {guarded(lambda: str(torch_device()))} ({setting}; auto "
+        out.print(f"models run on: {report_user_errors(lambda: str(torch_device()))} ({setting}; auto "
                   "picks a GPU when torch sees one)")
     else:
         out.print(f"models run on: {setting} (auto picks a GPU when torch sees one; "
@@ -118,7 +118,7 @@ def embed(
     """Image embeddings for every photo, as Parquet shards; re-runs resume."""
     from kadr.embed import embed_photos
 
-    summary = guarded(lambda: embed_photos(
+    summary = report_user_errors(lambda: embed_photos(
         source, str(output), model, batch_size=batch_size, workers=workers,
         group_level=group_level, group_column=group_column, path_column=path_column,
         max_pixels=max_pixels, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
@@ -140,7 +140,7 @@ def embed_text(
     """Text embeddings for prompt lists and vocabularies (cached by model and content)."""
     from kadr.embed import embed_text_file
 
-    n = guarded(lambda: embed_text_file(texts, str(output), model))
+    n = report_user_errors(lambda: embed_text_file(texts, str(output), model))
     out.print(f"{n} texts embedded: {output}")
 
 
@@ -160,7 +160,7 @@ def generate(
     """Text to image (e.g. portraits of the guests themselves)."""
     from kadr.hotels.restyle import generate_images
 
-    paths = guarded(lambda: generate_images(prompt, str(output), pipeline, variants, seed, steps,
+    paths = report_user_errors(lambda: generate_images(prompt, str(output), pipeline, variants, seed, steps,
                                             guidance, negative, scheduler))
     for p in paths:
         out.print(str(p))
@@ -175,7 +175,7 @@ def demo(
     """Run the camera-trap job on the real photos in ../shared with the real YOLOX-Nano."""
     from kadr.demo import DEFAULT_CLASSIFIER, run_demo
 
-    summary, regs, classifier = guarded(lambda: run_demo(str(shared), str(output), not quiet))
+    summary, regs, classifier = report_user_errors(lambda: run_demo(str(shared), str(output), not quiet))
     finish(summary)
     if classifier is None:
         out.print(f"[yellow]No CLIP weights here ({DEFAULT_CLASSIFIER}); species are the "

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from kadr.core.errors import StoreLockedError, StoreMismatchError
+from kadr.core.errors import StoreLockedError, StoreMismatchError, UserError
 from kadr.core.models import SpecError, UnsafeCheckpointError, WeightsNotFoundError
-from kadr.traps.decisions import DecisionLogError
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -21,7 +20,7 @@ USER_ERRORS = (
     UnsafeCheckpointError,
     StoreLockedError,
     StoreMismatchError,
-    DecisionLogError,
+    UserError,
     FileNotFoundError,
     ValueError,
 )
@@ -32,7 +31,7 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def guarded(fn):
+def report_user_errors(fn):
     """Run a command body; user errors become one clear message and exit code 2."""
     try:
         return fn()

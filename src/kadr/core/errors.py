@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 
+class UserError(RuntimeError):
+    """A state of the user's files that one clear message explains (a workflow raises a
+    subclass; the CLI prints its message and exits 2)."""
+
+
 class StoreLockedError(RuntimeError):
     """Another run is writing to the same result store."""
 

@@ -22,8 +22,8 @@ from kadr.cli_common import (
     Workers,
     engine_options,
     finish,
-    guarded,
     out,
+    report_user_errors,
 )
 
 app = typer.Typer(help="Hotel photos: profile, caption, group into themes.", no_args_is_help=True)
@@ -54,7 +54,7 @@ def profile(
         fix_rotation=fix_rotation, path_column=path_column, group_column=group_column,
         batch_size=batch_size, workers=workers, progress=not quiet,
         retry_failed=retry_failed)
-    summary = guarded(lambda: run_profile(source, str(output), settings))
+    summary = report_user_errors(lambda: run_profile(source, str(output), settings))
     finish(summary["_run"])
     if "skipped" in summary["model_checks"]:
         out.print(f"[yellow]{summary['model_checks']}[/]")
@@ -107,7 +107,7 @@ def caption(
         path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
         progress=not quiet, retry_failed=retry_failed)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, _ = guarded(lambda: run_caption(source, str(output), settings, eng))
+    summary, _ = report_user_errors(lambda: run_caption(source, str(output), settings, eng))
     finish(summary)
     out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
 
@@ -134,7 +134,7 @@ def cluster(
     settings = ClusterSettings(embed=embed, clip=clip, text_column=text_column, reduce=reduce,
                                cluster=method, eps=eps, min_samples=min_samples, max_fit=max_fit,
                                progress=not quiet)
-    summary = guarded(lambda: run_cluster(input_path, str(output), settings))
+    summary = report_user_errors(lambda: run_cluster(input_path, str(output), settings))
     out.print(f"{summary['photos']} photos -> {summary['clusters']} themes, {summary['noise']} "
               f"noise ({summary['reduction']})")
     out.print(f"map: {output / 'map.html'}; tables: clusters.parquet, assignments.parquet")
@@ -191,6 +191,6 @@ def restyle(
         prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet,
         retry_failed=retry_failed)
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, table = guarded(lambda: run_restyle(source, str(output), settings, eng))
+    summary, table = report_user_errors(lambda: run_restyle(source, str(output), settings, eng))
     finish(summary)
     out.print(f"gallery: {output / 'gallery.html'}; edits, masks, pairs in {output}")

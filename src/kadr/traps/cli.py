@@ -27,8 +27,8 @@ from kadr.cli_common import (
     err,
     fail,
     finish,
-    guarded,
     out,
+    report_user_errors,
 )
 
 app = typer.Typer(help="Camera traps: detect, count, name species zero-shot, registrations.",
@@ -93,7 +93,7 @@ def run(
         allow_detector_labels=allow_detector_labels,
     )
     eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, regs = guarded(lambda: run_traps(photos, str(output), settings, eng))
+    summary, regs = report_user_errors(lambda: run_traps(photos, str(output), settings, eng))
     finish(summary)
     out.print(f"{len(regs)} registrations: {output / 'registrations.csv'}")
     out.print(f"report: {output / 'report.html'}")
@@ -122,7 +122,7 @@ def events(
         write_registrations(regs.columns(), str(output))
         return photos, regs
 
-    photos, regs = guarded(body)
+    photos, regs = report_user_errors(body)
     untimed = photos.column("time").null_count
     if untimed:
         err.print(f"[yellow]{untimed} photos have no usable time; each forms its own "
@@ -145,7 +145,7 @@ def score(
     from kadr.traps.score import score_registrations
     from kadr.traps.tables import read_registrations
 
-    s = guarded(lambda: score_registrations(read_registrations(reference),
+    s = report_user_errors(lambda: score_registrations(read_registrations(reference),
                                             read_registrations(predicted), iou=iou))
     if as_json:
         print(json.dumps(s.as_dict(), indent=2))
@@ -168,7 +168,7 @@ def validate_dp(
     """Validate a Camtrap DP package offline against local copies of the standard's schemas."""
     from kadr.traps.export import validate_camtrap_dp
 
-    errors = guarded(lambda: validate_camtrap_dp(package, schemas))
+    errors = report_user_errors(lambda: validate_camtrap_dp(package, schemas))
     for e in errors:
         err.print(f"[red]{e}[/]")
     if errors:
@@ -191,7 +191,7 @@ def review(
     """Check and correct registrations in the browser; decisions go into every export."""
     from kadr.traps.review_app import serve
 
-    guarded(lambda: serve(output, host, port, reviewer, browser, token, announce=out.print))
+    report_user_errors(lambda: serve(output, host, port, reviewer, browser, token, announce=out.print))
     out.print("review stopped; exporting with the decisions ...")
     export(output)
 
@@ -204,7 +204,7 @@ def export(
     reviewers' decisions (and learned classes) applied. Loads no model."""
     from kadr.traps.pipeline import export_run
 
-    regs, summary = guarded(lambda: export_run(output))
+    regs, summary = report_user_errors(lambda: export_run(output))
     for w in summary.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     reviewed = int(regs["reviewed"].sum()) if "reviewed" in regs else 0
@@ -221,10 +221,10 @@ def learn(
     from kadr.traps.learn import learn_run
     from kadr.traps.pipeline import export_run
 
-    report = guarded(lambda: learn_run(output, min_per_class))
+    report = report_user_errors(lambda: learn_run(output, min_per_class))
     out.print(report["message"])
     for c in report["per_class"]:
         out.print(f"  {c['class']}: {c['reviewed']} reviewed, zero-shot "
                   f"{c['zero_shot_accuracy']:.0%}, learned {c['learned_accuracy']:.0%}")
-    guarded(lambda: export_run(output))
+    report_user_errors(lambda: export_run(output))
     out.print(f"exports rewritten in {output}; figures in {output / 'learn.json'}")

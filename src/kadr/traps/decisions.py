@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kadr.core.errors import UserError
+
 DB_NAME = "decisions.sqlite"
 SCHEMA_VERSION = 1
 KINDS = ("label", "empty", "split", "merge", "clock", "undo")
@@ -42,7 +44,7 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 """
 
 
-class DecisionLogError(RuntimeError):
+class DecisionLogError(UserError):
     """The decision database cannot be used (corrupt, from a newer kadr, not writable)."""
 
 

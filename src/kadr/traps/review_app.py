@@ -494,7 +494,7 @@ async def _posted(request: Request, action) -> JSONResponse:
 def create_app(review: Review, token: str) -> Starlette:
     """The ASGI app; every route is under ``/t/{token}/``."""
 
-    def guarded(handler):
+    def token_required(handler):
         async def endpoint(request: Request):
             if not secrets.compare_digest(request.path_params.get("token", ""), token):
                 return Response("not found", status_code=404)
@@ -540,16 +540,16 @@ def create_app(review: Review, token: str) -> Starlette:
         return _json(review.learn)
 
     routes = [
-        Route("/t/{token}/", guarded(page)),
-        Route("/t/{token}/api/queue", guarded(queue)),
-        Route("/t/{token}/api/unit/{uid}", guarded(unit)),
-        Route("/t/{token}/api/like/{uid}", guarded(like)),
-        Route("/t/{token}/api/decide", guarded(decide), methods=["POST"]),
-        Route("/t/{token}/api/undo", guarded(undo), methods=["POST"]),
-        Route("/t/{token}/api/clock", guarded(clock), methods=["POST"]),
-        Route("/t/{token}/api/export", guarded(export), methods=["POST"]),
-        Route("/t/{token}/api/learn", guarded(learn), methods=["POST"]),
-        Route("/t/{token}/photo/{size}/{pid}", guarded(photo)),
+        Route("/t/{token}/", token_required(page)),
+        Route("/t/{token}/api/queue", token_required(queue)),
+        Route("/t/{token}/api/unit/{uid}", token_required(unit)),
+        Route("/t/{token}/api/like/{uid}", token_required(like)),
+        Route("/t/{token}/api/decide", token_required(decide), methods=["POST"]),
+        Route("/t/{token}/api/undo", token_required(undo), methods=["POST"]),
+        Route("/t/{token}/api/clock", token_required(clock), methods=["POST"]),
+        Route("/t/{token}/api/export", token_required(export), methods=["POST"]),
+        Route("/t/{token}/api/learn", token_required(learn), methods=["POST"]),
+        Route("/t/{token}/photo/{size}/{pid}", token_required(photo)),
         Mount("/static", StaticFiles(packages=[("kadr", "static")]), name="static"),
     ]
     return Starlette(routes=routes)
