@@ -151,8 +151,8 @@ def trap_store(n: int, out: Path) -> None:
 
 def exports(n: int, folder: Path) -> float:
     from kadr.core.runner import RunSummary
-    from kadr.traps.outputs import write_outputs
-    from kadr.traps.pipeline import TrapSettings, outputs_key
+    from kadr.traps.exports import outputs_key, write_outputs
+    from kadr.traps.settings import TrapSettings
 
     out = folder / "out"
     settings = TrapSettings(detector="yolox:bench.onnx", classifier=None, progress=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kadr.traps.pipeline import export_run
+from kadr.traps.exports import export_run
 
 FIXTURE = Path(__file__).parent / "data" / "demo_run"
 

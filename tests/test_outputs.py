@@ -12,10 +12,11 @@ import pytest
 from kadr.core import ordered
 from kadr.core.ordered import runs, sorted_groups
 from kadr.core.runner import RunSummary
-from kadr.traps import outputs
 from kadr.traps.events import form_registrations
-from kadr.traps.outputs import per_photo_table, photo_files, photos_for_events, write_outputs
-from kadr.traps.pipeline import TrapSettings, outputs_key
+from kadr.traps.exports import outputs_key
+from kadr.traps.exports import write as outputs
+from kadr.traps.exports.write import per_photo_table, photo_files, photos_for_events, write_outputs
+from kadr.traps.settings import TrapSettings
 from kadr.traps.tables import registrations_csv
 
 DEER = json.dumps([{"label": "deer", "category": "animal", "conf": 0.8,

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 from kadr.traps.decisions import DB_NAME, DecisionLog, NewDecision
-from kadr.traps.export import validate_camtrap_dp
-from kadr.traps.pipeline import export_run
+from kadr.traps.exports import export_run, validate_camtrap_dp
 from kadr.traps.review import NotARunError, load_state
 from kadr.traps.review_app import Conflict, Review
 from tests.helpers import jpeg_bytes, shared_path

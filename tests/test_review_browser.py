@@ -218,7 +218,7 @@ def test_review_the_demo_by_keyboard_survive_kill9_and_export(demo_run, tmp_path
     reviewed = [u for u in load_state(out).units.values() if u.reviewed and not u.blank]
     assert len(reviewed) >= 5 and len(human) == len(reviewed)
     assert set(human["classifiedBy"]) == {"ana"}
-    from kadr.traps.export import validate_camtrap_dp
+    from kadr.traps.exports import validate_camtrap_dp
 
     assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
 

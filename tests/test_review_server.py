@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from kadr.traps.decisions import DecisionLog, NewDecision
-from kadr.traps.pipeline import export_run
+from kadr.traps.exports import export_run
 from kadr.traps.review import load_state
 from kadr.traps.review_app import Conflict, Review, create_app
 from tests.test_review import make_run, photo_row, ref, unit_with

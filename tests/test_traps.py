@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from kadr.traps.export import validate_camtrap_dp
+from kadr.traps.exports import validate_camtrap_dp
 from kadr.traps.pipeline import TrapSettings, run_traps
 from kadr.traps.prompts import PromptFileError, load_prompts, parse_prompts
 from tests.helpers import TINY_CLIP, jpeg_bytes, shared_path
@@ -243,7 +243,7 @@ def test_megadetector_json_files_are_relative_for_a_manifest_of_absolute_paths(d
 
 
 def test_photos_link_to_the_registration_of_their_camera_time_and_class():
-    from kadr.traps.export import link_events
+    from kadr.traps.linking import link_events
 
     t = pd.Timestamp("2024-05-01 10:00:00")
     m = pd.Timedelta(minutes=1)

@@ -166,7 +166,7 @@ def validate_dp(
     schemas: Annotated[Path, typer.Option(help="folder with the Camtrap DP 1.0.2 schemas")],
 ) -> None:
     """Validate a Camtrap DP package offline against local copies of the standard's schemas."""
-    from kadr.traps.export import validate_camtrap_dp
+    from kadr.traps.exports import validate_camtrap_dp
 
     errors = report_user_errors(lambda: validate_camtrap_dp(package, schemas))
     for e in errors:
@@ -202,7 +202,7 @@ def export(
 ) -> None:
     """Rewrite registrations.csv, Camtrap DP, MegaDetector JSON and the report with the
     reviewers' decisions (and learned classes) applied. Loads no model."""
-    from kadr.traps.pipeline import export_run
+    from kadr.traps.exports import export_run
 
     regs, summary = report_user_errors(lambda: export_run(output))
     for w in summary.warnings:
@@ -218,8 +218,8 @@ def learn(
 ) -> None:
     """Fit a classifier on the reviewed registrations (with the zero-shot prior, mixed by
     cross-validation), re-score the rest and rewrite the exports."""
+    from kadr.traps.exports import export_run
     from kadr.traps.learn import learn_run
-    from kadr.traps.pipeline import export_run
 
     report = report_user_errors(lambda: learn_run(output, min_per_class))
     out.print(report["message"])

@@ -196,7 +196,7 @@ def learn_run(out: str | Path, min_per_class: int = MIN_PER_CLASS, folds: int = 
 
 
 def _background(settings: dict) -> set[str]:
-    from kadr.traps.pipeline import saved_prompts
+    from kadr.traps.settings import saved_prompts
 
     prompts = saved_prompts(settings)
     return set(prompts.background) if prompts else set()

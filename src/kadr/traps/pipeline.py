@@ -10,9 +10,7 @@ leaves them as they are.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,65 +22,20 @@ from kadr.core.collection import PhotoCollection, PhotoRoot
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
-from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
 from kadr.core.store import (
     ShardStore,
-    shard_files,
 )
-from kadr.traps.decisions import last_decision_id
-from kadr.traps.outputs import write_outputs
-from kadr.traps.prompts import PromptSet, classify, load_prompts
+from kadr.traps.exports import outputs_key, write_outputs
+from kadr.traps.prompts import PromptSet, classify
+from kadr.traps.settings import (
+    TrapSettings,
+    classify_on,
+    settings_prompts,
+    trap_fingerprint,
+)
 from kadr.traps.tables import EMPTY
-
-
-@dataclass
-class TrapSettings:
-    detector: str | None = "megadetector:MDV5A"  # None: classify whole photos, no boxes
-    classifier: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"  # None: detector labels
-    prompts: str | None = None
-    threshold: float = 0.3  # detection confidence that counts as an animal
-    classify_on: str = "both"  # crops | photo | both
-    crop_margin: float = 0.15
-    max_crops: int = 8
-    gap: str = "30m"
-    method: str = "sessions"
-    batch_size: int = 16
-    workers: int = 2
-    group_level: int | None = None
-    group_column: str | None = None  # for manifests: the column naming the camera
-    time_pattern: str | None = None
-    trust_checkpoint: bool = False
-    retry_failed: bool = False  # try every earlier failure again, not only transient ones
-    progress: bool = True
-    allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
-    deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
-    utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
-    media_url: str | None = None  # where the photos will be published, for Camtrap DP
-
-
-def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
-    """Everything that changes the per-photo numbers, from the settings alone (no model is
-    loaded for it). ``prompts`` is None when the detector's labels are the classes."""
-    s = settings
-    if not s.detector and not s.classifier:
-        raise ValueError("with --detector none a classifier names the species: give "
-                         "--classifier, or a detector")
-    fp = {"job": "traps", "detector": s.detector, "detector_model": spec_fingerprint(s.detector),
-          "threshold": s.threshold}
-    if prompts is not None:
-        prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
-        fp.update(classifier={"model": s.classifier, **spec_fingerprint(s.classifier)},
-                  classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
-                  crops="full-res padded", embedding="float32 vote-weighted mean",
-                  prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
-    return fp
-
-
-def classify_on(settings: TrapSettings) -> str:
-    """What the classifier looks at: without a detector there are no crops, only photos."""
-    return settings.classify_on if settings.detector else "photo"
 
 
 def count_animals(dets: list[Detection], threshold: float, iou: float = 0.5) -> list[Detection]:
@@ -222,30 +175,6 @@ class TrapJob:
             r.update({f"p_{n_}": round(float(v), 4) for n_, v in zip(names, p, strict=True)})
 
 
-def settings_prompts(settings: TrapSettings) -> PromptSet:
-    """The class prompts a run uses: the user's file, else the shipped example."""
-    from kadr.traps.prompts import EXAMPLE
-
-    return load_prompts(settings.prompts or str(EXAMPLE))
-
-
-def saved_settings(saved: dict) -> TrapSettings:
-    """The settings of an earlier run, as ``summary.json`` recorded them."""
-    known = TrapSettings.__dataclass_fields__
-    return TrapSettings(**{k: v for k, v in saved.items() if k in known})
-
-
-def saved_prompts(saved: dict) -> PromptSet | None:
-    """The class prompts an earlier run used; None without a classifier, or when its prompt
-    file is gone or unreadable (the run's own tables still name every class)."""
-    if not saved.get("classifier"):
-        return None
-    try:
-        return settings_prompts(saved_settings(saved))
-    except (OSError, ValueError):
-        return None
-
-
 def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
     return Job(
         name="traps",
@@ -297,24 +226,6 @@ def run_traps(photos: str, out: str, settings: TrapSettings,
     return summary, regs
 
 
-def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
-    """What the exports are made from: the store's shards, the reviewers' decisions and
-    the settings that shape them."""
-    shards = shard_files(out_dir / "photos.store")
-    parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
-    parts.append(("decisions", last_decision_id(out_dir)))
-    learned = out_dir / "learned.parquet"
-    if learned.exists():
-        parts.append((learned.name, learned.stat().st_size, learned.stat().st_mtime_ns))
-    shaping = {k: v for k, v in settings.__dict__.items()
-               if k not in ("progress", "workers", "batch_size", "retry_failed")}
-    if settings.deployments and Path(settings.deployments).exists():
-        st = Path(settings.deployments).stat()
-        shaping["deployments_file"] = (st.st_size, st.st_mtime_ns)
-    text = json.dumps({"shards": parts, "settings": shaping}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataFrame | None:
     """The registrations of the last run when it made the outputs from the same shards and
     settings (a resume with nothing to do rewrites nothing); None otherwise."""
@@ -327,20 +238,3 @@ def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataF
         return None
     summary.warnings = before.get("warnings", [])
     return regs
-
-
-def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
-    """``kadr traps export``: rewrite every export of a run folder from its per-photo store,
-    with the reviewers' decisions applied. No model is loaded."""
-    from kadr.traps.review import run_summary
-
-    out_dir = Path(out)
-    before = run_summary(out_dir)
-    settings = saved_settings(before.get("settings", {}))
-    prompts = settings_prompts(settings) if settings.classifier else None
-    summary = RunSummary(skipped_files=before.get("skipped_files", []),
-                         empty_groups=before.get("empty_folders", []))
-    regs = write_outputs(out_dir, settings, prompts, trap_fingerprint(settings, prompts),
-                         summary, outputs_key(out_dir, settings),
-                         PhotoRoot.recorded(before.get("photo_root"), out_dir))
-    return regs, summary

@@ -101,7 +101,7 @@ class Review:
 
     @staticmethod
     def _project_classes(settings: dict) -> list[str]:
-        from kadr.traps.pipeline import saved_prompts
+        from kadr.traps.settings import saved_prompts
 
         prompts = saved_prompts(settings)
         return [n for n in prompts.names if n not in prompts.background] if prompts else []
@@ -446,7 +446,7 @@ class Review:
         return data
 
     def export(self) -> dict:
-        from kadr.traps.pipeline import export_run
+        from kadr.traps.exports import export_run
 
         with self.lock:
             regs, summary = export_run(self.out)

@@ -14,9 +14,9 @@ the learned classifier), then streams the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,13 +35,17 @@ from kadr.core.store import (
     atomic_write_text,
     shard_files,
 )
-from kadr.traps.decisions import Decision, read_decisions
+from kadr.traps.decisions import Decision, last_decision_id, read_decisions
 from kadr.traps.events import form_registrations
+from kadr.traps.exports.agreement import write_agreement
+from kadr.traps.exports.camtrap_dp import CamtrapPackage
+from kadr.traps.exports.megadetector import common_folder, megadetector_json
+from kadr.traps.linking import link_events
 from kadr.traps.prompts import PromptSet
+from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
+from kadr.traps.review import ReviewState, camera_times, load_learned, run_summary
+from kadr.traps.settings import TrapSettings, saved_settings, settings_prompts, trap_fingerprint
 from kadr.traps.tables import registrations_csv, time_text
-
-if TYPE_CHECKING:
-    from kadr.traps.pipeline import TrapSettings
 
 # The per-photo columns a review reads (registrations, links, the summary). The wide ones
 # (detections, paths, per-class probabilities, embeddings) stay on disk until the exports
@@ -116,8 +120,6 @@ class FormedEvents:
     def cameras(self, photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Whole cameras' photos with their ``event_id``, and the cameras' registrations
         with a time (with ``eventID`` and ``best_key``)."""
-        from kadr.traps.export import link_events
-
         regs = form_registrations(photos_for_events(photos), self.method, self.gap)
         timed = regs["date_registration_start"].notna().to_numpy()
         linked, photos = link_events(regs[timed], photos, first=self.count)
@@ -127,8 +129,6 @@ class FormedEvents:
         return photos, linked
 
     def registrations(self) -> pd.DataFrame:
-        from kadr.traps.export import link_events
-
         if not self.timed:  # no photos: the columns of no registrations
             self.cameras(pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
                 ("group", str), ("key", str), ("time", "datetime64[ns]"), ("status", str),
@@ -205,8 +205,6 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     time; returns the registrations. ``key`` (:func:`kadr.traps.pipeline.outputs_key`) is
     recorded so that a later resume with nothing to do can leave them all as they are.
     ``photo_root``: where the photos are now (their stored paths are written as found)."""
-    from kadr.traps import export
-    from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
 
     files = photo_files(out_dir)
     decisions = read_decisions(out_dir)
@@ -221,15 +219,15 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         events = FormedEvents(settings.method, settings.gap)
     tally = PhotoTally()
     gallery = 2 * MAX_GALLERY  # best photos still wanted (:func:`report.gallery_keys`)
-    camtrap = export.CamtrapPackage(
+    camtrap = CamtrapPackage(
         out_dir / "camtrap-dp", scientific_names=prompts.scientific_names() if prompts else {},
         deployments_csv=settings.deployments, utc_offset=settings.utc_offset,
         media_url=settings.media_url)
     exclude = ("embedding", *PREVIOUS_EXPORT_COLUMNS)
     with (atomic_open(out_dir / "photos.csv") as photos_csv,
           atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
-          export.megadetector_json(out_dir / "megadetector.json", fingerprint, labels,
-                                   export.common_folder(stored_keys(files))) as md_json,
+          megadetector_json(out_dir / "megadetector.json", fingerprint, labels,
+                                   common_folder(stored_keys(files))) as md_json,
           camtrap):
         parquet = None  # opened on the first camera, with its schema
         photo_rows = CsvAppender(photos_csv)
@@ -263,7 +261,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
                        pa.Table.from_pandas(regs, preserve_index=False))
     warnings = problems + camtrap.warnings + tally.file_dated_warning()
     summary.warnings = [w for w in summary.warnings if w not in warnings] + warnings
-    agreement = export.write_agreement(pairs, out_dir) if pairs is not None else None
+    agreement = write_agreement(pairs, out_dir) if pairs is not None else None
     learned = out_dir / "learn.json"
     learning = json.loads(learned.read_text()) if learned.exists() and decisions else None
     write_report(out_dir / "report.html", tally, regs, settings, summary.warnings, agreement,
@@ -293,7 +291,6 @@ def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: lis
     camera's own; ``time_source`` "reviewer" where a shift set it), and the learned
     classifier's classes for what nobody reviewed. Also the (machine, human) class of every
     reviewed registration, and the decisions that could not be applied."""
-    from kadr.traps.review import ReviewState, camera_times, load_learned
 
     table = camera_times(table).copy()
     state = ReviewState(table, settings.__dict__, decisions, load_learned(out_dir))
@@ -308,3 +305,36 @@ def reviewed_outputs(table: pd.DataFrame, settings: TrapSettings, decisions: lis
     source = ids.map(per_photo["time_source"])
     table["time_source"] = source.where(ids.isin(per_photo.index), table["time_source"])
     return regs, table, state.reviewed_pairs(), state.problems
+
+
+def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
+    """What the exports are made from: the store's shards, the reviewers' decisions and
+    the settings that shape them."""
+    shards = shard_files(out_dir / "photos.store")
+    parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
+    parts.append(("decisions", last_decision_id(out_dir)))
+    learned = out_dir / "learned.parquet"
+    if learned.exists():
+        parts.append((learned.name, learned.stat().st_size, learned.stat().st_mtime_ns))
+    shaping = {k: v for k, v in settings.__dict__.items()
+               if k not in ("progress", "workers", "batch_size", "retry_failed")}
+    if settings.deployments and Path(settings.deployments).exists():
+        st = Path(settings.deployments).stat()
+        shaping["deployments_file"] = (st.st_size, st.st_mtime_ns)
+    text = json.dumps({"shards": parts, "settings": shaping}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
+    """``kadr traps export``: rewrite every export of a run folder from its per-photo store,
+    with the reviewers' decisions applied. No model is loaded."""
+    out_dir = Path(out)
+    before = run_summary(out_dir)
+    settings = saved_settings(before.get("settings", {}))
+    prompts = settings_prompts(settings) if settings.classifier else None
+    summary = RunSummary(skipped_files=before.get("skipped_files", []),
+                         empty_groups=before.get("empty_folders", []))
+    regs = write_outputs(out_dir, settings, prompts, trap_fingerprint(settings, prompts),
+                         summary, outputs_key(out_dir, settings),
+                         PhotoRoot.recorded(before.get("photo_root"), out_dir))
+    return regs, summary

@@ -1,18 +1,12 @@
-"""Exports ecologists' tools read: MegaDetector batch JSON and Camtrap DP 1.0 packages.
-
-Both are importable functions and run from ``kadr traps run``; the Camtrap
-DP package is checked by :func:`validate_camtrap_dp` (offline, against the
-standard's own schemas when a copy of them is given).
-"""
+"""Camtrap DP 1.0.2 packages (deployments, media, observations), written a camera at a time;
+:mod:`kadr.traps.exports.validate` checks them."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,91 +15,15 @@ import pandas as pd
 
 from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text, key_digests
-from kadr.traps.tables import BACKGROUND_CLASSES, background_of_codes
+from kadr.traps.linking import short_id
+from kadr.traps.tables import BACKGROUND_CLASSES
 
 CAMTRAP_VERSION = "1.0.2"
 CAMTRAP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_VERSION}"
-MD_CATEGORY_IDS = {"animal": "1", "person": "2", "vehicle": "3"}
+
+
 MEDIATYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
               "TIFF": "image/tiff", "BMP": "image/bmp", "GIF": "image/gif", "HEIF": "image/heic"}
-
-
-def short_id(*parts) -> str:
-    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=6).hexdigest()
-
-
-def link_events(regs: pd.DataFrame, table: pd.DataFrame, first: int = 0
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Give each registration an eventID and each photo the event it falls in.
-    ``first``: the position of ``regs``' first row among all of a run's registrations
-    (an eventID includes it), when they come a camera at a time.
-
-    A photo belongs to the registration of its camera whose interval holds its
-    time; where intervals of one camera overlap (two species at once), the one
-    of the photo's own class wins. A sorted merge (``merge_asof``) on integer
-    codes for cameras and classes, so the cost grows with the photos, not with
-    photos x registrations, and no per-photo text is copied. Also picks each
-    registration's best photo: most animals, then the highest class probability.
-    """
-    regs = regs.reset_index(drop=True).copy()
-    regs["eventID"] = [short_id(cam, start, cls, i) for i, (cam, start, cls) in enumerate(zip(
-        regs["name_folder"], regs["date_registration_start"], regs["class"], strict=True),
-        start=first)]
-    if table.empty or regs.empty:
-        regs["best_key"] = None
-        return regs, table.assign(event_id=None)
-    cameras, camera_names = pd.factorize(table["group"].astype(str))
-    classes, class_names = pd.factorize(table["class"].fillna("").astype(str))
-    timed = regs[regs["date_registration_start"].notna()]
-    intervals = pd.DataFrame({
-        "camera": pd.Index(camera_names).get_indexer(timed["name_folder"].astype(str)),
-        "cls": pd.Index(class_names).get_indexer(timed["class"].astype(str)),
-        "start": pd.to_datetime(timed["date_registration_start"]).astype("datetime64[ns]"),
-        "end": pd.to_datetime(timed["date_registration_end"]).astype("datetime64[ns]"),
-        "event": timed.index.to_numpy(),
-    }).sort_values("start", kind="stable")
-    background = background_of_codes(class_names)
-    time = pd.to_datetime(table["time"]).to_numpy(dtype="datetime64[ns]")
-    animal = ((table["status"] == PhotoStatus.OK).to_numpy() & ~np.isnat(time) & ~background[classes])
-    rows = np.flatnonzero(animal)
-    photos = pd.DataFrame({"row": rows, "camera": cameras[rows], "cls": classes[rows],
-                           "time": time[rows]}).sort_values("time", kind="stable")
-    event = np.full(len(table), -1, np.int64)  # a registration's position in regs
-    # Where visits of one camera overlap, the latest-starting one may have ended while an
-    # earlier, longer one still holds the photo: the camera's running longest interval.
-    reach = intervals.sort_values(["camera", "start"], kind="stable").copy()
-    longest = reach.groupby("camera")["end"].cummax()
-    reach["event"] = reach["event"].where(reach["end"] == longest)
-    reach["event"] = reach.groupby("camera")["event"].ffill()
-    reach["end"] = longest
-    # The photo's own class first, then the latest visit of its camera, then the longest.
-    for right, by in ((intervals, ["camera", "cls"]), (intervals.drop(columns=["cls"]), ["camera"]),
-                      (reach.drop(columns=["cls"]).sort_values("start"), ["camera"])):
-        todo = photos[event[photos["row"].to_numpy()] < 0]
-        if todo.empty:
-            break
-        found = pd.merge_asof(todo, right, left_on="time", right_on="start", by=by,
-                              direction="backward")
-        inside = (found["event"].notna() & (found["time"] <= found["end"])).to_numpy()
-        event[found["row"].to_numpy()[inside]] = found["event"].to_numpy()[inside]
-    ids = regs["eventID"].to_numpy(dtype=object)
-    table = table.assign(event_id=np.where(event >= 0, ids[event], None))
-    regs["best_key"] = _best_photos(event, table, len(regs))
-    return regs, table
-
-
-def _best_photos(event: np.ndarray, table: pd.DataFrame, n: int) -> np.ndarray:
-    """Per registration, the key of its photo with the most animals, then the highest class
-    probability (None for a registration no photo links to)."""
-    rows = np.flatnonzero(event >= 0)
-    animals = table["n_animals"].to_numpy(dtype=float, na_value=np.nan)[rows]
-    probability = table["class_prob"].to_numpy(dtype=float, na_value=np.nan)[rows]
-    order = np.lexsort((-np.nan_to_num(probability), -np.nan_to_num(animals), event[rows]))
-    first = order[np.r_[True, event[rows][order][1:] != event[rows][order][:-1]]] \
-        if len(order) else order
-    best = np.full(n, None, dtype=object)
-    best[event[rows][first]] = table["key"].iloc[rows[first]].to_numpy(dtype=object)
-    return best
 
 
 def _iso(t, offset: str = "Z") -> str | None:
@@ -182,104 +100,6 @@ def link_media_folder(package: Path, roots: set[str | None]) -> str | None:
             pass
     return (f"Camtrap DP: media files are referenced as {MEDIA_FOLDER}/KEY; copy the photos "
             f"into {link} before publishing, or rerun with --media-url")
-
-
-def _one_box_per_animal(dets: list[dict], iou: float = 0.5) -> list[dict]:
-    """MegaDetector has one animal class: overlapping boxes of different COCO animal labels
-    (a "horse" and an "elephant" on one elephant) become one, as kadr counts them."""
-    from kadr.core.models.detectors import nms
-
-    animals = [d for d in dets if d["category"] == "animal"]
-    if len(animals) < 2:
-        return dets
-    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in animals)],
-                    np.float32)
-    keep = set(nms(xyxy, np.array([d["conf"] for d in animals], np.float32),
-                   np.zeros(len(animals), np.int64), iou).tolist())
-    kept = [d for i, d in enumerate(animals) if i in keep]
-    return kept + [d for d in dets if d["category"] != "animal"]
-
-
-def common_folder(key_chunks: Iterable[pd.Series]) -> str:
-    """The folder that absolute keys (a manifest of absolute paths) share; "" otherwise.
-    The keys come a chunk at a time."""
-    folders: set[str] = set()
-    for keys in key_chunks:
-        if not keys.str.startswith(os.sep).all():
-            return ""
-        folders.update(keys.str.split("#", n=1).str[0].str.rsplit(os.sep, n=1).str[0].unique())
-    return os.path.commonpath([f or os.sep for f in folders]) if folders else ""
-
-
-@contextlib.contextmanager
-def megadetector_json(path: str | Path, fingerprint: dict, labels: Iterable, root: str = ""
-                      ) -> Iterator[Callable[[pd.DataFrame], None]]:
-    """MegaDetector batch output (format 1.4) with per-box classifications, written a chunk
-    of photos at a time: yields the function that writes one chunk (its photos' ``key``,
-    ``status``, ``reason``, ``time``, ``detections``, ``class``, ``class_prob`` and, once
-    reviewed, ``human_class``).
-
-    ``labels``: every class a photo has (the classification categories are those that
-    are not background); ``root``: the image folder that files are relative to
-    (:func:`common_folder`). Timelapse and the MegaDetector postprocessing tools open the
-    file. Boxes of COCO labels that are not animal/person/vehicle are left out (the
-    per-photo table keeps them).
-    """
-    class_names = sorted(c for c in {str(c) for c in labels}
-                         if c.lower() not in BACKGROUND_CLASSES)
-    class_ids = {c: str(i + 1) for i, c in enumerate(class_names)}
-    head = {
-        "detection_categories": {v: k for k, v in MD_CATEGORY_IDS.items()},
-        "classification_categories": {v: k for k, v in class_ids.items()},
-        "info": {
-            "format_version": "1.4",
-            "detector": fingerprint.get("detector"),
-            "classifier": (fingerprint.get("classifier") or {}).get("model"),
-            "detection_completion_time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            "detector_metadata": {"typical_detection_threshold": fingerprint.get("threshold")},
-        },
-    }
-    with atomic_open(path) as f:
-        f.write(json.dumps(head, indent=1)[:-2] + ',\n "images": [')
-        separator = "\n  "
-
-        def write(chunk: pd.DataFrame) -> None:
-            nonlocal separator
-            for r in chunk.to_dict("records"):
-                f.write(separator + json.dumps(_md_image(r, root, class_ids)))
-                separator = ",\n  "
-
-        yield write
-        f.write("\n ]\n}\n")
-
-
-def _md_image(r: dict, root: str, class_ids: dict[str, str]) -> dict:
-    """One photo's entry of a MegaDetector batch output."""
-    # Timelapse and MegaDetector's tools read ``file`` relative to the image folder.
-    entry: dict = {"file": os.path.relpath(r["key"], root) if root else r["key"]}
-    if r["status"] != PhotoStatus.OK:
-        entry["failure"] = f"{r['status']}: {r['reason']}"
-        return entry
-    dets = []
-    for d in _one_box_per_animal(json.loads(r["detections"] or "[]")):
-        cat = MD_CATEGORY_IDS.get(d["category"])
-        if cat is None:
-            continue
-        det = {"category": cat, "conf": d["conf"], "bbox": d["bbox"]}
-        decided = r.get("human_class")
-        if cat == "1" and isinstance(decided, str):  # a reviewer's class is certain
-            if decided in class_ids:
-                det["classifications"] = [[class_ids[decided], 1.0]]
-        elif cat == "1" and r.get("class") in class_ids:
-            prob = r.get("class_prob")
-            det["classifications"] = [[class_ids[r["class"]],
-                                       float(prob) if pd.notna(prob) else d["conf"]]]
-        dets.append(det)
-    entry["detections"] = dets
-    entry["max_detection_conf"] = max((d["conf"] for d in dets), default=0.0)
-    if pd.notna(r["time"]):
-        entry["datetime"] = pd.Timestamp(r["time"]).strftime("%Y:%m:%d %H:%M:%S")
-    return entry
 
 
 UNKNOWN_OFFSET = ("camera clock offset unknown: times are the camera's local clock written as "
@@ -543,40 +363,6 @@ def _utc_seconds(stamp: str) -> str:
     return pd.Timestamp(stamp).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def agreement_tables(pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Machine versus human on the reviewed registrations (``pairs``: columns machine,
-    human; "empty" where either said no animal).
-
-    Per class: how many reviewed registrations the human gave that class, how many of
-    them the machine got right, precision and recall; and the confusion matrix (rows:
-    human, columns: machine)."""
-    confusion = pd.crosstab(pairs["human"], pairs["machine"]) if len(pairs) else pd.DataFrame()
-    classes = sorted(set(pairs["human"]) | set(pairs["machine"]))
-    confusion = confusion.reindex(index=classes, columns=classes, fill_value=0)
-    rows = []
-    for c in classes:
-        right = int(confusion.at[c, c])
-        said = int(confusion[c].sum())
-        truth = int(confusion.loc[c].sum())
-        rows.append({"class": c, "reviewed": truth, "machine_predicted": said,
-                     "machine_right": right,
-                     "precision": round(right / said, 4) if said else None,
-                     "recall": round(right / truth, 4) if truth else None})
-    confusion.index.name = "human \\ machine"
-    return pd.DataFrame(rows), confusion
-
-
-def write_agreement(pairs: pd.DataFrame, out_dir: str | Path) -> dict:
-    """``review-agreement.csv`` and ``review-confusion.csv``; returns both for the report."""
-    table, confusion = agreement_tables(pairs)
-    atomic_write_text(Path(out_dir) / "review-agreement.csv", table.to_csv(index=False))
-    atomic_write_text(Path(out_dir) / "review-confusion.csv", confusion.to_csv())
-    total = len(pairs)
-    right = int((pairs["human"] == pairs["machine"]).sum()) if total else 0
-    return {"table": table.to_dict("records"), "confusion": confusion, "reviewed": total,
-            "right": right}
-
-
 def _bbox_polygon(deployments: pd.DataFrame) -> dict:
     lat = deployments["latitude"].astype(float)
     lon = deployments["longitude"].astype(float)
@@ -605,53 +391,3 @@ CAMTRAP_COLUMNS = {
                      "classifiedBy", "classificationTimestamp", "classificationProbability",
                      "observationTags", "observationComments"],
 }
-
-
-def validate_camtrap_dp(folder: str | Path, schema_dir: str | Path) -> list[str]:
-    """Errors of a Camtrap DP package ([] when valid), checked offline.
-
-    ``schema_dir`` holds the standard's files (camtrap-dp-profile.json, the
-    three table schemas, frictionless-data-package.json, geojson.json): the
-    package's public schema URLs are resolved to them, the tables are checked
-    by frictionless and the descriptor by the profile through jsonschema.
-    """
-    import frictionless
-    import jsonschema
-    from referencing import Registry, Resource
-    from referencing.jsonschema import DRAFT7
-
-    folder, schema_dir = Path(folder), Path(schema_dir)
-    descriptor = json.loads((folder / "datapackage.json").read_text())
-    errors: list[str] = []
-    # The descriptor against the Camtrap DP profile, with its two remote $refs served locally.
-    profile = json.loads((schema_dir / "camtrap-dp-profile.json").read_text())
-    remote = {
-        "https://specs.frictionlessdata.io/schemas/data-package.json":
-            "frictionless-data-package.json",
-        "http://json.schemastore.org/geojson.json": "geojson.json",
-    }
-    registry = Registry().with_resources(
-        (url, Resource.from_contents(json.loads((schema_dir / name).read_text()),
-                                     default_specification=DRAFT7))
-        for url, name in remote.items()
-    )
-    validator = jsonschema.validators.validator_for(profile)(profile, registry=registry)
-    errors += [f"datapackage.json: {e.json_path}: {e.message}"
-               for e in validator.iter_errors(descriptor)]
-    # The tables against their schemas, inlined for frictionless.
-    local = dict(descriptor)
-    local.pop("profile", None)
-    local["resources"] = []
-    for r in descriptor["resources"]:
-        r = dict(r)
-        local_schema = schema_dir / f"{r['name']}-table-schema.json"
-        if isinstance(r.get("schema"), str) and local_schema.exists():
-            r["schema"] = json.loads(local_schema.read_text())
-        local["resources"].append(r)
-    package = frictionless.Package(local, basepath=str(folder))
-    report = package.validate()
-    for task in report.tasks:
-        for err in task.errors:
-            errors.append(f"{task.name}: {err.message}")
-    errors += [f"{e.message}" for e in report.errors]
-    return errors

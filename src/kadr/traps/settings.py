@@ -1,0 +1,84 @@
+"""The settings of ``kadr traps run`` and what follows from them alone: the run's class
+prompts and the fingerprint of its per-photo numbers (no model is loaded for either).
+Saved in ``summary.json`` and read back by export, review and learn."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from kadr.core.models.spec import spec_fingerprint
+from kadr.traps.prompts import PromptSet, load_prompts
+
+
+@dataclass
+class TrapSettings:
+    detector: str | None = "megadetector:MDV5A"  # None: classify whole photos, no boxes
+    classifier: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"  # None: detector labels
+    prompts: str | None = None
+    threshold: float = 0.3  # detection confidence that counts as an animal
+    classify_on: str = "both"  # crops | photo | both
+    crop_margin: float = 0.15
+    max_crops: int = 8
+    gap: str = "30m"
+    method: str = "sessions"
+    batch_size: int = 16
+    workers: int = 2
+    group_level: int | None = None
+    group_column: str | None = None  # for manifests: the column naming the camera
+    time_pattern: str | None = None
+    trust_checkpoint: bool = False
+    retry_failed: bool = False  # try every earlier failure again, not only transient ones
+    progress: bool = True
+    allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
+    deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
+    utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
+    media_url: str | None = None  # where the photos will be published, for Camtrap DP
+
+
+def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
+    """Everything that changes the per-photo numbers, from the settings alone (no model is
+    loaded for it). ``prompts`` is None when the detector's labels are the classes."""
+    s = settings
+    if not s.detector and not s.classifier:
+        raise ValueError("with --detector none a classifier names the species: give "
+                         "--classifier, or a detector")
+    fp = {"job": "traps", "detector": s.detector, "detector_model": spec_fingerprint(s.detector),
+          "threshold": s.threshold}
+    if prompts is not None:
+        prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
+        fp.update(classifier={"model": s.classifier, **spec_fingerprint(s.classifier)},
+                  classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
+                  crops="full-res padded", embedding="float32 vote-weighted mean",
+                  prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
+    return fp
+
+
+def classify_on(settings: TrapSettings) -> str:
+    """What the classifier looks at: without a detector there are no crops, only photos."""
+    return settings.classify_on if settings.detector else "photo"
+
+
+def settings_prompts(settings: TrapSettings) -> PromptSet:
+    """The class prompts a run uses: the user's file, else the shipped example."""
+    from kadr.traps.prompts import EXAMPLE
+
+    return load_prompts(settings.prompts or str(EXAMPLE))
+
+
+def saved_settings(saved: dict) -> TrapSettings:
+    """The settings of an earlier run, as ``summary.json`` recorded them."""
+    known = TrapSettings.__dataclass_fields__
+    return TrapSettings(**{k: v for k, v in saved.items() if k in known})
+
+
+def saved_prompts(saved: dict) -> PromptSet | None:
+    """The class prompts an earlier run used; None without a classifier, or when its prompt
+    file is gone or unreadable (the run's own tables still name every class)."""
+    if not saved.get("classifier"):
+        return None
+    try:
+        return settings_prompts(saved_settings(saved))
+    except (OSError, ValueError):
+        return None
