@@ -184,7 +184,7 @@ def hex_text(values: np.ndarray, digits: int = 16) -> np.ndarray:
 
 
 def duplicates(n: int, folder: Path) -> float:
-    from kadr.hotels.profile import duplicates as find
+    from kadr.hotels.duplicates import duplicates as find
 
     phash = hash_families(n)
     photos = pd.DataFrame({"key": [f"p{i}" for i in range(n)], "status": "ok",

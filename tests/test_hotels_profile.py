@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kadr.hotels.profile import ProfileSettings, gini, hash_pairs, imbalance, run_profile
+from kadr.hotels.duplicates import hash_pairs
+from kadr.hotels.profile import ProfileSettings, run_profile
 from kadr.hotels.sources import hotels50k_manifest, is_hotels50k
+from kadr.hotels.statistics import gini, imbalance
 from tests.helpers import TINY_CLIP, shared_path
 
 
@@ -129,7 +131,7 @@ def pair_set(pairs: np.ndarray) -> set[tuple[int, int]]:
 
 
 def test_families_root_and_turns_agree_with_every_edge():
-    from kadr.hotels.profile import _families
+    from kadr.hotels.duplicates import _families
 
     rng = np.random.default_rng(5)
     n = 3000
@@ -195,7 +197,7 @@ def _family_table(families: int, size: int, turned: dict[int, int], seed: int = 
 
 
 def test_only_the_minority_orientation_of_a_family_is_rotated():
-    from kadr.hotels.profile import duplicates
+    from kadr.hotels.duplicates import duplicates
 
     table = _family_table(200, 10, {3: 90, 7: 270})
     dups = duplicates(table, max_distance=4).merge(table[["key", "truth"]], on="key")
@@ -207,7 +209,7 @@ def test_only_the_minority_orientation_of_a_family_is_rotated():
 
 
 def test_family_tie_goes_to_a_confident_clip_vote():
-    from kadr.hotels.profile import duplicates
+    from kadr.hotels.duplicates import duplicates
 
     table = _family_table(1, 2, {0: 90})  # the first row is the turned one
     plain = duplicates(table, max_distance=4)

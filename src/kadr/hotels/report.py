@@ -6,6 +6,7 @@ import pandas as pd
 
 from kadr.core.html import figure, render, thumbnail
 from kadr.core.status import PhotoStatus
+from kadr.hotels.statistics import group_columns
 
 GALLERY_LIMIT = 48
 MAX_FAILED_ROWS = 500
@@ -69,8 +70,6 @@ def key_figures(summary: dict) -> list[dict]:
 
 def render_profile(photos: pd.DataFrame, dups: pd.DataFrame, summary: dict, settings) -> str:
     import plotly.express as px
-
-    from kadr.hotels.profile import group_columns
 
     ok = photos[photos["status"] == PhotoStatus.OK]
     group_charts = [
