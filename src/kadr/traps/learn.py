@@ -27,6 +27,7 @@ import pyarrow as pa
 from kadr.core.store import atomic_write_table, atomic_write_text, read_shards, shard_files
 from kadr.traps.decisions import read_decisions
 from kadr.traps.review import ReviewState, read_run
+from kadr.traps.settings import saved_prompts
 from kadr.traps.tables import EMPTY
 
 MIN_PER_CLASS = 3
@@ -196,7 +197,5 @@ def learn_run(out: str | Path, min_per_class: int = MIN_PER_CLASS, folds: int = 
 
 
 def _background(settings: dict) -> set[str]:
-    from kadr.traps.settings import saved_prompts
-
     prompts = saved_prompts(settings)
     return set(prompts.background) if prompts else set()

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kadr.traps.learn import LearnError, learn_run
+from kadr.traps.review import load_state
+from kadr.traps.review_app import Review
+
 CLASSES = ("badger", "fox", "marten", "deer")
 
 
@@ -66,10 +70,6 @@ def accuracy_after(order: str, reviews: int, root: Path, seed: int = 0, n: int =
     """Accuracy over every registration after ``reviews`` decisions taken in ``order``
     (``useful``: kadr's default, ``uncertain``: least certain alone, ``random``), then
     ``traps learn``: reviewed ones count as right, the rest as learning names them."""
-    from kadr.traps.learn import LearnError, learn_run
-    from kadr.traps.review import load_state
-    from kadr.traps.review_app import Review
-
     out, truth = planted_run(root, n=n, seed=seed)
     review = Review(out, "bench")
     if order == "random":

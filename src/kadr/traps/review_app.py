@@ -32,6 +32,8 @@ from kadr.core.html import render, thumbnail_jpeg
 from kadr.core.phototime import typed_time
 from kadr.core.store import atomic_write_bytes
 from kadr.traps.decisions import Decision, DecisionLog, DecisionLogError, NewDecision
+from kadr.traps.exports import export_run
+from kadr.traps.learn import learn_run
 from kadr.traps.review import (
     ReviewState,
     Unit,
@@ -40,6 +42,7 @@ from kadr.traps.review import (
     read_run,
     run_summary,
 )
+from kadr.traps.settings import saved_prompts
 from kadr.traps.similar import UnitVectors
 from kadr.traps.tables import EMPTY
 
@@ -101,8 +104,6 @@ class Review:
 
     @staticmethod
     def _project_classes(settings: dict) -> list[str]:
-        from kadr.traps.settings import saved_prompts
-
         prompts = saved_prompts(settings)
         return [n for n in prompts.names if n not in prompts.background] if prompts else []
 
@@ -446,16 +447,12 @@ class Review:
         return data
 
     def export(self) -> dict:
-        from kadr.traps.exports import export_run
-
         with self.lock:
             regs, summary = export_run(self.out)
         return {"registrations": len(regs), "reviewed": int(regs["reviewed"].sum())
                 if "reviewed" in regs else 0, "warnings": summary.warnings}
 
     def learn(self) -> dict:
-        from kadr.traps.learn import learn_run
-
         with self.lock:
             result = learn_run(self.out)
             self.state.learned = load_learned(self.out)

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from kadr.core.models.spec import spec_fingerprint
-from kadr.traps.prompts import PromptSet, load_prompts
+from kadr.traps.prompts import EXAMPLE, PromptSet, load_prompts
 
 
 @dataclass
@@ -62,8 +62,6 @@ def classify_on(settings: TrapSettings) -> str:
 
 def settings_prompts(settings: TrapSettings) -> PromptSet:
     """The class prompts a run uses: the user's file, else the shipped example."""
-    from kadr.traps.prompts import EXAMPLE
-
     return load_prompts(settings.prompts or str(EXAMPLE))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kadr.traps.learn import photo_embeddings
 from kadr.traps.review import ReviewState, Unit
 
 
@@ -26,8 +27,6 @@ class UnitVectors:
     """The photos' embeddings of one run, aligned with a review state's photo rows."""
 
     def __init__(self, out_dir: str | Path, state: ReviewState):
-        from kadr.traps.learn import photo_embeddings
-
         vectors = photo_embeddings(Path(out_dir))
         dim = len(next(iter(vectors.values()))) if vectors else 0
         # float16: half the memory of a season's photos; cosines need no more.
