@@ -1,6 +1,7 @@
 """Ray engine against the local engine: same photos, ids, statuses and numbers."""
 
 import contextlib
+import dataclasses
 import importlib
 import shutil
 
@@ -90,7 +91,8 @@ def test_traps_ray_equals_local(tmp_path):
                             classifier=TINY_CLIP, progress=False, batch_size=4)
     _, regs_local = run_traps(str(tmp_path / "photos"), str(tmp_path / "local"), settings)
     with no_models_here():
-        _, regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"), settings, RAY)
+        _, regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"),
+                                dataclasses.replace(settings, engine=RAY))
     a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
     b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
     assert list(a["class"]) == list(b["class"]) and list(a["n_animals"]) == list(b["n_animals"])

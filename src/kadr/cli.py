@@ -11,22 +11,12 @@ import typer
 from rich.table import Table
 
 from kadr.cli_common import (
-    Actors,
-    Batch,
-    CpusPerActor,
-    Engine,
-    GpusPerActor,
-    GroupColumn,
     GroupLevel,
     MaxPixels,
-    PathColumn,
     Quiet,
-    RayAddress,
-    RetryFailed,
     TimePattern,
     Trust,
-    Workers,
-    engine_options,
+    batch_command,
     fail,
     finish,
     out,
@@ -93,38 +83,25 @@ def models(
 
 
 @app.command()
+@batch_command()
 def embed(
     source: Annotated[str, typer.Argument(help="folder of photos, or a CSV/Parquet manifest")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder (Parquet shards)")],
     model: Annotated[str, typer.Option(help="BACKEND:NAME[@WEIGHTS]")] = (
         "open_clip:ViT-B-32@laion2b_s34b_b79k"
     ),
-    batch_size: Batch = 32,
-    workers: Workers = 2,
     group_level: GroupLevel = None,
-    group_column: GroupColumn = None,
-    path_column: PathColumn = None,
     max_pixels: MaxPixels = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    actors: Actors = 2,
-    cpus_per_actor: CpusPerActor = 1.0,
-    gpus_per_actor: GpusPerActor = 0.0,
-    quiet: Quiet = False,
-    retry_failed: RetryFailed = False,
+    run: dict | None = None,
 ) -> None:
     """Image embeddings for every photo, as Parquet shards; re-runs resume."""
     from kadr.embed import embed_photos
 
     summary = report_user_errors(lambda: embed_photos(
-        source, str(output), model, batch_size=batch_size, workers=workers,
-        group_level=group_level, group_column=group_column, path_column=path_column,
-        max_pixels=max_pixels, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
-        progress=not quiet, retry_failed=retry_failed,
-        engine=engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor),
-    ))
+        source, str(output), model, group_level=group_level, max_pixels=max_pixels,
+        time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, **run))
     finish(summary)
     out.print(f"embeddings: {output}")
 

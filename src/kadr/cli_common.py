@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from typing import Annotated
 
@@ -83,3 +85,39 @@ def engine_options(engine: str, ray_address: str | None, actors: int, cpus_per_a
     if engine not in ("local", "ray"):
         fail("--engine must be local or ray")
     return EngineOptions(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
+
+
+def batch_command(batch_size: int = 32, workers: int = 2):
+    """Give a command the options every batch command shares (``core.runner.RunOptions``:
+    columns, batch size, workers, retry, progress, and the engine with its Ray options),
+    declared here once. The command receives them as ``run``, the keyword arguments of
+    its settings; ``batch_size`` and ``workers`` are the command's defaults."""
+    shared = [("path_column", PathColumn, None), ("group_column", GroupColumn, None),
+              ("batch_size", Batch, batch_size), ("workers", Workers, workers),
+              ("engine", Engine, "local"), ("ray_address", RayAddress, None),
+              ("actors", Actors, 2), ("cpus_per_actor", CpusPerActor, 1.0),
+              ("gpus_per_actor", GpusPerActor, 0.0), ("quiet", Quiet, False),
+              ("retry_failed", RetryFailed, False)]
+
+    def wrap(fn):
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name != "run"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                   annotation=kind) for name, kind, default in shared]
+
+        @functools.wraps(fn)
+        def command(**options):
+            o = {name: options.pop(name) for name, _, _ in shared}
+            run = {"path_column": o["path_column"], "group_column": o["group_column"],
+                   "batch_size": o["batch_size"], "workers": o["workers"],
+                   "retry_failed": o["retry_failed"], "progress": not o["quiet"],
+                   "engine": engine_options(o["engine"], o["ray_address"], o["actors"],
+                                            o["cpus_per_actor"], o["gpus_per_actor"])}
+            return fn(run=run, **options)
+
+        # Typer reads the options from the signature and its (evaluated) annotations.
+        command.__signature__ = inspect.Signature(own + added, return_annotation=None)
+        command.__annotations__ = {p.name: p.annotation for p in own + added}
+        return command
+
+    return wrap

@@ -16,8 +16,8 @@ from kadr.core.collection import PhotoCollection
 from kadr.core.models import load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
-from kadr.core.store import ShardStore, atomic_write_table
+from kadr.core.runner import EngineOptions, Job, RunOptions, RunSummary, run_workflow
+from kadr.core.store import atomic_write_table
 from kadr.core.text_cache import text_embeddings
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
@@ -70,20 +70,16 @@ def embed_photos(
     collection = PhotoCollection(
         source, group_level=group_level, group_column=group_column, path_column=path_column
     )
-    if engine is not None and engine.on_ray:
-        job = driver_job("embed", batch_size)  # the actors load the model, not this process
-    else:
-        job = image_embedding_job(load_model(model_spec, kind="image-text",
-                                             trust_checkpoint=trust_checkpoint), batch_size)
-    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    options = RunOptions(batch_size=batch_size, workers=workers, path_column=path_column,
+                         group_column=group_column, retry_failed=retry_failed,
+                         progress=progress, engine=engine or EngineOptions())
     fingerprint = {"job": "embed", "model": spec_fingerprint(model_spec), "vector": "float32"}
     # float32 vectors of one size: what the model computes, half the size of float64 lists.
-    with ShardStore(out, fingerprint=fingerprint,
-                    column_types={"embedding": pa.float32()}) as store:
-        factory = functools.partial(make_embedding_job, model_spec, batch_size, trust_checkpoint)
-        return run_job(collection, job, store, workers=workers, time_pattern=time_pattern,
-                       progress=progress, engine=engine, job_factory=factory,
-                       retry_failed=retry_failed, **kwargs)
+    return run_workflow(
+        collection, out, functools.partial(make_embedding_job, model_spec, batch_size,
+                                           trust_checkpoint),
+        options, name="embed", fingerprint=fingerprint, column_types={"embedding": pa.float32()},
+        time_pattern=time_pattern, **({"max_pixels": max_pixels} if max_pixels else {}))
 
 
 def read_text_lines(path: str) -> list[str]:

@@ -48,17 +48,21 @@ class Job:
     min_side: int | None = None  # smallest side the model needs (enables JPEG draft decoding)
     batch_size: int = 32
     empty_result: dict = field(default_factory=dict)  # result columns for failed photos
+    # What the built job's numbers depend on, where it differs from what the settings say
+    # (a model whose weights were missing and a fallback that ran instead); None: the same.
+    fingerprint: dict | None = None
+    notes: list[str] = field(default_factory=list)  # said at the end of the run
 
 
 def _runs_on_actors(*_args):
     raise RuntimeError("this job's models live in the Ray actors; the driver only writes rows")
 
 
-def driver_job(name: str, batch_size: int) -> Job:
+def _driver_job(name: str, batch_size: int) -> Job:
     """The job as a Ray driver holds it: a name and a batch size, no model.
 
-    The models are built by ``job_factory`` in each actor; the driver reads the
-    collection, writes the store, and computes the fingerprint from the specs."""
+    The models are built by the job factory in each actor; the driver reads the
+    collection, writes the store, and takes the fingerprint from the settings."""
     return Job(name, _runs_on_actors, _runs_on_actors, batch_size=batch_size)
 
 
@@ -78,6 +82,7 @@ class RunSummary:
     skipped_files: list[str] = field(default_factory=list)
     empty_groups: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the outputs could not say right
+    fingerprint: dict = field(default_factory=dict)  # what the store's rows were made with
 
     @property
     def nothing_processed(self) -> bool:
@@ -260,6 +265,42 @@ class EngineOptions:
     # Photo references per Ray block; None = 2 batches. Blocks are Ray's unit of
     # work sharing: small ones spread photos evenly over the actors.
     block_rows: int | None = None
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """What every batch command shares, declared once: how its photos are listed and how
+    its batches run. Each workflow's settings extend it (``TrapSettings``,
+    ``CaptionSettings``, ...); the commands take the same options (``cli_common``)."""
+
+    batch_size: int = 32
+    workers: int = 2  # decode threads
+    path_column: str | None = None  # manifests: the column with paths or URLs
+    group_column: str | None = None  # manifests: the column naming the camera or hotel
+    retry_failed: bool = False  # try every earlier failure again, not only transient ones
+    progress: bool = True
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+def run_workflow(collection: PhotoCollection | Iterable[PhotoRef], store_path, job_factory:
+                 Callable[[], Job], options: RunOptions, *, name: str, fingerprint: dict,
+                 column_types: dict | None = None, **loop) -> RunSummary:
+    """The one entry of every batch command: run a workflow's job over ``collection`` into
+    the result store at ``store_path``, on the engine ``options`` name.
+
+    ``job_factory`` (picklable) builds the job with its models: here on the local engine,
+    once per actor on Ray, where this process holds no model and ``fingerprint`` (from
+    the settings alone) names the results. ``loop``: :func:`run_job`'s own options
+    (``time_pattern``, ``max_pixels``)."""
+    job = _driver_job(name, options.batch_size) if options.engine.on_ray else job_factory()
+    fingerprint = job.fingerprint or fingerprint
+    with ShardStore(store_path, fingerprint, column_types=column_types) as store:
+        summary = run_job(collection, job, store, workers=options.workers,
+                          progress=options.progress, retry_failed=options.retry_failed,
+                          engine=options.engine, job_factory=job_factory, **loop)
+    summary.fingerprint = fingerprint
+    summary.warnings.extend(job.notes)
+    return summary
 
 
 def run_job(

@@ -39,11 +39,10 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, driver_job, run_job
+from kadr.core.runner import Job, RunOptions, run_workflow
 from kadr.core.status import PhotoStatus
 from kadr.core.store import (
     CsvAppender,
-    ShardStore,
     atomic_open,
     atomic_write_table,
     atomic_write_text,
@@ -242,8 +241,8 @@ class Interrogator:
         return chain
 
 
-@dataclass
-class CaptionSettings:
+@dataclass(kw_only=True)
+class CaptionSettings(RunOptions):
     captioner: str = "hf-caption:Salesforce/blip-image-captioning-large"
     clip: str = "open_clip:ViT-L-14@openai"
     vocab: str = "hotel"
@@ -254,13 +253,8 @@ class CaptionSettings:
     candidates: int = 2048  # --vocab generic: phrases the chains consider (its intermediate count)
     rank_chunk: int = 2048  # --vocab generic: its chunk size for ranking large tables
     batch_size: int = 16
-    workers: int = 2
     write_txt: bool = False
-    path_column: str | None = None
-    group_column: str | None = None
     trust_checkpoint: bool = False
-    retry_failed: bool = False  # try every earlier failure again, not only transient ones
-    progress: bool = True
 
 
 def caption_vocabulary(settings: CaptionSettings) -> Vocabulary:
@@ -347,23 +341,16 @@ def make_caption_job(settings: CaptionSettings) -> Job:
 
 
 @staged
-def run_caption(source: str, out: str, settings: CaptionSettings,
-                engine: EngineOptions | None = None):
+def run_caption(source: str, out: str, settings: CaptionSettings):
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if engine is not None and engine.on_ray:  # the actors load the models
-        fingerprint = caption_fingerprint(settings, caption_vocabulary(settings))
-        job = driver_job("caption", settings.batch_size)
-    else:
-        work = CaptionJob(settings)
-        fingerprint, job = work.fingerprint, work.job()
     collection, _ = hotel_collection(source, out_dir, settings.path_column, settings.group_column)
-    with ShardStore(out_dir / "captions.store", fingerprint) as store:
-        summary = run_job(collection, job, store, workers=settings.workers,
-                          progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
-                          job_factory=functools.partial(make_caption_job, settings))
+    summary = run_workflow(collection, out_dir / "captions.store",
+                           functools.partial(make_caption_job, settings), settings,
+                           name="caption",
+                           fingerprint=caption_fingerprint(settings, caption_vocabulary(settings)))
     write_caption_tables(out_dir, settings.write_txt)
     return summary, out_dir / "captions.parquet"  # the table's path: it can be millions of rows
 

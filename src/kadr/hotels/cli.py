@@ -8,19 +8,9 @@ from typing import Annotated
 import typer
 
 from kadr.cli_common import (
-    Actors,
-    Batch,
-    CpusPerActor,
-    Engine,
-    GpusPerActor,
-    GroupColumn,
-    PathColumn,
     Quiet,
-    RayAddress,
-    RetryFailed,
     Trust,
-    Workers,
-    engine_options,
+    batch_command,
     finish,
     out,
     report_user_errors,
@@ -30,6 +20,7 @@ app = typer.Typer(help="Hotel photos: profile, caption, group into themes.", no_
 
 
 @app.command()
+@batch_command(batch_size=32, workers=2)
 def profile(
     source: Annotated[str, typer.Argument(help="folder, manifest, or a Hotels-50K root")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
@@ -38,12 +29,7 @@ def profile(
     near_distance: Annotated[int, typer.Option(help="perceptual-hash bits for near duplicates")] = 4,
     fix_rotation: Annotated[bool, typer.Option("--fix-rotation",
                                                help="write upright copies of rotated photos")] = False,
-    path_column: PathColumn = None,
-    group_column: GroupColumn = None,
-    batch_size: Batch = 32,
-    workers: Workers = 2,
-    quiet: Quiet = False,
-    retry_failed: RetryFailed = False,
+    run: dict | None = None,
 ) -> None:
     """Rows vs unique photos, imbalance per hotel/chain/source, sizes, duplicates, rotated and
     off-topic photos: JSON, Parquet tables and a self-contained HTML page."""
@@ -51,9 +37,7 @@ def profile(
 
     settings = ProfileSettings(
         clip=None if clip.lower() == "none" else clip, near_distance=near_distance,
-        fix_rotation=fix_rotation, path_column=path_column, group_column=group_column,
-        batch_size=batch_size, workers=workers, progress=not quiet,
-        retry_failed=retry_failed)
+        fix_rotation=fix_rotation, **run)
     summary = report_user_errors(lambda: run_profile(source, str(output), settings))
     finish(summary["_run"])
     if "skipped" in summary["model_checks"]:
@@ -65,6 +49,7 @@ def profile(
 
 
 @app.command()
+@batch_command(batch_size=16, workers=2)
 def caption(
     source: Annotated[str, typer.Argument(help="folder, manifest, or a Hotels-50K root")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
@@ -84,18 +69,8 @@ def caption(
     rank_chunk: Annotated[int, typer.Option(
         help="--vocab generic: chunk size for ranking large tables (its chunk_size)")] = 2048,
     txt: Annotated[bool, typer.Option("--txt", help="also write a .txt beside each photo")] = False,
-    path_column: PathColumn = None,
-    group_column: GroupColumn = None,
-    batch_size: Batch = 16,
-    workers: Workers = 2,
     trust_checkpoint: Trust = False,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    actors: Actors = 2,
-    cpus_per_actor: CpusPerActor = 1.0,
-    gpus_per_actor: GpusPerActor = 0.0,
-    quiet: Quiet = False,
-    retry_failed: RetryFailed = False,
+    run: dict | None = None,
 ) -> None:
     """Caption every photo CLIP-Interrogator style: a base caption plus ranked vocabulary."""
     from kadr.hotels.caption import CaptionSettings, run_caption
@@ -103,11 +78,8 @@ def caption(
     settings = CaptionSettings(
         captioner=captioner, clip=clip, vocab=vocab, include=include, exclude=exclude, mode=mode,
         max_phrases=max_phrases, candidates=candidates, rank_chunk=rank_chunk,
-        batch_size=batch_size, workers=workers, write_txt=txt,
-        path_column=path_column, group_column=group_column, trust_checkpoint=trust_checkpoint,
-        progress=not quiet, retry_failed=retry_failed)
-    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, _ = report_user_errors(lambda: run_caption(source, str(output), settings, eng))
+        write_txt=txt, trust_checkpoint=trust_checkpoint, **run)
+    summary, _ = report_user_errors(lambda: run_caption(source, str(output), settings))
     finish(summary)
     out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
 
@@ -141,6 +113,7 @@ def cluster(
 
 
 @app.command()
+@batch_command(batch_size=1, workers=1)
 def restyle(
     source: Annotated[str, typer.Argument(help="folder, manifest, or a Hotels-50K root")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
@@ -170,13 +143,7 @@ def restyle(
         envvar="KADR_LLM_URL", help="OpenAI-compatible base URL that writes prompts (off)")] = None,
     llm_model: Annotated[str, typer.Option(envvar="KADR_LLM_MODEL")] = "gpt-4o-mini",
     llm_key: Annotated[str | None, typer.Option(envvar="KADR_LLM_API_KEY")] = None,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    actors: Actors = 2,
-    cpus_per_actor: CpusPerActor = 1.0,
-    gpus_per_actor: GpusPerActor = 0.0,
-    quiet: Quiet = False,
-    retry_failed: RetryFailed = False,
+    run: dict | None = None,
 ) -> None:
     """Restyle rooms for an audience: text-prompted masks, inpainting, before/after pairs."""
     from kadr.core.masks import MaskOps
@@ -188,9 +155,7 @@ def restyle(
         guidance=guidance, refine=refine, composite=composite, whole_photo=whole_photo,
         captions=captions,
         mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
-        prompt_writer=PromptWriter(llm_url, llm_model, llm_key), progress=not quiet,
-        retry_failed=retry_failed)
-    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, table = report_user_errors(lambda: run_restyle(source, str(output), settings, eng))
+        prompt_writer=PromptWriter(llm_url, llm_model, llm_key), **run)
+    summary, table = report_user_errors(lambda: run_restyle(source, str(output), settings))
     finish(summary)
     out.print(f"gallery: {output / 'gallery.html'}; edits, masks, pairs in {output}")

@@ -10,6 +10,7 @@ table: counts and imbalance per hotel/chain/source, duplicates, flags.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,9 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import Job, run_job
+from kadr.core.runner import Job, RunOptions, run_workflow
 from kadr.core.status import PhotoStatus
-from kadr.core.store import ShardStore, atomic_write_table, atomic_write_text, read_shards
+from kadr.core.store import atomic_write_table, atomic_write_text, read_shards
 from kadr.hotels.duplicates import ROTATIONS, duplicates
 from kadr.hotels.report import render_profile
 from kadr.hotels.sources import hotel_collection
@@ -45,19 +46,13 @@ OFF_TOPIC = [
 ]
 
 
-@dataclass
-class ProfileSettings:
+@dataclass(kw_only=True)
+class ProfileSettings(RunOptions):
     clip: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"
-    batch_size: int = 32
-    workers: int = 2
     near_distance: int = 4  # perceptual-hash bits that may differ for a near duplicate
     rotation_threshold: float = 0.5
     offtopic_threshold: float = 0.5
-    path_column: str | None = None
-    group_column: str | None = None
     fix_rotation: bool = False
-    retry_failed: bool = False  # try every earlier failure again, not only transient ones
-    progress: bool = True
 
 
 def _phash(image: Image.Image) -> int:
@@ -71,6 +66,15 @@ def _shrink_to_short_side(image: Image.Image, side: int) -> Image.Image:
         return image
     size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def profile_fingerprint(settings: ProfileSettings, with_clip: bool = True) -> dict:
+    return {"job": "hotels-profile", "hash": "phash64",
+            "clip": spec_fingerprint(settings.clip) if with_clip and settings.clip else None}
+
+
+def make_profile_job(settings: ProfileSettings) -> Job:
+    return ProfileJob(settings).job()
 
 
 class ProfileJob:
@@ -91,8 +95,13 @@ class ProfileJob:
 
     @property
     def fingerprint(self) -> dict:
-        return {"job": "hotels-profile", "hash": "phash64",
-                "clip": spec_fingerprint(self.s.clip) if self.model else None}
+        return profile_fingerprint(self.s, with_clip=self.model is not None)
+
+    def job(self) -> Job:
+        return Job(name="profile", prepare=self.prepare, process=self.process,
+                   min_side=256 if self.model is None else max(256, self.model.image_size),
+                   batch_size=self.s.batch_size, fingerprint=self.fingerprint,
+                   notes=[self.note] if self.note else [])
 
     def prepare(self, photo: DecodedPhoto):
         img = photo.image
@@ -178,16 +187,12 @@ def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None)
 def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    profile_job = ProfileJob(settings)
     collection, kind = hotel_collection(source, out_dir, settings.path_column,
                                         settings.group_column)
-    job = Job(name="profile", prepare=profile_job.prepare, process=profile_job.process,
-              min_side=256 if profile_job.model is None else max(256, profile_job.model.image_size),
-              batch_size=settings.batch_size)
-    with ShardStore(out_dir / "photos.store", profile_job.fingerprint) as store:
-        run_summary = run_job(collection, job, store, workers=settings.workers,
-                              progress=settings.progress, retry_failed=settings.retry_failed)
-    summary = profile_outputs(out_dir, settings, profile_job.note, kind,
+    run_summary = run_workflow(collection, out_dir / "photos.store",
+                               functools.partial(make_profile_job, settings), settings,
+                               name="profile", fingerprint=profile_fingerprint(settings))
+    summary = profile_outputs(out_dir, settings, "; ".join(run_summary.warnings) or None, kind,
                               len(run_summary.skipped_files))
     summary["_run"] = run_summary
     return summary

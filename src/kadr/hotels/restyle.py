@@ -34,9 +34,9 @@ from kadr.core.models import load_model
 from kadr.core.models.diffusion import paste_inside
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, driver_job, run_job
+from kadr.core.runner import Job, RunOptions, run_workflow
 from kadr.core.status import PhotoStatus
-from kadr.core.store import ShardStore, atomic_write_bytes, atomic_write_text, read_shards
+from kadr.core.store import atomic_write_bytes, atomic_write_text, read_shards
 
 AUDIENCES = Path(__file__).parent / "audiences"
 
@@ -112,8 +112,8 @@ class PromptWriter:
             return fallback, f"template (LLM failed: {type(e).__name__})"
 
 
-@dataclass
-class RestyleSettings:
+@dataclass(kw_only=True)
+class RestyleSettings(RunOptions):
     audience: str = "aliens"
     pipeline: str = "diffusers:diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     segmenter: str = "clipseg:CIDAS/clipseg-rd64-refined"
@@ -130,9 +130,8 @@ class RestyleSettings:
     captions: str | None = None  # captions.parquet from `kadr hotels caption`
     mask_ops: MaskOps = field(default_factory=MaskOps)
     prompt_writer: PromptWriter = field(default_factory=PromptWriter)
-    path_column: str | None = None
-    retry_failed: bool = False  # try every earlier failure again, not only transient ones
-    progress: bool = True
+    batch_size: int = 1  # a photo at a time: each is several diffusion passes
+    workers: int = 1
 
 
 def _slug(text: str) -> str:
@@ -291,22 +290,17 @@ def make_restyle_job(settings: RestyleSettings, out_dir: Path) -> Job:
 
 
 @staged
-def run_restyle(source: str, out: str, settings: RestyleSettings,
-                engine: EngineOptions | None = None):
+def run_restyle(source: str, out: str, settings: RestyleSettings):
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     audience = load_audience(settings.audience)
-    if engine is not None and engine.on_ray:  # the actors load the pipeline, not this process
-        job = driver_job("restyle", 1)
-    else:
-        job = restyle_job(Restyler(settings, out_dir))
-    collection, _ = hotel_collection(source, out_dir, settings.path_column)
-    with ShardStore(out_dir / "restyle.store", restyle_fingerprint(settings, audience)) as store:
-        summary = run_job(collection, job, store, workers=1,
-                          progress=settings.progress, retry_failed=settings.retry_failed, engine=engine,
-                          job_factory=functools.partial(make_restyle_job, settings, out_dir))
+    collection, _ = hotel_collection(source, out_dir, settings.path_column,
+                                     settings.group_column)
+    summary = run_workflow(collection, out_dir / "restyle.store",
+                           functools.partial(make_restyle_job, settings, out_dir), settings,
+                           name="restyle", fingerprint=restyle_fingerprint(settings, audience))
     table = read_shards(out_dir / "restyle.store").to_pandas()
     atomic_write_text(out_dir / "restyle.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "gallery.html", render_gallery(table, audience))

@@ -10,20 +10,10 @@ from typing import Annotated
 import typer
 
 from kadr.cli_common import (
-    Actors,
-    Batch,
-    CpusPerActor,
-    Engine,
-    GpusPerActor,
-    GroupColumn,
     GroupLevel,
-    Quiet,
-    RayAddress,
-    RetryFailed,
     TimePattern,
     Trust,
-    Workers,
-    engine_options,
+    batch_command,
     err,
     fail,
     finish,
@@ -36,6 +26,7 @@ app = typer.Typer(help="Camera traps: detect, count, name species zero-shot, reg
 
 
 @app.command()
+@batch_command(batch_size=16)
 def run(
     photos: Annotated[str, typer.Argument(help="folder of camera folders, or a manifest")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
@@ -61,19 +52,10 @@ def run(
     media_url: Annotated[str | None, typer.Option(
         help="URL the photos will be published under: Camtrap DP filePath is URL/KEY "
              "(default: paths relative to the package)")] = None,
-    batch_size: Batch = 16,
-    workers: Workers = 2,
     group_level: GroupLevel = None,
-    group_column: GroupColumn = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
-    engine: Engine = "local",
-    ray_address: RayAddress = None,
-    actors: Actors = 2,
-    cpus_per_actor: CpusPerActor = 1.0,
-    gpus_per_actor: GpusPerActor = 0.0,
-    quiet: Quiet = False,
-    retry_failed: RetryFailed = False,
+    run: dict | None = None,
 ) -> None:
     """The whole job: detections, counts, species, registrations, exports and an HTML report."""
     from kadr.traps.pipeline import TrapSettings, run_traps
@@ -86,14 +68,11 @@ def run(
         detector=None if detector.lower() == "none" else detector,
         classifier=None if classifier.lower() == "none" else classifier,
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
-        batch_size=batch_size, workers=workers, group_level=group_level, group_column=group_column,
-        time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, progress=not quiet,
-        retry_failed=retry_failed,
+        group_level=group_level, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
         deployments=deployments, utc_offset=utc_offset, media_url=media_url,
-        allow_detector_labels=allow_detector_labels,
+        allow_detector_labels=allow_detector_labels, **run,
     )
-    eng = engine_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary, regs = report_user_errors(lambda: run_traps(photos, str(output), settings, eng))
+    summary, regs = report_user_errors(lambda: run_traps(photos, str(output), settings))
     finish(summary)
     out.print(f"{len(regs)} registrations: {output / 'registrations.csv'}")
     out.print(f"report: {output / 'report.html'}")

@@ -23,10 +23,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, RunSummary, driver_job, run_job
-from kadr.core.store import (
-    ShardStore,
-)
+from kadr.core.runner import Job, RunSummary, run_workflow
 from kadr.traps.exports import outputs_key, write_outputs
 from kadr.traps.prompts import PromptSet, classify
 from kadr.traps.settings import (
@@ -187,6 +184,9 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         batch_size=settings.batch_size,
         empty_result={"detections": None, "n_animals": None, "class": None,
                       "class_prob": None, "count": None, "top_bbox": None, "embedding": None},
+        # The classifier fell back to the detector's labels: the results say so.
+        fingerprint=trap_fingerprint(settings, None) if trap.note else None,
+        notes=[trap.note] if trap.note else [],
     )
 
 
@@ -196,32 +196,26 @@ def make_trap_job(settings: TrapSettings) -> Job:
 
 
 @staged
-def run_traps(photos: str, out: str, settings: TrapSettings,
-              engine: EngineOptions | None = None) -> tuple[RunSummary, pd.DataFrame]:
+def run_traps(photos: str, out: str, settings: TrapSettings) -> tuple[RunSummary, pd.DataFrame]:
     """The whole camera-trap job; returns the run summary and the registrations."""
     out_dir = Path(out)
     collection = PhotoCollection(photos, group_level=settings.group_level,
-                                 group_column=settings.group_column)
-    if engine is not None and engine.on_ray:
-        # The actors load the models; the driver only needs the prompts for the exports.
-        prompts = settings_prompts(settings) if settings.classifier else None
-        job = driver_job("traps", settings.batch_size)
-    else:
-        trap = TrapJob(settings)
-        prompts, job = trap.prompts, trap_job(trap, settings)
-    fingerprint = trap_fingerprint(settings, prompts)
-    with ShardStore(out_dir / "photos.store", fingerprint,
-                    column_types={"embedding": pa.float32()}) as store:
-        summary = run_job(collection, job, store, workers=settings.workers,
-                          time_pattern=settings.time_pattern, progress=settings.progress,
-                          retry_failed=settings.retry_failed,
-                          engine=engine, job_factory=functools.partial(make_trap_job, settings))
+                                 group_column=settings.group_column,
+                                 path_column=settings.path_column)
+    prompts = settings_prompts(settings) if settings.classifier else None
+    summary = run_workflow(collection, out_dir / "photos.store",
+                           functools.partial(make_trap_job, settings), settings, name="traps",
+                           fingerprint=trap_fingerprint(settings, prompts),
+                           column_types={"embedding": pa.float32()},
+                           time_pattern=settings.time_pattern)
+    if "classifier" not in summary.fingerprint:  # the detector's labels are the classes
+        prompts = None
     # A resume with nothing to do neither reads the store nor rewrites an output.
     key = outputs_key(out_dir, settings)
     unchanged = _unchanged_outputs(out_dir, key, summary)
     if unchanged is not None:
         return summary, unchanged
-    regs = write_outputs(out_dir, settings, prompts, fingerprint, summary, key,
+    regs = write_outputs(out_dir, settings, prompts, summary.fingerprint, summary, key,
                          PhotoRoot.of(collection))
     return summary, regs
 

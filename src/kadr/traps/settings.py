@@ -9,11 +9,12 @@ import json
 from dataclasses import dataclass
 
 from kadr.core.models.spec import spec_fingerprint
+from kadr.core.runner import RunOptions
 from kadr.traps.prompts import EXAMPLE, PromptSet, load_prompts
 
 
-@dataclass
-class TrapSettings:
+@dataclass(kw_only=True)
+class TrapSettings(RunOptions):
     detector: str | None = "megadetector:MDV5A"  # None: classify whole photos, no boxes
     classifier: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"  # None: detector labels
     prompts: str | None = None
@@ -24,13 +25,9 @@ class TrapSettings:
     gap: str = "30m"
     method: str = "sessions"
     batch_size: int = 16
-    workers: int = 2
     group_level: int | None = None
-    group_column: str | None = None  # for manifests: the column naming the camera
     time_pattern: str | None = None
     trust_checkpoint: bool = False
-    retry_failed: bool = False  # try every earlier failure again, not only transient ones
-    progress: bool = True
     allow_detector_labels: bool = False  # classifier weights missing: use the detector's labels
     deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
     utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
@@ -68,7 +65,12 @@ def settings_prompts(settings: TrapSettings) -> PromptSet:
 def saved_settings(saved: dict) -> TrapSettings:
     """The settings of an earlier run, as ``summary.json`` recorded them."""
     known = TrapSettings.__dataclass_fields__
-    return TrapSettings(**{k: v for k, v in saved.items() if k in known})
+    return TrapSettings(**{k: v for k, v in saved.items() if k in known and k != "engine"})
+
+
+def recorded_settings(settings: TrapSettings) -> dict:
+    """The settings as ``summary.json`` keeps them (where the batches ran is not one)."""
+    return {k: v for k, v in settings.__dict__.items() if k != "engine"}
 
 
 def saved_prompts(saved: dict) -> PromptSet | None:

@@ -44,7 +44,13 @@ from kadr.traps.linking import link_events
 from kadr.traps.prompts import PromptSet
 from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
 from kadr.traps.review import ReviewState, camera_times, load_learned, run_summary
-from kadr.traps.settings import TrapSettings, saved_settings, settings_prompts, trap_fingerprint
+from kadr.traps.settings import (
+    TrapSettings,
+    recorded_settings,
+    saved_settings,
+    settings_prompts,
+    trap_fingerprint,
+)
 from kadr.traps.tables import registrations_csv, time_text
 
 # The per-photo columns a review reads (registrations, links, the summary). The wide ones
@@ -279,7 +285,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         "warnings": summary.warnings,
         "outputs_key": key,
         "photo_root": photo_root.record(out_dir) if photo_root else None,
-        "settings": dict(settings.__dict__),
+        "settings": recorded_settings(settings),
     }, indent=2, default=str))
     return regs
 
@@ -316,7 +322,7 @@ def outputs_key(out_dir: Path, settings: TrapSettings) -> str:
     learned = out_dir / "learned.parquet"
     if learned.exists():
         parts.append((learned.name, learned.stat().st_size, learned.stat().st_mtime_ns))
-    shaping = {k: v for k, v in settings.__dict__.items()
+    shaping = {k: v for k, v in recorded_settings(settings).items()
                if k not in ("progress", "workers", "batch_size", "retry_failed")}
     if settings.deployments and Path(settings.deployments).exists():
         st = Path(settings.deployments).stat()
