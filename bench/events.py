@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kadr.traps.events import form_registrations
+from kadr.traps.registrations import form_registrations
 from kadr.traps.tables import read_photo_table
 
 CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "priroda" / "registration.csv"

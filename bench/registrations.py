@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kadr.traps.events import form_registrations
+from kadr.traps.registrations import form_registrations
 from kadr.traps.score import score_registrations
 from kadr.traps.tables import read_photo_table, read_registrations
 

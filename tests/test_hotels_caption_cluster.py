@@ -221,10 +221,10 @@ def test_label_propagation_takes_the_majority_and_the_smaller_label_on_a_tie():
 
 
 def test_caption_tables_are_written_from_every_shard_a_batch_at_a_time(tmp_path, monkeypatch):
-    from kadr.core import ordered
+    from kadr.core import group_sort
     from kadr.hotels.caption import write_caption_tables
 
-    monkeypatch.setattr(ordered, "READ_ROWS", 3)
+    monkeypatch.setattr(group_sort, "READ_ROWS", 3)
     store = tmp_path / "captions.store"
     store.mkdir()
     photos = [tmp_path / f"p{i}.jpg" for i in range(10)]

@@ -9,13 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kadr.core import ordered
-from kadr.core.ordered import runs, sorted_groups
+from kadr.core import group_sort
+from kadr.core.group_sort import runs, sorted_groups
 from kadr.core.runner import RunSummary
-from kadr.traps.events import form_registrations
 from kadr.traps.exports import outputs_key
 from kadr.traps.exports import write as outputs
 from kadr.traps.exports.write import per_photo_table, photo_files, photos_for_events, write_outputs
+from kadr.traps.registrations import form_registrations
 from kadr.traps.settings import TrapSettings
 from kadr.traps.tables import registrations_csv
 
@@ -61,7 +61,7 @@ def mixed_store(out, n=3000, cameras=7, shards=4, seed=0):
 @pytest.mark.parametrize(("part_rows", "chunk_rows"), [(50_000, 10_000), (700, 1)])
 def test_exports_a_camera_at_a_time_agree_with_the_whole_run(tmp_path, monkeypatch, part_rows,
                                                              chunk_rows):
-    monkeypatch.setattr(ordered, "PART_ROWS", part_rows)
+    monkeypatch.setattr(group_sort, "PART_ROWS", part_rows)
     monkeypatch.setattr(outputs, "CHUNK_ROWS", chunk_rows)
     out = tmp_path / "out"
     n = mixed_store(out)

@@ -151,7 +151,7 @@ def test_events_read_megadetector_json_and_detector_label_fallback(d04_camera, t
                             allow_detector_labels=True, progress=False)
     _, regs = run_traps(str(d04_camera), str(out), settings)
     assert len(regs) >= 1
-    from kadr.traps.events import form_registrations
+    from kadr.traps.registrations import form_registrations
     from kadr.traps.tables import read_photo_table
 
     md = read_photo_table(str(out / "megadetector.json"))

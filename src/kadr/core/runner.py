@@ -344,7 +344,7 @@ def run_job(
 
     with PhotoProgress(job.name, summary.total, summary.already_done, progress) as bar:
         if engine is not None and engine.engine == "ray":
-            from kadr.core.engines import run_batches_on_ray
+            from kadr.core.ray_engine import run_batches_on_ray
 
             if job_factory is None:
                 raise ValueError(f"{job.name}: this command cannot run on Ray")

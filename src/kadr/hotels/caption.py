@@ -359,7 +359,7 @@ def write_caption_tables(out_dir: Path, write_txt: bool = False) -> None:
     """``captions.parquet`` and ``captions.csv`` from the store, a batch of rows at a time
     (a million captions are never in memory at once); with ``write_txt``, each photo's
     prompt in a ``.txt`` file beside it (the file layout training tools read)."""
-    from kadr.core.ordered import file_batches
+    from kadr.core.group_sort import file_batches
 
     shards = shard_files(out_dir / "captions.store")
     if not shards:

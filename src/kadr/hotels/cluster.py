@@ -33,7 +33,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 
-from kadr.core.ordered import sorted_lookup
+from kadr.core.group_sort import sorted_lookup
 from kadr.core.progress import row_blocks
 from kadr.core.remote import staged
 from kadr.core.store import CsvAppender, atomic_open, atomic_write_table, atomic_write_text

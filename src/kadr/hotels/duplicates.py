@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from kadr.core.ordered import sorted_lookup
+from kadr.core.group_sort import sorted_lookup
 from kadr.core.status import PhotoStatus
 
 HASH_BITS = 64

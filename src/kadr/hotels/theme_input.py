@@ -101,7 +101,7 @@ def input_files(path: str) -> list[Path]:
 def input_blocks(path: str) -> Iterator[pa.RecordBatch]:
     """The input's rows a block at a time (:func:`input_files`). Arrow batches:
     embeddings are read as arrays of floats, not a Python object a row."""
-    from kadr.core.ordered import file_batches
+    from kadr.core.group_sort import file_batches
 
     files = input_files(path)
     if files[0].suffix != ".parquet":

@@ -91,7 +91,7 @@ def events(
                                                      "change")] = False,
 ) -> None:
     """Turn a per-photo table into registrations (the case's CSV format)."""
-    from kadr.traps.events import PhotoColumns, registrations
+    from kadr.traps.registrations import PhotoColumns, registrations
     from kadr.traps.tables import read_photo_arrow, write_registrations
 
     def body():

@@ -1,5 +1,5 @@
 """Which photos belong to which registration: event ids, short ids and the best photos of
-each registration, beside the rules that form registrations (:mod:`kadr.traps.events`)."""
+each registration, beside the rules that form registrations (:mod:`kadr.traps.registrations`)."""
 
 from __future__ import annotations
 

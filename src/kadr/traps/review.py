@@ -29,7 +29,7 @@ import pandas as pd
 
 from kadr.core.status import PhotoStatus
 from kadr.traps.decisions import Decision, read_decisions
-from kadr.traps.events import parse_gap, registrations_with_members
+from kadr.traps.registrations import parse_gap, registrations_with_members
 from kadr.traps.tables import BACKGROUND_CLASSES, EMPTY, normalise_photo_table
 
 REQUIRED_COLUMNS = ("key", "path", "group", "photo_id", "time", "time_source", "status", "class",

@@ -1,6 +1,6 @@
 """Every export of a camera-trap run, written one camera at a time.
 
-The per-photo rows are sorted by camera and time out of core (:mod:`kadr.core.ordered`, from
+The per-photo rows are sorted by camera and time out of core (:mod:`kadr.core.group_sort`, from
 the store's shards) and cut into cameras. Each camera's registrations are
 formed and linked to its photos, and its photos go through every writer at
 once (photos CSV and Parquet, MegaDetector JSON, Camtrap DP) and into the
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kadr.core.collection import PhotoRoot, resolved_paths
-from kadr.core.ordered import file_batches, gathered, read_columns, sorted_groups
+from kadr.core.group_sort import file_batches, gathered, read_columns, sorted_groups
 from kadr.core.runner import RunSummary
 from kadr.core.status import PhotoStatus
 from kadr.core.store import (
@@ -36,12 +36,12 @@ from kadr.core.store import (
     shard_files,
 )
 from kadr.traps.decisions import Decision, last_decision_id, read_decisions
-from kadr.traps.events import form_registrations
 from kadr.traps.exports.agreement import write_agreement
 from kadr.traps.exports.camtrap_dp import CamtrapPackage
 from kadr.traps.exports.megadetector import common_folder, megadetector_json
 from kadr.traps.linking import link_events
 from kadr.traps.prompts import PromptSet
+from kadr.traps.registrations import form_registrations
 from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
 from kadr.traps.review import ReviewState, camera_times, load_learned, run_summary
 from kadr.traps.settings import (

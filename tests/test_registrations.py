@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kadr.traps.events import form_registrations, parse_gap
+from kadr.traps.registrations import form_registrations, parse_gap
 from kadr.traps.score import score_registrations
 from kadr.traps.tables import (
     REGISTRATION_COLUMNS,
