@@ -285,7 +285,7 @@ def themes(n: int, folder: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)  # every round embeds the input again
     t = time.perf_counter()
     summary = run_cluster(str(folder / "store"), str(out),
-                          ClusterSettings(embed="image", max_fit=10_000, progress=False))
+                          ClusterSettings(embed="image", max_fit=10_000, progress=False)).figures
     assert summary["photos"] >= 0.98 * n and summary["clusters"] >= THEMES * 0.9, summary
     return time.perf_counter() - t
 

@@ -50,9 +50,9 @@ def test_nothing_processable_exits_nonzero(tmp_path):
 
 def test_resume_skips_done_and_refuses_other_settings(photo_folder, tmp_path):
     out = tmp_path / "out"
-    s1 = embed_photos(str(photo_folder), str(out), TINY_CLIP, batch_size=3, progress=False)
+    s1 = embed_photos(str(photo_folder), str(out), TINY_CLIP, batch_size=3, progress=False).summary
     assert s1.processed == 10
-    s2 = embed_photos(str(photo_folder), str(out), TINY_CLIP, batch_size=3, progress=False)
+    s2 = embed_photos(str(photo_folder), str(out), TINY_CLIP, batch_size=3, progress=False).summary
     assert s2.already_done == 10 and s2.processed == 0
     with pytest.raises(Exception, match="different settings"):
         embed_photos(str(photo_folder), str(out), "hf:kadr/tiny-clip@random", progress=False)
@@ -188,7 +188,7 @@ def test_a_run_counts_every_failure_and_keeps_only_the_first_in_memory(tmp_path)
     folder.mkdir()
     for i in range(SHOWN_FAILURES + 15):
         (folder / f"{i:03d}.jpg").write_bytes(b"")
-    summary = embed_photos(str(folder), str(tmp_path / "out"), TINY_CLIP, progress=False)
+    summary = embed_photos(str(folder), str(tmp_path / "out"), TINY_CLIP, progress=False).summary
     assert summary.failed == SHOWN_FAILURES + 15
     assert len(summary.failures) == SHOWN_FAILURES
     rows = read_shards(tmp_path / "out").to_pandas()

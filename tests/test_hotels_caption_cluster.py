@@ -39,7 +39,7 @@ def test_caption_every_mode_end_to_end(rooms, tmp_path, mode):
     out = tmp_path / mode
     settings = CaptionSettings(captioner=TINY_BLIP, clip=TINY_CLIP, mode=mode, progress=False,
                                batch_size=8)
-    summary, captions = run_caption(str(rooms), str(out), settings)
+    captions = run_caption(str(rooms), str(out), settings).table
     table = pd.read_parquet(captions)
     assert table["key"].tolist() == pd.read_csv(out / "captions.csv")["key"].tolist()
     ok = table[table["status"] == "ok"]
@@ -132,7 +132,7 @@ def test_cluster_command_on_real_caption_output(rooms, tmp_path):
                                                       mode="fast", progress=False))
     out = tmp_path / "themes"
     s = run_cluster(str(cap), str(out), ClusterSettings(clip=TINY_CLIP, embed="both",
-                                                        text_column="prompt", progress=False))
+                                                        text_column="prompt", progress=False)).figures
     corpus = make_broken_corpus(tmp_path / "corpus")
     decodable = 24 + sum(v == "ok" for v in corpus.values())
     assert s["photos"] == decodable and s["skipped_not_ok"] == len(corpus) + 24 - decodable
@@ -174,7 +174,7 @@ def test_cluster_images_with_a_repeated_photo_and_a_broken_one(tmp_path, embed):
         ("p00-again", tmp_path / "photos" / "p00.jpg", "a red room"),  # one image id, two rows
         ("broken", broken, "a room")])
     out = tmp_path / "themes"
-    s = run_cluster(table, str(out), ClusterSettings(clip=TINY_CLIP, embed=embed, progress=False))
+    s = run_cluster(table, str(out), ClusterSettings(clip=TINY_CLIP, embed=embed, progress=False)).figures
     assign = pd.read_parquet(out / "assignments.parquet")
     assert s["photos"] == len(assign) == 13, "both rows of the repeated photo are assigned"
     a = assign.set_index("key")
@@ -186,7 +186,7 @@ def test_cluster_images_with_a_repeated_photo_and_a_broken_one(tmp_path, embed):
 def test_cluster_identical_captions_give_one_theme_not_a_crash(tmp_path):
     table = _caption_table(tmp_path, ["a room"] * 20)
     out = tmp_path / "themes"
-    s = run_cluster(table, str(out), ClusterSettings(clip=TINY_CLIP, progress=False))
+    s = run_cluster(table, str(out), ClusterSettings(clip=TINY_CLIP, progress=False)).figures
     assert s["clusters"] == 1 and s["noise"] == 0
     assert "only 1 distinct" in s["reduction"]
     assert pd.read_parquet(out / "clusters.parquet")["label"].tolist() == ["a room"]

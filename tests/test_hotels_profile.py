@@ -50,7 +50,7 @@ def test_hotels50k_is_recognised_and_profiled(hotels50k, tmp_path):
     assert is_hotels50k(hotels50k)
     assert len(hotels50k_manifest(hotels50k)) == 16
     out = tmp_path / "profile"
-    s = run_profile(str(hotels50k), str(out), ProfileSettings(clip=TINY_CLIP, progress=False))
+    s = run_profile(str(hotels50k), str(out), ProfileSettings(clip=TINY_CLIP, progress=False)).figures
     assert s["source_kind"] == "hotels50k"
     assert s["rows"] == 16 and s["unique_image_ids"] == 15
     assert s["missing"] == 1
@@ -74,7 +74,7 @@ def test_profile_without_weights_skips_model_checks(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     folder = shared_path("data", "interiors", "kitchen")
     s = run_profile(str(folder), str(tmp_path / "p"),
-                    ProfileSettings(clip="open_clip:ViT-B-32@laion2b_s34b_b79k", progress=False))
+                    ProfileSettings(clip="open_clip:ViT-B-32@laion2b_s34b_b79k", progress=False)).figures
     assert "skipped" in s["model_checks"] and s["readable"] == 100
     assert "rotated" not in s
 
@@ -163,7 +163,7 @@ def test_fix_rotation_writes_upright_copies(tmp_path):
     out = tmp_path / "p"
     # Threshold 0: every photo the (random) model would turn gets an upright copy.
     s = run_profile(str(folder), str(out), ProfileSettings(
-        clip=TINY_CLIP, fix_rotation=True, rotation_threshold=0.0, progress=False))
+        clip=TINY_CLIP, fix_rotation=True, rotation_threshold=0.0, progress=False)).figures
     photos = pd.read_parquet(out / "photos.parquet")
     turned = photos[photos["rotation_needed"] != 0]
     copies = sorted((out / "upright").glob("*.jpg")) if (out / "upright").exists() else []

@@ -94,7 +94,7 @@ def kadr_embeddings(spec: str, photos, texts, tmp_path):
     folder.mkdir()
     for i, p in enumerate(photos):
         shutil.copyfile(p, folder / f"{i:02d}{p.suffix}")
-    summary = embed_photos(str(folder), str(tmp_path / "emb"), spec, progress=False)
+    summary = embed_photos(str(folder), str(tmp_path / "emb"), spec, progress=False).summary
     assert summary.ok == len(photos)
     rows = read_shards(tmp_path / "emb").to_pandas().sort_values("key")
     return np.stack(rows["embedding"].to_list()), load_model(spec).encode_texts(texts)

@@ -76,10 +76,10 @@ def test_every_mode_gives_clip_interrogators_prompt(offline_hub, tmp_path, monke
     for mode, interrogate in reference.items():
         with torch.no_grad():
             want = {name: interrogate(image) for name, image in images.items()}
-        _, captions = run_caption(str(photos), str(tmp_path / f"out-{mode}"), CaptionSettings(
+        captions = run_caption(str(photos), str(tmp_path / f"out-{mode}"), CaptionSettings(
             captioner=f"hf-caption:{CAPTIONER}", clip="open_clip:ViT-B-32@openai",
             vocab="generic", mode=mode, rank_chunk=CHUNK, candidates=CANDIDATES,
-            progress=False))
+            progress=False)).table
         table = pd.read_parquet(captions)
         got = dict(zip(table["key"], table["prompt"], strict=True))
         assert got == want, mode

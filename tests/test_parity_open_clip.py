@@ -61,7 +61,7 @@ def test_open_clip_tag_matches_open_clip(arch, tag, reference_arch, offline_hub,
     for i, p in enumerate(photos):
         shutil.copyfile(p, folder / f"{i:02d}{p.suffix}")
     spec = f"open_clip:{arch}@{tag}"
-    summary = embed_photos(str(folder), str(tmp_path / "emb"), spec, progress=False)
+    summary = embed_photos(str(folder), str(tmp_path / "emb"), spec, progress=False).summary
     assert summary.ok == len(photos)
     rows = read_shards(tmp_path / "emb").to_pandas().sort_values("key")
     got_img = np.stack(rows["embedding"].to_list())

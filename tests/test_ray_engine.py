@@ -57,14 +57,14 @@ def test_embed_ray_equals_local_and_resumes(tmp_path):
     # A Ray run that stopped part-way: it saw only the kitchen photos.
     with no_models_here():
         partial = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
-                               progress=False, engine=RAY)
+                               progress=False, engine=RAY).summary
     assert partial.ok == 24
     make_broken_corpus(photos / "broken")
     local = embed_photos(str(photos), str(tmp_path / "local"), TINY_CLIP, batch_size=8,
-                         progress=False)
+                         progress=False).summary
     with no_models_here():
         on_ray = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, batch_size=8,
-                              progress=False, engine=RAY)
+                              progress=False, engine=RAY).summary
     assert on_ray.already_done == 24 and on_ray.processed == local.total - 24, \
         "the resumed run does only what the first left"
     a, b = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
@@ -74,7 +74,7 @@ def test_embed_ray_equals_local_and_resumes(tmp_path):
     for k in a.index[a["status"] == "ok"]:
         np.testing.assert_allclose(a.at[k, "embedding"], b.at[k, "embedding"], atol=1e-5)
     again = embed_photos(str(photos), str(tmp_path / "ray"), TINY_CLIP, progress=False,
-                         engine=RAY)
+                         engine=RAY).summary
     assert again.processed == 0 and again.already_done == len(a)
 
 
@@ -89,10 +89,10 @@ def test_traps_ray_equals_local(tmp_path):
         shutil.copy(p, cam / p.name)
     settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
                             classifier=TINY_CLIP, progress=False, batch_size=4)
-    _, regs_local = run_traps(str(tmp_path / "photos"), str(tmp_path / "local"), settings)
+    regs_local = run_traps(str(tmp_path / "photos"), str(tmp_path / "local"), settings).frame()
     with no_models_here():
-        _, regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"),
-                                dataclasses.replace(settings, engine=RAY))
+        regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"),
+                                dataclasses.replace(settings, engine=RAY)).frame()
     a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
     b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
     assert list(a["class"]) == list(b["class"]) and list(a["n_animals"]) == list(b["n_animals"])

@@ -18,7 +18,7 @@ def test_embed_from_and_to_object_storage_resumes(tmp_path, monkeypatch):
         for i in range(3):
             fs.pipe(f"/bucket/photos/{cam}/p{i}.jpg", jpeg_bytes(seed=i))
     fs.pipe("/bucket/photos/camA/broken.jpg", b"")
-    s = embed_photos("memory://bucket/photos", "memory://bucket/out", TINY_CLIP, progress=False)
+    s = embed_photos("memory://bucket/photos", "memory://bucket/out", TINY_CLIP, progress=False).summary
     assert s.total == 7 and s.ok == 6
     shards = [p for p in fs.find("/bucket/out") if p.endswith(".parquet")]
     assert shards, "result shards were uploaded"
@@ -30,7 +30,7 @@ def test_embed_from_and_to_object_storage_resumes(tmp_path, monkeypatch):
     # A fresh machine: no staging folder; the results are found in the bucket and skipped.
     shutil.rmtree(staging_dir("memory://bucket/out"))
     again = embed_photos("memory://bucket/photos", "memory://bucket/out", TINY_CLIP,
-                         progress=False)
+                         progress=False).summary
     assert again.already_done == 7 and again.processed == 0
 
 
@@ -40,7 +40,7 @@ def test_manifest_on_object_storage(tmp_path, monkeypatch):
     fs.pipe("/b2/imgs/a.jpg", jpeg_bytes(seed=1))
     fs.pipe("/b2/list.csv", b"path,hotel\nimgs/a.jpg,7\n")
     s = embed_photos("memory://b2/list.csv", str(tmp_path / "out"), TINY_CLIP,
-                     group_column="hotel", progress=False)
+                     group_column="hotel", progress=False).summary
     assert s.ok == 1
 
 
@@ -66,7 +66,7 @@ def test_a_second_run_on_the_same_bucket_output_is_refused(tmp_path, monkeypatch
     # A lease left by a run that died long ago does not block.
     stale = {"owner": "gone:1:x", "started": 0, "renewed": time.time() - 3600}
     fs.pipe(f"/b3/out/{LEASE_NAME}", json.dumps(stale).encode())
-    s = embed_photos("memory://b3/photos", "memory://b3/out", TINY_CLIP, progress=False)
+    s = embed_photos("memory://b3/photos", "memory://b3/out", TINY_CLIP, progress=False).summary
     assert s.ok == 1 and not fs.exists(f"/b3/out/{LEASE_NAME}")
 
 

@@ -57,7 +57,8 @@ def test_restyle_end_to_end_changes_only_masked_pixels(room_photos, tmp_path):
     out = tmp_path / "out"
     settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), steps=2, variants=2,
                                progress=False)
-    summary, table = run_restyle(str(room_photos), str(out), settings)
+    result = run_restyle(str(room_photos), str(out), settings)
+    summary, table = result.summary, result.frame()
     assert summary.ok == 4 and len(summary.failures) == 1
     edited_any = False
     for r in table[table["status"] == "ok"].to_dict("records"):
@@ -75,7 +76,7 @@ def test_restyle_end_to_end_changes_only_masked_pixels(room_photos, tmp_path):
     html = (out / "gallery.html").read_text()
     assert "Not found in this photo" in html and "<script src=" not in html
     # Resume: nothing is redone.
-    s2, _ = run_restyle(str(room_photos), str(out), settings)
+    s2 = run_restyle(str(room_photos), str(out), settings).summary
     assert s2.processed == 0
 
 
@@ -109,7 +110,8 @@ def test_sam_refines_a_box_into_an_outline_inside_it(room_photos, tmp_path):
     # In the restyle pipeline: refined masks, and pixels far outside them untouched.
     settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), progress=False, steps=2,
                                refine_masks="sam:kadr/tiny-sam@random")
-    summary, table = run_restyle(str(room_photos), str(tmp_path / "out"), settings)
+    result = run_restyle(str(room_photos), str(tmp_path / "out"), settings)
+    summary, table = result.summary, result.frame()
     assert summary.ok == 4
     edited = [r for r in table[table["status"] == "ok"].to_dict("records") if json.loads(r["found"])]
     assert edited, "YOLOX finds a bed or a couch in at least one room"
@@ -172,7 +174,7 @@ def test_audience_profile_errors(tmp_path):
 def test_composite_refine_and_generate(room_photos, tmp_path):
     settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), steps=2, variants=1,
                                composite=True, refine=0.3, scheduler="euler", progress=False)
-    summary, table = run_restyle(str(room_photos), str(tmp_path / "c"), settings)
+    summary = run_restyle(str(room_photos), str(tmp_path / "c"), settings).summary
     assert summary.ok == 4
     paths = generate_images("a friendly alien guest", str(tmp_path / "g"), TINY_SD, variants=2,
                             steps=2)
@@ -187,7 +189,7 @@ def test_composite_refine_and_generate(room_photos, tmp_path):
 def test_whole_photo_img2img_mode(room_photos, tmp_path):
     settings = RestyleSettings(pipeline=TINY_SD, segmenter=yolox_boxes(), steps=2, variants=1,
                                whole_photo=True, strength=0.6, progress=False)
-    summary, table = run_restyle(str(room_photos), str(tmp_path / "w"), settings)
+    table = run_restyle(str(room_photos), str(tmp_path / "w"), settings).frame()
     ok = table[table["status"] == "ok"]
     assert len(ok) == 4
     assert all(json.loads(r)["whole photo"]["mask"] is None for r in ok["prompts"])

@@ -120,13 +120,16 @@ def test_review_the_demo_by_keyboard_survive_kill9_and_export(demo_run, tmp_path
             total = int(page.inner_text("#total").split()[0])
             assert total > 11, "registrations and the blank stretches to check for misses"
             # Accept the least certain registration: it leaves the "not yet" queue.
-            first = current(page)
+            page.wait_for_function("document.getElementById('u-class').textContent !== ''")
+            first = page.get_attribute("#queue li.here", "data-id")
             saved += press(page, "Enter")
             page.wait_for_function("document.getElementById('progress').textContent"
                                    ".startsWith('1 reviewed')")
             assert int(page.inner_text("#total").split()[0]) == total - 1, "the count follows"
             assert page.locator("#queue li").count() == total - 1
-            assert current(page) != first
+            assert page.get_attribute("#queue li.here", "data-id") != first, "moved on"
+            assert first not in page.locator("#queue li").evaluate_all(
+                "(lis) => lis.map((li) => li.dataset.id)"), "the accepted one left the list"
             # Relabel by number key: the third choice.
             third = page.locator("#choices li").nth(2).inner_text().split(". ", 1)[1]
             third = third.split(" (")[0]

@@ -41,7 +41,7 @@ def test_streamed_themes_equal_the_in_memory_answer(tmp_path, monkeypatch):
     monkeypatch.setattr(cluster, "MAP_POINTS", 250)
     table, rows, x, truth = planted_table(tmp_path)
     settings = ClusterSettings(embed="image", max_fit=300, min_samples=5, progress=False)
-    summary = run_cluster(table, str(tmp_path / "out"), settings)
+    summary = run_cluster(table, str(tmp_path / "out"), settings).figures
 
     labels, coords, note, _ = themes(x, settings)
     assert "sample of 300" in note and summary["reduction"] == note
@@ -90,7 +90,7 @@ def test_a_rerun_reuses_the_embeddings_until_the_input_changes(tmp_path, monkeyp
     table = tmp_path / "captions.parquet"
     rows.to_parquet(table)
     out = tmp_path / "themes"
-    first = run_cluster(str(table), str(out), ClusterSettings(clip=TINY_CLIP, progress=False))
+    first = run_cluster(str(table), str(out), ClusterSettings(clip=TINY_CLIP, progress=False)).figures
 
     import kadr.core.models
 
@@ -99,7 +99,7 @@ def test_a_rerun_reuses_the_embeddings_until_the_input_changes(tmp_path, monkeyp
 
     monkeypatch.setattr(kadr.core.models, "load_model", no_model)
     again = run_cluster(str(table), str(out), ClusterSettings(clip=TINY_CLIP, eps="0.5",
-                                                              progress=False))
+                                                              progress=False)).figures
     assert again["photos"] == first["photos"] == 40 and again["eps"] == 0.5
     rows.assign(caption="a room").to_parquet(table)
     with pytest.raises(AssertionError, match="embedded again"):

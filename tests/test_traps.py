@@ -31,7 +31,8 @@ def yolox() -> str:
 def test_real_yolox_run_gives_one_elephant_registration(d04_camera, tmp_path):
     out = tmp_path / "out"
     settings = TrapSettings(detector=yolox(), classifier=None, progress=False)
-    summary, regs = run_traps(str(d04_camera), str(out), settings)
+    result = run_traps(str(d04_camera), str(out), settings)
+    summary, regs = result.summary, result.frame()
     assert summary.ok == 10
     photos = pd.read_parquet(out / "photos.parquet").set_index("key")
     assert photos.loc["D04/S1_D04_R6_PICT0275.JPG", "class"] == "empty"
@@ -60,7 +61,8 @@ def test_classifier_path_with_tiny_clip_and_broken_photo(d04_camera, tmp_path):
     (d04_camera / "empty_camera").mkdir()
     out = tmp_path / "out"
     settings = TrapSettings(detector=yolox(), classifier=TINY_CLIP, progress=False, batch_size=4)
-    summary, regs = run_traps(str(d04_camera), str(out), settings)
+    result = run_traps(str(d04_camera), str(out), settings)
+    summary, regs = result.summary, result.frame()
     photos = pd.read_parquet(out / "photos.parquet")
     assert len(photos) == 11
     bad = photos[photos["key"] == "D04/broken.JPG"].iloc[0]
@@ -72,7 +74,8 @@ def test_classifier_path_with_tiny_clip_and_broken_photo(d04_camera, tmp_path):
     assert "broken.JPG" in (out / "report.html").read_text()
     assert summary.empty_groups == ["empty_camera"]
     # Resume: a second run processes nothing and gives the same registrations.
-    s2, regs2 = run_traps(str(d04_camera), str(out), settings)
+    result = run_traps(str(d04_camera), str(out), settings)
+    s2, regs2 = result.summary, result.frame()
     assert s2.processed == 0 and s2.already_done == 11
     pd.testing.assert_frame_equal(regs.drop(columns=["eventID", "best_key"]),
                                   regs2.drop(columns=["eventID", "best_key"]))
@@ -149,7 +152,7 @@ def test_events_read_megadetector_json_and_detector_label_fallback(d04_camera, t
     out = tmp_path / "out"
     settings = TrapSettings(detector=yolox(), classifier="open_clip:ViT-B-32@laion2b_s34b_b79k",
                             allow_detector_labels=True, progress=False)
-    _, regs = run_traps(str(d04_camera), str(out), settings)
+    regs = run_traps(str(d04_camera), str(out), settings).frame()
     assert len(regs) >= 1
     from kadr.traps.registrations import form_registrations
     from kadr.traps.tables import read_photo_table
@@ -199,8 +202,8 @@ def test_animal_crops_keep_the_whole_animal_at_full_resolution():
 def test_camtrap_dp_paths_ids_and_clock_offset(d04_camera, tmp_path):
     schemas = shared_path("data", "camtrap-dp-1.0.2")
     local = tmp_path / "local"
-    summary, _ = run_traps(str(d04_camera), str(local),
-                           TrapSettings(detector=yolox(), classifier=None, progress=False))
+    summary = run_traps(str(d04_camera), str(local),
+                           TrapSettings(detector=yolox(), classifier=None, progress=False)).summary
     deployments = pd.read_csv(local / "camtrap-dp" / "deployments.csv")
     assert deployments["timestampIssues"].all(), "no --utc-offset: times are not true instants"
     assert "utc-offset" in deployments["deploymentComments"].iloc[0]
@@ -273,18 +276,18 @@ def test_photos_link_to_the_registration_of_their_camera_time_and_class():
 def test_a_resume_with_nothing_to_do_rewrites_nothing(d04_camera, tmp_path):
     out = tmp_path / "out"
     settings = TrapSettings(detector=yolox(), classifier=None, progress=False)
-    _, first = run_traps(str(d04_camera), str(out), settings)
+    first = run_traps(str(d04_camera), str(out), settings).frame()
     outputs = [out / "registrations.csv", out / "report.html", out / "photos.parquet",
                out / "megadetector.json", out / "camtrap-dp" / "media.csv"]
     stamps = [p.stat().st_mtime_ns for p in outputs]
-    summary, again = run_traps(str(d04_camera), str(out), settings)
+    result = run_traps(str(d04_camera), str(out), settings)
+    summary, again = result.summary, result.frame()
     assert summary.processed == 0
     assert [p.stat().st_mtime_ns for p in outputs] == stamps, "nothing rewritten"
     pd.testing.assert_frame_equal(first, again)
     assert any("--utc-offset" in w for w in summary.warnings), "the warnings are still said"
-    _, other_gap = run_traps(str(d04_camera), str(out),
-                             TrapSettings(detector=yolox(), classifier=None, progress=False,
-                                          gap="1m"))
+    run_traps(str(d04_camera), str(out),
+              TrapSettings(detector=yolox(), classifier=None, progress=False, gap="1m"))
     assert (out / "registrations.csv").stat().st_mtime_ns != stamps[0], "new settings, new files"
 
 

@@ -99,10 +99,10 @@ def embed(
     """Image embeddings for every photo, as Parquet shards; re-runs resume."""
     from kadr.embed import embed_photos
 
-    summary = report_user_errors(lambda: embed_photos(
+    result = report_user_errors(lambda: embed_photos(
         source, str(output), model, group_level=group_level, max_pixels=max_pixels,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, **run))
-    finish(summary)
+    finish(result.summary)
     out.print(f"embeddings: {output}")
 
 
@@ -152,12 +152,13 @@ def demo(
     """Run the camera-trap job on the real photos in ../shared with the real YOLOX-Nano."""
     from kadr.demo import DEFAULT_CLASSIFIER, run_demo
 
-    summary, regs, classifier = report_user_errors(lambda: run_demo(str(shared), str(output), not quiet))
-    finish(summary)
+    result, classifier = report_user_errors(lambda: run_demo(str(shared), str(output), not quiet))
+    finish(result.summary)
     if classifier is None:
         out.print(f"[yellow]No CLIP weights here ({DEFAULT_CLASSIFIER}); species are the "
                   "detector's COCO labels. With the internet the demo downloads them.[/]")
-    out.print(f"{len(regs)} registrations: {output / 'traps' / 'registrations.csv'}")
+    out.print(f"{result.figures['registrations']} registrations: "
+              f"{output / 'traps' / 'registrations.csv'}")
     out.print(f"HTML report: {output / 'traps' / 'report.html'}")
 
 

@@ -60,5 +60,4 @@ def run_demo(shared: str, out: str, progress: bool = True):
     classifier = DEFAULT_CLASSIFIER if classifier_available(DEFAULT_CLASSIFIER) else None
     settings = TrapSettings(detector=f"yolox:{detector}", classifier=classifier,
                             progress=progress, group_column="camera")
-    summary, regs = run_traps(str(manifest), str(out_dir / "traps"), settings)
-    return summary, regs, classifier
+    return run_traps(str(manifest), str(out_dir / "traps"), settings), classifier

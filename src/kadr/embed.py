@@ -16,7 +16,7 @@ from kadr.core.collection import PhotoCollection
 from kadr.core.models import load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import EngineOptions, Job, RunOptions, RunSummary, run_workflow
+from kadr.core.runner import EngineOptions, Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.store import atomic_write_table
 from kadr.core.text_cache import text_embeddings
 
@@ -65,8 +65,9 @@ def embed_photos(
     progress: bool = True,
     engine: EngineOptions | None = None,
     retry_failed: bool = False,
-) -> RunSummary:
-    """Embed every photo of ``source`` into Parquet shards under ``out``."""
+) -> WorkflowResult:
+    """Embed every photo of ``source`` into Parquet shards under ``out`` (the result's
+    table)."""
     collection = PhotoCollection(
         source, group_level=group_level, group_column=group_column, path_column=path_column
     )
@@ -75,11 +76,12 @@ def embed_photos(
                          progress=progress, engine=engine or EngineOptions())
     fingerprint = {"job": "embed", "model": spec_fingerprint(model_spec), "vector": "float32"}
     # float32 vectors of one size: what the model computes, half the size of float64 lists.
-    return run_workflow(
+    summary = run_workflow(
         collection, out, functools.partial(make_embedding_job, model_spec, batch_size,
                                            trust_checkpoint),
         options, name="embed", fingerprint=fingerprint, column_types={"embedding": pa.float32()},
         time_pattern=time_pattern, **({"max_pixels": max_pixels} if max_pixels else {}))
+    return WorkflowResult(summary, out, out)
 
 
 def read_text_lines(path: str) -> list[str]:

@@ -48,9 +48,13 @@ def staged(fn: Callable) -> Callable:
         with staged_output(str(out)) as (local, upload):
             token = _UPLOADER.set(upload if is_url(out) else None)
             try:
-                return fn(source, local, *args, **kwargs)
+                result = fn(source, local, *args, **kwargs)
             finally:
                 _UPLOADER.reset(token)
+            if is_url(out) and hasattr(result, "table"):  # a WorkflowResult names the URL
+                result.output = str(out)
+                result.table = str(result.table).replace(str(local), str(out).rstrip("/"), 1)
+            return result
 
     return wrapper
 

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kadr.core.collection import PhotoCollection, PhotoRef
@@ -29,7 +30,7 @@ from kadr.core.decode import DEFAULT_MAX_PIXELS, DecodedPhoto, DecodeError, deco
 from kadr.core.phototime import naive_local, photo_time
 from kadr.core.progress import PhotoProgress, console
 from kadr.core.status import PhotoStatus
-from kadr.core.store import DoneKeys, ShardStore
+from kadr.core.store import DoneKeys, ShardStore, read_shards
 
 
 def photo_id(data: bytes) -> str:
@@ -109,6 +110,25 @@ class RunSummary:
             console.print(f"[yellow]Folders with no photos:[/] {', '.join(self.empty_groups[:20])}")
         for warning in self.warnings:
             console.print(f"[yellow]Warning:[/] {warning}")
+
+
+@dataclass
+class WorkflowResult:
+    """What every workflow's ``run_*`` returns: the photos' pass, where the outputs are,
+    the main table, and the stage's own figures (what its ``summary.json`` holds)."""
+
+    summary: RunSummary  # counts, failures, warnings (empty for a stage without a photo pass)
+    output: Path | str  # the output folder (or its URL)
+    table: Path | str  # the main table: a Parquet file, or a store's folder of shards
+    figures: dict = field(default_factory=dict)
+
+    def frame(self):
+        """The main table as a pandas DataFrame (read from disk: it can be large)."""
+        if str(self.table).endswith(".parquet"):
+            import pandas as pd
+
+            return pd.read_parquet(self.table)
+        return read_shards(self.table).to_pandas()
 
 
 def _base_row(ref: PhotoRef) -> dict:

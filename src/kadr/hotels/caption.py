@@ -39,7 +39,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import Job, RunOptions, run_workflow
+from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
 from kadr.core.store import (
     CsvAppender,
@@ -341,7 +341,7 @@ def make_caption_job(settings: CaptionSettings) -> Job:
 
 
 @staged
-def run_caption(source: str, out: str, settings: CaptionSettings):
+def run_caption(source: str, out: str, settings: CaptionSettings) -> WorkflowResult:
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
@@ -352,7 +352,7 @@ def run_caption(source: str, out: str, settings: CaptionSettings):
                            name="caption",
                            fingerprint=caption_fingerprint(settings, caption_vocabulary(settings)))
     write_caption_tables(out_dir, settings.write_txt)
-    return summary, out_dir / "captions.parquet"  # the table's path: it can be millions of rows
+    return WorkflowResult(summary, out_dir, out_dir / "captions.parquet")
 
 
 def write_caption_tables(out_dir: Path, write_txt: bool = False) -> None:

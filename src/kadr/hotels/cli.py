@@ -38,8 +38,9 @@ def profile(
     settings = ProfileSettings(
         clip=None if clip.lower() == "none" else clip, near_distance=near_distance,
         fix_rotation=fix_rotation, **run)
-    summary = report_user_errors(lambda: run_profile(source, str(output), settings))
-    finish(summary["_run"])
+    result = report_user_errors(lambda: run_profile(source, str(output), settings))
+    finish(result.summary)
+    summary = result.figures
     if "skipped" in summary["model_checks"]:
         out.print(f"[yellow]{summary['model_checks']}[/]")
     out.print(f"{summary['rows']} rows, {summary['unique_contents']} unique photos, "
@@ -79,8 +80,7 @@ def caption(
         captioner=captioner, clip=clip, vocab=vocab, include=include, exclude=exclude, mode=mode,
         max_phrases=max_phrases, candidates=candidates, rank_chunk=rank_chunk,
         write_txt=txt, trust_checkpoint=trust_checkpoint, **run)
-    summary, _ = report_user_errors(lambda: run_caption(source, str(output), settings))
-    finish(summary)
+    finish(report_user_errors(lambda: run_caption(source, str(output), settings)).summary)
     out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
 
 
@@ -106,7 +106,7 @@ def cluster(
     settings = ClusterSettings(embed=embed, clip=clip, text_column=text_column, reduce=reduce,
                                cluster=method, eps=eps, min_samples=min_samples, max_fit=max_fit,
                                progress=not quiet)
-    summary = report_user_errors(lambda: run_cluster(input_path, str(output), settings))
+    summary = report_user_errors(lambda: run_cluster(input_path, str(output), settings)).figures
     out.print(f"{summary['photos']} photos -> {summary['clusters']} themes, {summary['noise']} "
               f"noise ({summary['reduction']})")
     out.print(f"map: {output / 'map.html'}; tables: clusters.parquet, assignments.parquet")
@@ -156,6 +156,5 @@ def restyle(
         captions=captions,
         mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
         prompt_writer=PromptWriter(llm_url, llm_model, llm_key), **run)
-    summary, table = report_user_errors(lambda: run_restyle(source, str(output), settings))
-    finish(summary)
+    finish(report_user_errors(lambda: run_restyle(source, str(output), settings)).summary)
     out.print(f"gallery: {output / 'gallery.html'}; edits, masks, pairs in {output}")

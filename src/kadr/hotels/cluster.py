@@ -36,6 +36,7 @@ from sklearn.neighbors import NearestNeighbors
 from kadr.core.group_sort import sorted_lookup
 from kadr.core.progress import row_blocks
 from kadr.core.remote import staged
+from kadr.core.runner import RunSummary, WorkflowResult
 from kadr.core.store import CsvAppender, atomic_open, atomic_write_table, atomic_write_text
 from kadr.hotels.theme_input import embed_input
 
@@ -305,7 +306,7 @@ class MapRows:
 
 
 @staged
-def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> dict:
+def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> WorkflowResult:
     """Group the photos of a captions table or store into themes; write the assignments,
     the themes, the noise and the map under ``out``."""
     out_dir = Path(out)
@@ -355,7 +356,8 @@ def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> dict:
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     points, members = shown.frames()
     atomic_write_text(out_dir / "map.html", render_map(points, clusters, summary, members=members))
-    return summary
+    # Themes read a table, not photos: no photo pass to count.
+    return WorkflowResult(RunSummary(), out_dir, out_dir / "clusters.parquet", summary)
 
 
 def render_map(assign: pd.DataFrame, clusters: pd.DataFrame, summary: dict,

@@ -25,7 +25,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import Job, RunOptions, run_workflow
+from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_write_table, atomic_write_text, read_shards
 from kadr.hotels.duplicates import ROTATIONS, duplicates
@@ -184,7 +184,7 @@ def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None)
 
 
 @staged
-def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
+def run_profile(source: str, out: str, settings: ProfileSettings) -> WorkflowResult:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     collection, kind = hotel_collection(source, out_dir, settings.path_column,
@@ -194,8 +194,7 @@ def run_profile(source: str, out: str, settings: ProfileSettings) -> dict:
                                name="profile", fingerprint=profile_fingerprint(settings))
     summary = profile_outputs(out_dir, settings, "; ".join(run_summary.warnings) or None, kind,
                               len(run_summary.skipped_files))
-    summary["_run"] = run_summary
-    return summary
+    return WorkflowResult(run_summary, out_dir, out_dir / "photos.parquet", summary)
 
 
 def profile_outputs(out_dir: Path, settings: ProfileSettings, note: str | None, kind: str,

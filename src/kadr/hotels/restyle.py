@@ -34,7 +34,7 @@ from kadr.core.models import load_model
 from kadr.core.models.diffusion import paste_inside
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import Job, RunOptions, run_workflow
+from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_write_bytes, atomic_write_text, read_shards
 
@@ -290,7 +290,7 @@ def make_restyle_job(settings: RestyleSettings, out_dir: Path) -> Job:
 
 
 @staged
-def run_restyle(source: str, out: str, settings: RestyleSettings):
+def run_restyle(source: str, out: str, settings: RestyleSettings) -> WorkflowResult:
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
@@ -304,7 +304,7 @@ def run_restyle(source: str, out: str, settings: RestyleSettings):
     table = read_shards(out_dir / "restyle.store").to_pandas()
     atomic_write_text(out_dir / "restyle.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "gallery.html", render_gallery(table, audience))
-    return summary, table
+    return WorkflowResult(summary, out_dir, out_dir / "restyle.store")
 
 
 def render_gallery(table: pd.DataFrame, audience: Audience) -> str:

@@ -72,9 +72,9 @@ def run(
         deployments=deployments, utc_offset=utc_offset, media_url=media_url,
         allow_detector_labels=allow_detector_labels, **run,
     )
-    summary, regs = report_user_errors(lambda: run_traps(photos, str(output), settings))
-    finish(summary)
-    out.print(f"{len(regs)} registrations: {output / 'registrations.csv'}")
+    result = report_user_errors(lambda: run_traps(photos, str(output), settings))
+    finish(result.summary)
+    out.print(f"{result.figures['registrations']} registrations: {output / 'registrations.csv'}")
     out.print(f"report: {output / 'report.html'}")
     out.print(f"also: photos.parquet/csv, megadetector.json, camtrap-dp/ in {output}")
 

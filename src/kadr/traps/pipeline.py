@@ -23,7 +23,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.remote import staged
-from kadr.core.runner import Job, RunSummary, run_workflow
+from kadr.core.runner import Job, RunSummary, WorkflowResult, run_workflow
 from kadr.traps.exports import outputs_key, write_outputs
 from kadr.traps.prompts import PromptSet, classify
 from kadr.traps.settings import (
@@ -196,8 +196,8 @@ def make_trap_job(settings: TrapSettings) -> Job:
 
 
 @staged
-def run_traps(photos: str, out: str, settings: TrapSettings) -> tuple[RunSummary, pd.DataFrame]:
-    """The whole camera-trap job; returns the run summary and the registrations."""
+def run_traps(photos: str, out: str, settings: TrapSettings) -> WorkflowResult:
+    """The whole camera-trap job; the result's table is ``registrations.parquet``."""
     out_dir = Path(out)
     collection = PhotoCollection(photos, group_level=settings.group_level,
                                  group_column=settings.group_column,
@@ -214,10 +214,12 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> tuple[RunSummary
     key = outputs_key(out_dir, settings)
     unchanged = _unchanged_outputs(out_dir, key, summary)
     if unchanged is not None:
-        return summary, unchanged
-    regs = write_outputs(out_dir, settings, prompts, summary.fingerprint, summary, key,
-                         PhotoRoot.of(collection))
-    return summary, regs
+        regs = unchanged
+    else:
+        regs = write_outputs(out_dir, settings, prompts, summary.fingerprint, summary, key,
+                             PhotoRoot.of(collection))
+    return WorkflowResult(summary, out_dir, out_dir / "registrations.parquet",
+                          {"registrations": len(regs)})
 
 
 def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataFrame | None:
