@@ -264,3 +264,15 @@ def test_merge_finds_the_previous_part_of_a_burst_within_one_second(tmp_path):
     review.decide({"action": "label", "units": [ref(first)], "cls": "wolf"})
     merged = review.decide({"action": "merge", "units": [ref(second)]})["units"][0]
     assert (merged["cls"], merged["photos"], merged["reviewed"]) == ("wolf", 3, True)
+
+
+def test_a_shift_past_the_calendar_kadr_holds_is_flagged_not_wrapped(tmp_path):
+    rows = [photo_row(tmp_path, "camA", 0, 0, "fox", 1, 0.9)]
+    rows[0]["time"] = pd.Timestamp("2250-01-01 00:00:00")
+    out = make_run(tmp_path, rows)
+    with DecisionLog(out) as log:  # +100 years: past 2262, where datetime64[ns] ends
+        log.append("ana", [NewDecision("clock", (), {"camera": "camA",
+                                                     "offset_seconds": 100 * 365.25 * 86400})])
+    state = load_state(out)
+    assert any("leave the calendar" in p for p in state.problems), state.problems
+    assert str(next(iter(state.units.values())).start) == "2250-01-01 00:00:00"

@@ -168,8 +168,8 @@ def _shifted_times(original: np.ndarray, cameras: np.ndarray, decisions: list[De
                 raise NotApplicable(f"camera {camera!r} has no timed photo in this run")
             if d.payload.get("from_time"):
                 sel &= original >= np.datetime64(pd.Timestamp(d.payload["from_time"]), "ns")
-            lo, hi = int(ticks[sel].min(initial=0)), int(ticks[sel].max(initial=0))
-            if not NS.min < lo + offset and hi + offset < NS.max:
+            lo, hi = int(ticks[sel].min()), int(ticks[sel].max())  # sel holds timed photos
+            if not (NS.min < lo + offset and hi + offset < NS.max):
                 raise NotApplicable("the shifted times would leave the calendar kadr can hold")
             ticks[sel] += offset
             moved |= sel
