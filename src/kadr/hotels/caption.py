@@ -302,10 +302,6 @@ class CaptionJob:
                                              settings.max_phrases)
         self.side = max(self.captioner.image_size, self.clip.image_size)
 
-    @property
-    def fingerprint(self) -> dict:
-        return caption_fingerprint(self.s, self.vocab)
-
     def prepare(self, photo: DecodedPhoto):
         img = photo.image
         if min(img.size) > 2 * self.side:

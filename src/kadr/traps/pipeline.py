@@ -1,7 +1,7 @@
 """``kadr traps run``: detect, count, classify, form registrations, export, report.
 
 Per-photo work is one batch job on the core runner (resumable, streamed).
-The exports (:mod:`kadr.traps.outputs`) are written from the per-photo store a
+The exports (:mod:`kadr.traps.exports`) are written from the per-photo store a
 camera at a time, each file atomically, at the end of a run that changed
 something (new photos, decisions, settings); a resume with nothing to do
 leaves them as they are.

@@ -15,6 +15,7 @@ import pandas as pd
 
 from kadr.core.html import render, thumbnail, write_page
 from kadr.core.status import PhotoStatus
+from kadr.traps.tables import DATED_TIME_SOURCES
 
 MAX_GALLERY = 400  # registrations shown with a photo; the table lists them all
 MAX_FAILED_ROWS = 2000  # failed photos listed in the page; photos.csv has all
@@ -110,7 +111,7 @@ class PhotoTally:
         is_ok = (chunk["status"] == PhotoStatus.OK).to_numpy()
         has_time = chunk["time"].notna().to_numpy()
         # A photo whose camera clock a reviewer set is dated, not guessed.
-        not_exif = (~chunk["time_source"].isin(["exif", "reviewer"])).to_numpy()
+        not_exif = (~chunk["time_source"].isin(DATED_TIME_SOURCES)).to_numpy()
         self.photos += len(chunk)
         self.ok += int(is_ok.sum())
         self.untimed += int((is_ok & ~has_time).sum())

@@ -30,7 +30,13 @@ import pandas as pd
 from kadr.core.status import PhotoStatus
 from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.registrations import parse_gap, registrations_with_members
-from kadr.traps.tables import BACKGROUND_CLASSES, EMPTY, normalise_photo_table
+from kadr.traps.tables import (
+    BACKGROUND_CLASSES,
+    DATED_TIME_SOURCES,
+    EMPTY,
+    REVIEWER_TIME,
+    normalise_photo_table,
+)
 
 REQUIRED_COLUMNS = ("key", "path", "group", "photo_id", "time", "time_source", "status", "class",
                     "class_prob", "count", "detections")
@@ -322,9 +328,8 @@ class ReviewState:
         self.problems: list[str] = []
         active = active_decisions(self.decisions, self.problems)
         self.t, moved = _shifted_times(self.camera_t, self.cam, active, self.problems)
-        self.times = pd.Series(self.t)
         # A photo whose clock a reviewer set is no longer dated by a guess.
-        self.time_source = np.where(moved, "reviewer", self.source)
+        self.time_source = np.where(moved, REVIEWER_TIME, self.source)
         self.units: dict[str, Unit] = {}
         self.by_camera: dict[str, set[str]] = {}
         self.unit_of_row = np.full(len(self.table), None, dtype=object)
@@ -427,7 +432,7 @@ class ReviewState:
         t = t[~np.isnat(t)]
         unit.start, unit.end = ((pd.Timestamp(t.min()), pd.Timestamp(t.max())) if len(t)
                                 else (None, None))
-        guessed = int((~np.isin(self.time_source[unit.rows], ("exif", "reviewer"))).sum())
+        guessed = int((~np.isin(self.time_source[unit.rows], DATED_TIME_SOURCES)).sum())
         if guessed:
             unit.flags.append(f"time not from EXIF: {guessed} photo(s) dated by file name or "
                               "modification time")

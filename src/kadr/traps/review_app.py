@@ -422,13 +422,12 @@ class Review:
                 if row is None or np.isnat(s.camera_t[row]):
                     raise ValueError("'from this photo on' needs a photo with a time")
                 payload["from_time"] = pd.Timestamp(s.camera_t[row]).isoformat()
-            problems = len(s.problems)
             stored = log.append(self.reviewer, [NewDecision(
                 "clock", (photo,) if row is not None else (), payload)])
             s.apply(stored)
             said = f"shifted the clock of {camera} by {_duration(float(offset))}"
             return {"saved": [d.id for d in stored], "offset_seconds": float(offset),
-                    "said": [said], "problems": s.problems[problems:]}
+                    "said": [said]}
 
     # ------------------------------------------------------------------ photos
     def photo(self, photo_id: str, size: str) -> bytes | None:

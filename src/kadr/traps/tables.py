@@ -31,6 +31,8 @@ REGISTRATION_COLUMNS = [
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PHOTO_COLUMNS = ["camera", "file", "time", "class", "count", "confidence"]
 EMPTY = "empty"  # the class of a photo or registration without an animal
+REVIEWER_TIME = "reviewer"  # time_source of a photo whose camera clock a reviewer set
+DATED_TIME_SOURCES = ("exif", REVIEWER_TIME)  # a photo's time not guessed from its file
 BACKGROUND_CLASSES = frozenset({"", EMPTY, "background", "blank", "none", "nan"})
 
 
