@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -274,6 +275,8 @@ def test_two_tabs_get_a_conflict_to_resolve(demo_run, tmp_path):
             said = second.inner_text("#conflict")
             assert "you, in another tab or window, marked empty it" in said, said
             assert "conflict" in second.inner_text("#status")
+            # A slow server must not let the prompt go before the current state is drawn.
+            second.route("**/api/queue*", lambda route: (time.sleep(0.7), route.continue_()))
             second.click("#conflict button")  # show the current state
             second.wait_for_selector("#conflict", state="hidden")
             assert current(second) != stale

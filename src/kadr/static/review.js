@@ -224,7 +224,8 @@ function conflict(data, action, body, advance) {
   const box = $("conflict"); box.hidden = false; box.replaceChildren();
   box.append(el("span", "Conflict, nothing saved: " + data.conflict.map((c) => c.message).join("; ") + ". "));
   const reload = el("button", "show the current state"); reload.type = "button";
-  reload.onclick = () => { box.hidden = true; loadQueue(data.conflict.map((c) => c.now ? c.now.id : c.id)).then(home); };
+  // The prompt stays until the current state is drawn: never the stale one without it.
+  reload.onclick = () => loadQueue(data.conflict.map((c) => c.now ? c.now.id : c.id)).then(() => { box.hidden = true; home(); });
   box.append(reload);
   const now = data.conflict.filter((c) => c.now).map((c) => c.now);
   if (now.length) {
