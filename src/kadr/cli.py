@@ -102,7 +102,7 @@ def embed(
     result = report_user_errors(lambda: embed_photos(
         source, str(output), model, group_level=group_level, max_pixels=max_pixels,
         time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, **run))
-    finish(result.summary)
+    finish(result.summary, source)
     out.print(f"embeddings: {output}")
 
 
@@ -153,7 +153,7 @@ def demo(
     from kadr.demo import DEFAULT_CLASSIFIER, run_demo
 
     result, classifier = report_user_errors(lambda: run_demo(str(shared), str(output), not quiet))
-    finish(result.summary)
+    finish(result.summary, str(shared))
     if classifier is None:
         out.print(f"[yellow]No CLIP weights here ({DEFAULT_CLASSIFIER}); species are the "
                   "detector's COCO labels. With the internet the demo downloads them.[/]")

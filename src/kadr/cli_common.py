@@ -41,8 +41,13 @@ def report_user_errors(fn):
         fail(str(e))
 
 
-def finish(summary) -> None:
+def finish(summary, source: str) -> None:
+    """The end of a batch command: its summary, then exit 2 when the source held no photo
+    (its outputs, empty and valid, are written) and 1 when no photo could be processed."""
     summary.print()
+    if summary.total == 0:
+        fail(f"no photo found in {source}: nothing to do (a folder of .jpg/.png/... files, "
+             "in folders per camera or group, or a CSV/Parquet manifest with a path column)")
     if summary.nothing_processed:
         fail("no photo could be processed", code=1)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kadr.core.store import atomic_write_text
+from kadr.core.store import atomic_write_text, output_folder
 
 DEFAULT_CLASSIFIER = "open_clip:ViT-B-32@laion2b_s34b_b79k"
 
@@ -55,7 +55,7 @@ def run_demo(shared: str, out: str, progress: bool = True):
         raise FileNotFoundError(
             f"the demo needs {detector} (the shared data beside the repository); "
             "pass --shared PATH to where it is")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     manifest = demo_manifest(shared_dir, out_dir)
     classifier = DEFAULT_CLASSIFIER if classifier_available(DEFAULT_CLASSIFIER) else None
     settings = TrapSettings(detector=f"yolox:{detector}", classifier=classifier,

@@ -131,6 +131,11 @@ class WorkflowResult:
         return read_shards(self.table).to_pandas()
 
 
+# The columns every store row starts with, whatever the job adds.
+BASE_COLUMNS = ("key", "path", "group", "photo_id", "time", "time_source", "width", "height",
+                "format", "mode", "status", "reason")
+
+
 def _base_row(ref: PhotoRef) -> dict:
     return {
         "key": ref.key,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kadr.core.errors import StoreLockedError, StoreMismatchError  # noqa: F401 (re-exported)
+from kadr.core.errors import StoreLockedError, StoreMismatchError, UserError  # noqa: F401
 from kadr.core.remote import upload_now
 from kadr.core.status import PERMANENT_FAILURES, PhotoStatus
 
@@ -117,13 +117,28 @@ def _shard_keys(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hi, lo, status
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents); a file in the way is one clear error
+    that names it, never a traceback, and is left as it is."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise UserError(f"{blocker} is a file, not a folder: give another output folder"
+                        + (f" than {path}" if blocker != path else "")) from e
+    except PermissionError as e:
+        raise UserError(f"cannot create the output folder {path}: permission denied") from e
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
     """A file that readers see whole or not at all: written under a temporary name,
     fsynced, then renamed over ``path``. Large outputs are written through it piece by
     piece, never held whole in memory."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with (os.fdopen(fd, "wb") if binary
@@ -207,7 +222,7 @@ class ShardStore:
         self.close(flush=exc[0] is None or exc[0] is KeyboardInterrupt)
 
     def open(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        output_folder(self.folder)
         fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -46,6 +46,7 @@ from kadr.core.store import (
     atomic_open,
     atomic_write_table,
     atomic_write_text,
+    output_folder,
     shard_files,
 )
 from kadr.core.text_cache import text_embeddings
@@ -341,7 +342,7 @@ def run_caption(source: str, out: str, settings: CaptionSettings) -> WorkflowRes
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     collection, _ = hotel_collection(source, out_dir, settings.path_column, settings.group_column)
     summary = run_workflow(collection, out_dir / "captions.store",
                            functools.partial(make_caption_job, settings), settings,

@@ -39,7 +39,7 @@ def profile(
         clip=None if clip.lower() == "none" else clip, near_distance=near_distance,
         fix_rotation=fix_rotation, **run)
     result = report_user_errors(lambda: run_profile(source, str(output), settings))
-    finish(result.summary)
+    finish(result.summary, source)
     summary = result.figures
     if "skipped" in summary["model_checks"]:
         out.print(f"[yellow]{summary['model_checks']}[/]")
@@ -80,7 +80,7 @@ def caption(
         captioner=captioner, clip=clip, vocab=vocab, include=include, exclude=exclude, mode=mode,
         max_phrases=max_phrases, candidates=candidates, rank_chunk=rank_chunk,
         write_txt=txt, trust_checkpoint=trust_checkpoint, **run)
-    finish(report_user_errors(lambda: run_caption(source, str(output), settings)).summary)
+    finish(report_user_errors(lambda: run_caption(source, str(output), settings)).summary, source)
     out.print(f"captions: {output / 'captions.parquet'} and {output / 'captions.csv'}")
 
 
@@ -156,5 +156,5 @@ def restyle(
         captions=captions,
         mask_ops=MaskOps(mask_threshold, mask_min_area, mask_dilate, mask_feather),
         prompt_writer=PromptWriter(llm_url, llm_model, llm_key), **run)
-    finish(report_user_errors(lambda: run_restyle(source, str(output), settings)).summary)
+    finish(report_user_errors(lambda: run_restyle(source, str(output), settings)).summary, source)
     out.print(f"gallery: {output / 'gallery.html'}; edits, masks, pairs in {output}")

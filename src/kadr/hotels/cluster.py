@@ -37,7 +37,7 @@ from kadr.core.group_sort import sorted_lookup
 from kadr.core.progress import row_blocks
 from kadr.core.remote import staged
 from kadr.core.runner import RunSummary, WorkflowResult
-from kadr.core.store import CsvAppender, atomic_open, atomic_write_table, atomic_write_text
+from kadr.core.store import CsvAppender, atomic_open, atomic_write_table, atomic_write_text, output_folder
 from kadr.hotels.theme_input import embed_input
 
 MAP_POINTS = 50_000  # photos the map draws at most (a seeded sample beyond)
@@ -310,7 +310,7 @@ def run_cluster(input_path: str, out: str, settings: ClusterSettings) -> Workflo
     """Group the photos of a captions table or store into themes; write the assignments,
     the themes, the noise and the map under ``out``."""
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     data = embed_input(input_path, out_dir, embed=settings.embed, clip=settings.clip,
                        text_column=settings.text_column, progress=settings.progress)
     if data.rows == 0:

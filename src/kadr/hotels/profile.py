@@ -25,9 +25,9 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
-from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
+from kadr.core.runner import BASE_COLUMNS, Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
-from kadr.core.store import atomic_write_table, atomic_write_text, read_shards
+from kadr.core.store import atomic_write_table, atomic_write_text, output_folder, read_shards
 from kadr.hotels.duplicates import ROTATIONS, duplicates
 from kadr.hotels.report import render_profile
 from kadr.hotels.sources import hotel_collection
@@ -186,7 +186,7 @@ def summarise(photos: pd.DataFrame, settings: ProfileSettings, note: str | None)
 @staged
 def run_profile(source: str, out: str, settings: ProfileSettings) -> WorkflowResult:
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     collection, kind = hotel_collection(source, out_dir, settings.path_column,
                                         settings.group_column)
     run_summary = run_workflow(collection, out_dir / "photos.store",
@@ -204,6 +204,8 @@ def profile_outputs(out_dir: Path, settings: ProfileSettings, note: str | None, 
     stored = read_shards(out_dir / "photos.store")
     atomic_write_table(out_dir / "photos.parquet", stored)  # the store's rows as they are
     photos = stored.to_pandas()
+    if not len(photos):  # nothing listed: empty tables and page, not a KeyError
+        photos = pd.DataFrame(columns=[*BASE_COLUMNS, *(f"phash_{r}" for r in ROTATIONS)])
     del stored
     skipped: dict = {}
     dups = duplicates(photos, settings.near_distance, settings.rotation_threshold, skipped)

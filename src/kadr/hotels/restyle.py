@@ -36,7 +36,7 @@ from kadr.core.models.spec import spec_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
-from kadr.core.store import atomic_write_bytes, atomic_write_text, read_shards
+from kadr.core.store import atomic_write_bytes, atomic_write_text, output_folder, read_shards
 
 AUDIENCES = Path(__file__).parent / "audiences"
 
@@ -294,7 +294,7 @@ def run_restyle(source: str, out: str, settings: RestyleSettings) -> WorkflowRes
     from kadr.hotels.sources import hotel_collection
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     audience = load_audience(settings.audience)
     collection, _ = hotel_collection(source, out_dir, settings.path_column,
                                      settings.group_column)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from kadr.core.progress import row_blocks
 from kadr.core.status import PhotoStatus
-from kadr.core.store import CsvAppender, atomic_open, atomic_write_text, shard_files
+from kadr.core.store import CsvAppender, atomic_open, atomic_write_text, output_folder, shard_files
 
 BLOCK_ROWS = 20_000
 ROW_COLUMNS = ["key", "path", "text", "phrases"]
@@ -173,7 +173,7 @@ def embed_input(input_path: str, out_dir: Path, *, embed: str, clip: str, text_c
         meta = json.loads(meta_path.read_text())
         if meta.get("made_from") == made_from:
             return EmbeddedRows(folder, meta["rows"], meta["dim"], meta["skipped"])
-    folder.mkdir(parents=True, exist_ok=True)
+    output_folder(folder)
     meta_path.unlink(missing_ok=True)  # the folder is incomplete until it is written again
 
     model = None

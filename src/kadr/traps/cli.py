@@ -73,7 +73,7 @@ def run(
         allow_detector_labels=allow_detector_labels, **run,
     )
     result = report_user_errors(lambda: run_traps(photos, str(output), settings))
-    finish(result.summary)
+    finish(result.summary, photos)
     out.print(f"{result.figures['registrations']} registrations: {output / 'registrations.csv'}")
     out.print(f"report: {output / 'report.html'}")
     out.print(f"also: photos.parquet/csv, megadetector.json, camtrap-dp/ in {output}")

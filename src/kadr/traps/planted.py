@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kadr.core.store import output_folder
 from kadr.traps.learn import LearnError, learn_run
 from kadr.traps.review import load_state
 from kadr.traps.review_app import Review
@@ -58,7 +59,7 @@ def planted_run(root: Path, n: int = 240, seed: int = 0, dim: int = 24) -> tuple
             "embedding": (v / np.linalg.norm(v)).astype(np.float32)})
         truth[pid] = CLASSES[k]
     out = root / "out"
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     pd.DataFrame(rows).to_parquet(out / "photos.parquet")
     settings = {"detector": "yolox:none.onnx", "classifier": None, "method": "sessions",
                 "gap": "30m", "threshold": 0.3}

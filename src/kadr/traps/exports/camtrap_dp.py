@@ -364,11 +364,12 @@ def _utc_seconds(stamp: str) -> str:
 
 
 def _bbox_polygon(deployments: pd.DataFrame) -> dict:
-    lat = deployments["latitude"].astype(float)
-    lon = deployments["longitude"].astype(float)
-    a, b = (lon.min(), lat.min()), (lon.max(), lat.max())
-    if len(lat) == 0:
+    if len(deployments) == 0:  # an empty run: the standard still asks for a polygon
         a = b = (0.0, 0.0)
+    else:
+        lat = deployments["latitude"].astype(float)
+        lon = deployments["longitude"].astype(float)
+        a, b = (lon.min(), lat.min()), (lon.max(), lat.max())
     return {"type": "Polygon", "coordinates": [[[a[0], a[1]], [b[0], a[1]], [b[0], b[1]],
                                                  [a[0], b[1]], [a[0], a[1]]]]}
 

@@ -1,0 +1,98 @@
+"""Every command against the inputs a new user gets wrong: one sentence and exit code 2,
+never a traceback. Each row is a command line; ``{empty}``, ``{file}``, ``{photos}`` and
+``{missing}`` are filled in per test."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kadr.cli import app
+from tests.helpers import TINY_CLIP, jpeg_bytes
+
+TRAPS = ["--detector", "none", "--classifier", TINY_CLIP, "-q"]
+CAPTIONER = "coca:kadr-tiny-coca@random"
+
+COMMANDS = {
+    "embed": ["embed", "{src}", "-o", "{out}", "--model", TINY_CLIP, "-q"],
+    "traps run": ["traps", "run", "{src}", "-o", "{out}", *TRAPS],
+    "hotels profile": ["hotels", "profile", "{src}", "-o", "{out}", "-q"],
+    "hotels caption": ["hotels", "caption", "{src}", "-o", "{out}", "--captioner", CAPTIONER,
+                       "--clip", TINY_CLIP, "-q"],
+}
+
+
+@pytest.fixture
+def places(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("not a folder\n")
+    photos = tmp_path / "photos" / "cam1"
+    photos.mkdir(parents=True)
+    (photos / "1.jpg").write_bytes(jpeg_bytes(seed=1))
+    return tmp_path
+
+
+def invoke(args: list[str], cwd) -> object:
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, args)
+    finally:
+        os.chdir(old)
+
+
+def refused(result, *words: str) -> str:
+    """A command refused its input: exit code 2, a sentence naming it, no traceback."""
+    text = result.output
+    assert result.exit_code == 2, (result.exit_code, text, result.exception)
+    assert isinstance(result.exception, SystemExit), f"raised {result.exception!r}: {text}"
+    assert "Traceback" not in text and "error:" in text, text
+    for w in words:
+        assert w in " ".join(text.split()), (w, text)
+    return text
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_an_empty_folder_is_one_sentence(places, name):
+    args = [a.format(src="empty", out="out") for a in COMMANDS[name]]
+    refused(invoke(args, places), "no photo", "empty")
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_an_output_that_is_a_file_is_refused(places, name):
+    args = [a.format(src="photos", out="a-file") for a in COMMANDS[name]]
+    refused(invoke(args, places), "a-file", "not a folder")
+    assert (places / "a-file").read_text() == "not a folder\n", "the file is left alone"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_missing_source_is_refused(places, name):
+    args = [a.format(src="nowhere", out="out") for a in COMMANDS[name]]
+    refused(invoke(args, places), "nowhere")
+
+
+def test_outputs_under_a_file_and_other_commands_with_file_outputs(places):
+    (places / "photos.csv").write_text("path,time\nphotos/cam1/1.jpg,2024-01-01 10:00:00\n")
+    refused(invoke(["traps", "events", "photos.csv", "-o", "a-file/regs.csv"], places),
+            "a-file", "not a folder")
+    refused(invoke(["generate", "a cat", "-o", "a-file", "--pipeline",
+                    "diffusers:kadr/tiny-sd@random", "--steps", "1"], places),
+            "a-file", "not a folder")
+    refused(invoke(["embed", "photos", "-o", "a-file/sub", "--model", TINY_CLIP, "-q"], places),
+            "a-file", "not a folder")
+
+
+def test_an_empty_camera_trap_run_still_writes_valid_empty_outputs(places):
+    from kadr.traps.exports import validate_camtrap_dp
+    from tests.helpers import shared_path
+
+    refused(invoke(["traps", "run", "empty", "-o", "out", *TRAPS], places), "no photo")
+    out = places / "out"
+    regs = pd.read_csv(out / "registrations.csv")
+    assert len(regs) == 0 and list(regs.columns)[:2] == ["name_folder", "class"]
+    assert json.loads((out / "megadetector.json").read_text())["images"] == []
+    assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
