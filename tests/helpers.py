@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 from datetime import datetime
@@ -17,12 +18,28 @@ SHARED = Path(os.environ.get("KADR_SHARED", ROOT.parent / "shared"))
 TINY_CLIP = "open_clip:kadr-tiny-clip@random"
 
 
-def missing_shared(p: Path) -> None:
-    """Skip a test whose shared data is absent; in CI (CI=true) that is a failure instead."""
-    reason = f"needs {p} (the shared data beside the repository), which is absent"
+def skip_outside_ci(reason: str, ci_has_it: str) -> None:
+    """Skip a test whose prerequisite is absent; in CI (CI=true) that is a failure, since
+    CI provides it (``ci_has_it`` says how)."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason}; CI runs with ../shared beside the clone, so nothing may skip")
-    pytest.skip(reason)
+        pytest.fail(f"{reason}; {ci_has_it}, so nothing may skip")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def missing_shared(p: Path) -> None:
+    """Skip a test whose shared data is absent (a failure in CI)."""
+    skip_outside_ci(f"needs {p} (the shared data beside the repository), which is absent",
+                    "CI runs with ../shared beside the clone")
+
+
+def need_module(name: str, extra: str = "test"):
+    """Import an optional library a test needs, or skip (a failure in CI, whose
+    `make test` installs the extra that brings it)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_outside_ci(f"needs {name} (pip install -e '.[{extra}]')",
+                        f"make test installs kadr[{extra}]")
 
 
 def shared_path(*parts: str) -> Path:

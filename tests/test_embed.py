@@ -160,11 +160,24 @@ def test_embed_text_on_the_shipped_extended_prompt_file(tmp_path):
     assert len(t["embedding"].iloc[0]) == 64
 
 
-def test_embeddings_are_stored_as_float32_vectors_unchanged(tmp_path):
+def test_embeddings_are_stored_as_float32_vectors_unchanged(tmp_path, monkeypatch):
+    """What the model produced is what the store holds, to the bit; a recomputation one
+    photo at a time agrees within float tolerance (batch shapes change CPU kernels)."""
     import pyarrow as pa
 
+    from kadr.core.decode import decode_photo
     from kadr.core.models import load_model
 
+    model = load_model(TINY_CLIP)
+    produced: list[np.ndarray] = []
+    encode = type(model).encode_images
+
+    def recording(self, arrays):
+        vectors = encode(self, arrays)
+        produced.extend(np.array(vectors, np.float32, copy=True))
+        return vectors
+
+    monkeypatch.setattr(type(model), "encode_images", recording)
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(3):
@@ -172,13 +185,14 @@ def test_embeddings_are_stored_as_float32_vectors_unchanged(tmp_path):
     embed_photos(str(folder), str(tmp_path / "out"), TINY_CLIP, progress=False)
     table = read_shards(tmp_path / "out")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
-    model = load_model(TINY_CLIP)
-    from kadr.core.decode import decode_photo
-
+    made = np.stack(produced)
+    assert len(made) == 3
     for row in table.to_pylist():
+        stored = np.asarray(row["embedding"], np.float32)
+        assert (made == stored).all(axis=1).any(), "stored exactly as the model gave it"
         photo = decode_photo((folder / row["key"]).read_bytes(), min_side=model.image_size)
-        want = model.encode_images([model.prepare(photo)])[0]
-        np.testing.assert_array_equal(np.asarray(row["embedding"], np.float32), want)
+        again = model.encode_images([model.prepare(photo)])[0]
+        np.testing.assert_allclose(stored, again, rtol=1e-4, atol=1e-5)
 
 
 def test_a_run_counts_every_failure_and_keeps_only_the_first_in_memory(tmp_path):

@@ -12,10 +12,10 @@ import pytest
 from kadr.core.runner import EngineOptions
 from kadr.core.store import read_shards
 from kadr.embed import embed_photos
-from tests.helpers import TINY_CLIP, make_broken_corpus, shared_path
+from tests.helpers import TINY_CLIP, make_broken_corpus, need_module, shared_path
 
 pytestmark = pytest.mark.ray
-ray = pytest.importorskip("ray")
+ray = need_module("ray")
 
 
 @pytest.fixture(scope="module", autouse=True)

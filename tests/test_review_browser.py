@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import shared_path
+from tests.helpers import shared_path, skip_outside_ci
 
 CHROMIUM = os.environ.get("KADR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 KADR = str(Path(sys.executable).with_name("kadr"))
@@ -25,10 +25,8 @@ TOKEN = "test-token-123"
 
 def chromium() -> str:
     if not Path(CHROMIUM).exists():
-        reason = f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason + "; .ci/run installs it, so nothing may skip in CI")
-        pytest.skip(reason)
+        skip_outside_ci(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)",
+                        ".ci/run installs it")
     return CHROMIUM
 
 
