@@ -207,3 +207,38 @@ def test_a_run_counts_every_failure_and_keeps_only_the_first_in_memory(tmp_path)
     assert len(summary.failures) == SHOWN_FAILURES
     rows = read_shards(tmp_path / "out").to_pandas()
     assert (rows["status"] == "empty_file").sum() == SHOWN_FAILURES + 15, "all in the store"
+
+
+def test_a_file_changed_since_it_was_stored_is_processed_again(tmp_path):
+    """A half-copied photo completed later, and a photo replaced at its path, are looked at
+    again on the next run (results and failures alike); the rest is not."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    whole = jpeg_bytes(seed=1)
+    (folder / "copying.jpg").write_bytes(whole[: len(whole) // 2])  # the copy not done yet
+    (folder / "kept.jpg").write_bytes(jpeg_bytes(seed=2))
+    (folder / "replaced.jpg").write_bytes(jpeg_bytes(seed=3))
+    out = tmp_path / "out"
+    first = embed_photos(str(folder), str(out), TINY_CLIP, progress=False).summary
+    assert first.failed == 1
+    before = by_key(out)
+    assert before["copying.jpg"].status == "truncated"
+
+    (folder / "copying.jpg").write_bytes(whole)  # the copy finished
+    replacement = jpeg_bytes(seed=4, size=(90, 70))
+    (folder / "replaced.jpg").write_bytes(replacement)
+    os.utime(folder / "replaced.jpg", ns=(1, os.stat(folder / "kept.jpg").st_mtime_ns))
+    again = embed_photos(str(folder), str(out), TINY_CLIP, progress=False).summary
+    assert again.changed == 2 and again.processed == 2 and again.already_done == 1
+    after = by_key(out)
+    assert len(read_shards(out)) == 3, "one row a photo, the newest"
+    assert after["copying.jpg"].status == "ok"
+    assert after["replaced.jpg"].photo_id != before["replaced.jpg"].photo_id
+    assert after["replaced.jpg"].width == 90
+    assert after["kept.jpg"].photo_id == before["kept.jpg"].photo_id
+    r = kadr("embed", str(folder), "-o", str(out), "--model", TINY_CLIP, "-q")
+    assert r.returncode == 0 and "processed again" not in r.stdout + r.stderr, r.stderr
+    (folder / "kept.jpg").write_bytes(jpeg_bytes(seed=5))
+    r = kadr("embed", str(folder), "-o", str(out), "--model", TINY_CLIP, "-q")
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "1 changed since stored, processed again" in said, said

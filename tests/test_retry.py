@@ -47,7 +47,6 @@ def test_transient_failures_are_retried_and_permanent_ones_kept(tmp_path):
         "a failing batch is narrowed down to the photo that fails"
 
     (tmp_path / "not-yet").write_bytes(jpeg_bytes(seed=5))
-    (src / "cut.jpg").write_bytes(good)  # repaired, but a truncated file is not retried by default
     calls.clear()
     with ShardStore(store_dir, {"job": "count"}) as store:
         summary = run_job(PhotoCollection(str(src)), counting_job(calls, set()), store, progress=False)
@@ -56,13 +55,21 @@ def test_transient_failures_are_retried_and_permanent_ones_kept(tmp_path):
     second = rows_by_key(store_dir)
     assert len(second) == 6
     assert second.loc["later.jpg", "status"] == "ok" and second.loc["ok2.jpg", "status"] == "ok"
-    assert second.loc["cut.jpg", "status"] == "truncated"
+    assert second.loc["cut.jpg", "status"] == "truncated", "a file left as it was is kept"
 
     calls.clear()
     with ShardStore(store_dir, {"job": "count"}) as store:
-        run_job(PhotoCollection(str(src)), counting_job(calls, set()), store, progress=False,
-                retry_failed=True)
-    assert calls == ["cut.jpg"]
+        summary = run_job(PhotoCollection(str(src)), counting_job(calls, set()), store,
+                          progress=False, retry_failed=True)
+    assert summary.processed == 1 and summary.failed == 1, "tried again, still truncated"
+    assert rows_by_key(store_dir).loc["cut.jpg", "status"] == "truncated"
+
+    (src / "cut.jpg").write_bytes(good)  # repaired: the file changed, so it is looked at again
+    calls.clear()
+    with ShardStore(store_dir, {"job": "count"}) as store:
+        summary = run_job(PhotoCollection(str(src)), counting_job(calls, set()), store,
+                          progress=False)
+    assert calls == ["cut.jpg"] and summary.changed == 1
     assert (rows_by_key(store_dir)["status"] == "ok").all()
 
 

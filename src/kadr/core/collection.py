@@ -34,6 +34,19 @@ class PhotoRef:
     extra: dict = field(default_factory=dict)
 
 
+def file_stamp(path: str) -> int:
+    """A local file's size and modification time as one positive 63-bit number (0 for a
+    URL or a file that cannot be read): a photo stored with another stamp has changed
+    since (a copy that was half done, a photo replaced at the same path)."""
+    if "://" in path:
+        return 0
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    return ((st.st_mtime_ns * 1_000_003 + st.st_size) & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
 @dataclass
 class ScanReport:
     """What a scan passed over, so nothing is dropped silently."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kadr.core.collection import PhotoCollection, PhotoRef
+from kadr.core.collection import PhotoCollection, PhotoRef, file_stamp
 from kadr.core.decode import DEFAULT_MAX_PIXELS, DecodedPhoto, DecodeError, decode_photo, read_bytes
 from kadr.core.phototime import naive_local, photo_time
 from kadr.core.progress import PhotoProgress, console
@@ -74,6 +74,7 @@ SHOWN_FAILURES = 50  # failures listed at the end of a run (all are in the store
 class RunSummary:
     total: int = 0
     already_done: int = 0
+    changed: int = 0  # stored before, but the file changed since: processed again
     processed: int = 0
     ok: int = 0
     failed: int = 0
@@ -94,6 +95,9 @@ class RunSummary:
             f"[bold]{self.total}[/] photos: {self.already_done} already done, "
             f"{self.processed} processed now, {self.ok} ok, {self.failed} failed"
         )
+        if self.changed:
+            console.print(f"[yellow]{self.changed} changed since stored, processed again[/] "
+                          "(another size or modification time)")
         if self.failures:
             console.print("[yellow]Photos that could not be processed:[/]")
             for key, status, reason in self.failures[:SHOWN_FAILURES]:
@@ -133,7 +137,7 @@ class WorkflowResult:
 
 # The columns every store row starts with, whatever the job adds.
 BASE_COLUMNS = ("key", "path", "group", "photo_id", "time", "time_source", "width", "height",
-                "format", "mode", "status", "reason")
+                "format", "mode", "status", "reason", "file_stamp")
 
 
 def _base_row(ref: PhotoRef) -> dict:
@@ -150,6 +154,7 @@ def _base_row(ref: PhotoRef) -> dict:
         "mode": None,
         "status": PhotoStatus.OK,
         "reason": None,
+        "file_stamp": file_stamp(ref.path),  # before reading: a later change is seen next run
     }
 
 
@@ -218,7 +223,12 @@ def _count_and_spool(refs: Iterable[PhotoRef], done: DoneKeys, summary: RunSumma
     def sort_out(batch: list[PhotoRef]) -> None:
         nonlocal pending
         summary.total += len(batch)
-        for ref, skip in zip(batch, done.contains([r.key for r in batch]), strict=True):
+        keys = [r.key for r in batch]
+        # Stamps only on a resume: a first run has nothing stored to compare them with.
+        skipped, changed = done.lookup(keys, [file_stamp(r.path) for r in batch] if len(done)
+                                       else None)
+        summary.changed += int(changed.sum())
+        for ref, skip in zip(batch, skipped, strict=True):
             if skip:
                 summary.already_done += 1
             else:

@@ -47,37 +47,59 @@ def key_digests(keys: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     return raw[0::2].copy(), raw[1::2].copy()
 
 
-def sorted_contains(hi: np.ndarray, lo: np.ndarray, want_hi: np.ndarray,
-                    want_lo: np.ndarray) -> np.ndarray:
-    """Which digests (``want_hi``, ``want_lo``) are among the digests (``hi``, ``lo``),
-    sorted by high then low half: a binary search on the high half, then a step along
-    the (rare) digests that share it."""
-    found = np.zeros(len(want_hi), bool)
+def sorted_find(hi: np.ndarray, lo: np.ndarray, want_hi: np.ndarray,
+                want_lo: np.ndarray) -> np.ndarray:
+    """Where each digest (``want_hi``, ``want_lo``) is among the digests (``hi``, ``lo``),
+    sorted by high then low half, or -1: a binary search on the high half, then a step
+    along the (rare) digests that share it."""
+    found = np.full(len(want_hi), -1, np.int64)
     at = np.searchsorted(hi, want_hi)
     while len(hi):
         here = np.minimum(at, len(hi) - 1)
         same_hi = (at < len(hi)) & (hi[here] == want_hi)
-        found |= same_hi & (lo[here] == want_lo)
-        more = same_hi & ~found
+        hit = same_hi & (lo[here] == want_lo) & (found < 0)
+        found[hit] = here[hit]
+        more = same_hi & (found < 0)
         if not more.any():
             break
         at = np.where(more, at + 1, len(hi))
     return found
 
 
-class DoneKeys:
-    """The keys a run skips, as sorted digests (see :func:`key_digests`): memory grows by
-    16 bytes a photo, and a block of keys is looked up at once."""
+def sorted_contains(hi: np.ndarray, lo: np.ndarray, want_hi: np.ndarray,
+                    want_lo: np.ndarray) -> np.ndarray:
+    """Which digests are among the sorted digests (see :func:`sorted_find`)."""
+    return sorted_find(hi, lo, want_hi, want_lo) >= 0
 
-    def __init__(self, hi: np.ndarray, lo: np.ndarray):
+
+class DoneKeys:
+    """The keys a run skips, as sorted digests (see :func:`key_digests`) with the stamp of
+    the file each was made from (0: unknown): memory grows by 24 bytes a photo, and a
+    block of keys is looked up at once."""
+
+    def __init__(self, hi: np.ndarray, lo: np.ndarray, stamp: np.ndarray | None = None):
         self.hi, self.lo = hi, lo  # sorted by (hi, lo)
+        self.stamp = stamp if stamp is not None else np.zeros(len(hi), np.int64)
 
     def __len__(self) -> int:
         return len(self.hi)
 
+    def lookup(self, keys: list[str], stamps: list[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Per key, whether it is done, and whether it was stored but its file has changed
+        since (another stamp; then it is not done). Unknown stamps never count as change."""
+        at = sorted_find(self.hi, self.lo, *key_digests(keys))
+        found = at >= 0
+        changed = np.zeros(len(keys), bool)
+        if stamps is not None and found.any():
+            now = np.asarray(stamps, np.int64)
+            then = self.stamp[np.where(found, at, 0)]
+            changed = found & (now != 0) & (then != 0) & (now != then)
+        return found & ~changed, changed
+
     def contains(self, keys: list[str]) -> np.ndarray:
-        """Per key, whether it is done."""
-        return sorted_contains(self.hi, self.lo, *key_digests(keys))
+        """Per key, whether it is done (stamps not compared)."""
+        return self.lookup(keys)[0]
 
     def __contains__(self, key: str) -> bool:
         return bool(self.contains([key])[0])
@@ -93,6 +115,7 @@ class KeyIndex(NamedTuple):
     lo: np.ndarray  # and low halves
     shard: np.ndarray  # the shard number (part-NNNNNN) holding each row
     status: np.ndarray  # OK, PERMANENT or RETRY
+    stamp: np.ndarray  # the file's stamp when the row was made (0: not recorded)
     shards: dict[int, int]  # shard number -> modification time when read
 
     def newest(self) -> np.ndarray:
@@ -102,11 +125,11 @@ class KeyIndex(NamedTuple):
             np.zeros(0, bool))
 
 
-def _shard_keys(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _shard_keys(path: Path) -> tuple[np.ndarray, ...]:
     """A shard's key digests (two halves) and, per row, its status as OK, PERMANENT (a
-    failure a rerun cannot change) or RETRY."""
+    failure a rerun cannot change) or RETRY, and its file's stamp (0 when not recorded)."""
     names = pq.read_schema(path).names
-    t = pq.read_table(path, columns=["key", "status"] if "status" in names else ["key"])
+    t = pq.read_table(path, columns=[c for c in ("key", "status", "file_stamp") if c in names])
     hi, lo = key_digests(t.column("key").to_pylist())
     status = np.full(len(hi), OK, np.int8)
     if "status" in names:
@@ -114,7 +137,9 @@ def _shard_keys(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         status[~pc.equal(text, PhotoStatus.OK).to_numpy(zero_copy_only=False)] = RETRY
         status[pc.is_in(text, pa.array(sorted(PERMANENT_FAILURES))).to_numpy(
             zero_copy_only=False)] = PERMANENT
-    return hi, lo, status
+    stamp = (t.column("file_stamp").fill_null(0).to_numpy().astype(np.int64)
+             if "file_stamp" in names else np.zeros(len(hi), np.int64))
+    return hi, lo, status, stamp
 
 
 def output_folder(path: str | os.PathLike) -> Path:
@@ -279,12 +304,12 @@ class ShardStore:
         new = sorted(n for n in shards if index is None or n not in index.shards)
         if new:
             parts = [_shard_keys(shards[n]) for n in new]
-            columns = [np.concatenate([part[k] for part in parts]) for k in range(3)]
+            columns = [np.concatenate([part[k] for part in parts]) for k in range(4)]
             columns.insert(2, np.repeat(np.array(new, np.int32), [len(p[0]) for p in parts]))
             del parts
             if index is not None:  # older rows first: a key's newest row stays last
                 columns = [np.concatenate([old, now]) for old, now in zip(
-                    index[:4], columns, strict=True)]
+                    index[:5], columns, strict=True)]
             order = np.lexsort((columns[1], columns[0]))  # stable: shard order kept
             for k in range(len(columns)):  # one column at a time: one spare copy at most
                 columns[k] = columns[k][order]
@@ -293,7 +318,8 @@ class ShardStore:
             stamps.update({n: shards[n].stat().st_mtime_ns for n in new})
             index = KeyIndex(*columns, stamps)
         self._index = index or KeyIndex(np.zeros(0, np.uint64), np.zeros(0, np.uint64),
-                                        np.zeros(0, np.int32), np.zeros(0, np.int8), {})
+                                        np.zeros(0, np.int32), np.zeros(0, np.int8),
+                                        np.zeros(0, np.int64), {})
         return self._index
 
     def done_keys(self, retry_failed: bool = False) -> DoneKeys:
@@ -304,8 +330,8 @@ class ShardStore:
         newest = index.newest()
         keep = newest & done
         if keep.all():  # the usual case: the index's own arrays, not a copy
-            return DoneKeys(index.hi, index.lo)
-        return DoneKeys(index.hi[keep], index.lo[keep])
+            return DoneKeys(index.hi, index.lo, index.stamp)
+        return DoneKeys(index.hi[keep], index.lo[keep], index.stamp[keep])
 
     def drop_superseded_rows(self) -> int:
         """Remove rows whose key has a newer row in a later shard; returns how many."""

@@ -245,6 +245,8 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
             photos["path"] = resolved_paths(photos["path"], photo_root)
             photos, camera_regs = events.cameras(photos)
             rows = _photo_table(rows, photos, (*events.added, "path"))
+            if "file_stamp" in rows.column_names:  # the store's resume check, not a result
+                rows = rows.drop_columns(["file_stamp"])
             photos = photos[rows.column_names]
             photo_rows.write(photos.assign(time=time_text(photos["time"])))
             if parquet is None:
