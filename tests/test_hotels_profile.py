@@ -234,3 +234,15 @@ def test_rotation_check_sees_the_photo_at_the_model_input_size():
         direct = job.model.prepare_image(turned)
         diff = np.abs(array.astype(float) - direct.astype(float)).mean()  # levels of 255
         assert diff < 1.0, f"{r} degrees: not the model's own view"
+
+
+def test_a_hotels50k_root_given_relative_from_its_parent_folder(hotels50k, tmp_path, monkeypatch):
+    """The root as a user types it (relative to where they are), with or without the
+    hotel and chain tables: every photo found, the same as with an absolute root."""
+    monkeypatch.chdir(tmp_path)
+    s = run_profile("hotels50k", "profile", ProfileSettings(clip=None, progress=False)).figures
+    assert s["source_kind"] == "hotels50k" and s["rows"] == 16 and s["missing"] == 1
+    for table in ("hotel_info.csv", "chain_info.csv"):
+        (hotels50k / "input" / table).unlink()
+    s = run_profile("hotels50k", "bare", ProfileSettings(clip=None, progress=False)).figures
+    assert s["rows"] == 16 and s["missing"] == 1, "photos under images/train/unknown/... too"
