@@ -43,3 +43,11 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def exact_precision(monkeypatch):
+    """fp32 whatever the CPU: tests compare numbers across runs and with upstream code.
+    What ``--precision auto`` picks, and how close bf16 stays, is tested on its own
+    (tests/test_precision.py)."""
+    monkeypatch.setenv("KADR_PRECISION", "fp32")

@@ -36,11 +36,12 @@ app = typer.Typer(
 @app.callback()
 def settings(
     precision: Annotated[str, typer.Option(
-        help="weights' precision: auto (half on a GPU, fp32 on the CPU), fp32, fp16, bf16",
+        help="weights' precision: auto (half on a GPU; on the CPU bf16 where it runs faster "
+             "natively, else fp32: kadr models --device says which), fp32, fp16, bf16",
         envvar=PRECISION_ENV)] = "auto",
 ) -> None:
     """Turn large photo collections into answers with vision-language models."""
-    from kadr.core.models.device import PRECISIONS
+    from kadr.core.models.precision import PRECISIONS
 
     if precision.lower() not in PRECISIONS:
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -62,6 +63,7 @@ def models(
     from kadr.core.models import known_models
     from kadr.core.models.device import DEVICE_ENV, torch_device
     from kadr.core.models.factory import backends
+    from kadr.core.models.precision import precision_report
 
     for b in backends().values():
         out.print(f"[bold]{b.name}:[/] ({b.kind}) {b.help}")
@@ -75,8 +77,10 @@ def models(
         out.print(f"{len(rows) - len(shown)} more pretrained tags: kadr models --all")
     setting = f"{DEVICE_ENV}={os.environ.get(DEVICE_ENV, 'auto')}"
     if device:
-        out.print(f"models run on: {report_user_errors(lambda: str(torch_device()))} ({setting}; auto "
-                  "picks a GPU when torch sees one)")
+        where = report_user_errors(torch_device)
+        out.print(f"models run on: {where} ({setting}; auto picks a GPU when torch sees one)")
+        for line in report_user_errors(lambda: precision_report(where.type)):
+            out.print(line)
     else:
         out.print(f"models run on: {setting} (auto picks a GPU when torch sees one; "
                   "kadr models --device checks)")

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from kadr.core.collection import PhotoCollection
 from kadr.core.models import load_model
-from kadr.core.models.spec import spec_fingerprint
+from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.store import atomic_write_table
@@ -74,7 +74,7 @@ def embed_photos(
     options = RunOptions(batch_size=batch_size, workers=workers, path_column=path_column,
                          group_column=group_column, retry_failed=retry_failed,
                          progress=progress, engine=engine or EngineOptions())
-    fingerprint = {"job": "embed", "model": spec_fingerprint(model_spec), "vector": "float32"}
+    fingerprint = {"job": "embed", "model": model_fingerprint(model_spec), "vector": "float32"}
     # float32 vectors of one size: what the model computes, half the size of float64 lists.
     summary = run_workflow(
         collection, out, functools.partial(make_embedding_job, model_spec, batch_size,

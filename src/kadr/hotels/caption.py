@@ -37,7 +37,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
-from kadr.core.models.spec import spec_fingerprint
+from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
@@ -272,8 +272,8 @@ def caption_fingerprint(settings: CaptionSettings, vocab: Vocabulary) -> dict:
     """Everything that changes the captions and prompts, from the settings and tables alone."""
     s = settings
     generic = s.vocab == INTERROGATOR_VOCAB
-    return {"job": "caption", "captioner": spec_fingerprint(s.captioner), "max_tokens": 30,
-            "decoding": "greedy", "clip": spec_fingerprint(s.clip), "mode": s.mode,
+    return {"job": "caption", "captioner": model_fingerprint(s.captioner), "max_tokens": 30,
+            "decoding": "greedy", "clip": model_fingerprint(s.clip), "mode": s.mode,
             "max_phrases": s.max_phrases,
             "modes": ("clip-interrogator 0.6", s.candidates, s.rank_chunk) if generic else "kadr",
             "vocab": hashlib.sha256(json.dumps(vocab.tables, sort_keys=True).encode())

@@ -23,7 +23,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
-from kadr.core.models.spec import spec_fingerprint
+from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import BASE_COLUMNS, Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
@@ -70,7 +70,7 @@ def _shrink_to_short_side(image: Image.Image, side: int) -> Image.Image:
 
 def profile_fingerprint(settings: ProfileSettings, with_clip: bool = True) -> dict:
     return {"job": "hotels-profile", "hash": "phash64",
-            "clip": spec_fingerprint(settings.clip) if with_clip and settings.clip else None}
+            "clip": model_fingerprint(settings.clip) if with_clip and settings.clip else None}
 
 
 def make_profile_job(settings: ProfileSettings) -> Job:

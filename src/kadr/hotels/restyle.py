@@ -32,7 +32,7 @@ from kadr.core.decode import DecodedPhoto
 from kadr.core.masks import MaskOps
 from kadr.core.models import load_model
 from kadr.core.models.diffusion import paste_inside
-from kadr.core.models.spec import spec_fingerprint
+from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
 from kadr.core.status import PhotoStatus
@@ -161,9 +161,9 @@ def side_by_side(before: Image.Image, after: Image.Image) -> Image.Image:
 def restyle_fingerprint(settings: RestyleSettings, audience: Audience) -> dict:
     """Everything that changes the edits, from the settings alone (no pipeline is loaded)."""
     s = settings
-    return {"job": "restyle", "pipeline": spec_fingerprint(s.pipeline), "scheduler": s.scheduler,
-            "segmenter": spec_fingerprint(s.segmenter),
-            "refine_masks": spec_fingerprint(s.refine_masks),
+    return {"job": "restyle", "pipeline": model_fingerprint(s.pipeline), "scheduler": s.scheduler,
+            "segmenter": model_fingerprint(s.segmenter),
+            "refine_masks": model_fingerprint(s.refine_masks),
             "audience": json.dumps(audience.__dict__, default=str),
             "variants": s.variants, "seed": s.seed, "strength": s.strength, "steps": s.steps,
             "guidance": s.guidance, "refine": s.refine, "composite": s.composite,

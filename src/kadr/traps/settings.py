@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from kadr.core.models.spec import spec_fingerprint
+from kadr.core.models.factory import model_fingerprint
 from kadr.core.runner import RunOptions
 from kadr.traps.prompts import EXAMPLE, PromptSet, load_prompts
 
@@ -41,11 +41,11 @@ def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
     if not s.detector and not s.classifier:
         raise ValueError("with --detector none a classifier names the species: give "
                          "--classifier, or a detector")
-    fp = {"job": "traps", "detector": s.detector, "detector_model": spec_fingerprint(s.detector),
+    fp = {"job": "traps", "detector": s.detector, "detector_model": model_fingerprint(s.detector),
           "threshold": s.threshold}
     if prompts is not None:
         prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
-        fp.update(classifier={"model": s.classifier, **spec_fingerprint(s.classifier)},
+        fp.update(classifier={"model": s.classifier, **model_fingerprint(s.classifier)},
                   classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
                   crops="full-res padded", embedding="float32 vote-weighted mean",
                   prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])

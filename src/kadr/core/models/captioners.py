@@ -44,6 +44,7 @@ class Captioner:
 class CocaBackend:
     name = "coca"
     kind = "captioner"
+    family: str | None = "transformer"
     help = "open_clip CoCa captioners (coca_ViT-B-32, coca_ViT-L-14, kadr-tiny-coca)"
 
     def known(self) -> list[KnownModel]:
@@ -151,6 +152,7 @@ def _random_blip(spec: ModelSpec) -> tuple:
 class HFCaptionBackend:
     name = "hf-caption"
     kind = "captioner"
+    family: str | None = "transformer"
     help = "transformers captioners: BLIP, BLIP-2, GIT, Florence-2 (hub id or folder); @random"
 
     def known(self) -> list[KnownModel]:

@@ -196,6 +196,7 @@ def _require_file(spec: ModelSpec, how: str) -> str:
 class YoloxBackend:
     name = "yolox"
     kind = "detector"
+    family: str | None = None  # precision: not converted by kadr (runs as it ships, fp32 on the CPU)
     help = "YOLOX ONNX exports (COCO-80 labels); NAME is the .onnx path"
 
     def known(self) -> list[KnownModel]:
@@ -213,6 +214,7 @@ class YoloxBackend:
 class MegaDetectorBackend:
     name = "megadetector"
     kind = "detector"
+    family: str | None = None  # precision: not converted by kadr (runs as it ships, fp32 on the CPU)
     help = "MegaDetector v5 checkpoints (md_v5a.0.0.pt) via the megadetector package"
 
     def known(self) -> list[KnownModel]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 
 from kadr.core.lazy import torch
-from kadr.core.models.spec import PRECISION_ENV, SpecError
+from kadr.core.models.precision import resolved_precision
+from kadr.core.models.spec import SpecError
 
 DEVICE_ENV = "KADR_DEVICE"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def torch_device() -> torch.device:
@@ -41,30 +41,18 @@ def torch_device() -> torch.device:
     return device
 
 
-def precision_setting() -> str:
-    """``KADR_PRECISION`` (``kadr --precision``): auto, fp32, fp16 or bf16."""
-    want = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
-    if want not in PRECISIONS:
-        raise SpecError(f"{PRECISION_ENV}={want!r} is not one of {', '.join(PRECISIONS)}")
-    return want
+def torch_dtype(device: torch.device | None = None, family: str = "transformer") -> torch.dtype:
+    """The weights' dtype for a model of ``family`` on ``device`` (see
+    :mod:`kadr.core.models.precision`)."""
+    device = device or torch_device()
+    name = resolved_precision(family, device.type)
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
-def torch_dtype(device: torch.device | None = None) -> torch.dtype:
-    """The weights' dtype: auto is half precision on a GPU (bf16 where the GPU has it,
-    else fp16) and fp32 on the CPU; fp32, fp16 or bf16 as asked otherwise."""
-    want = precision_setting()
-    if want == "auto":
-        device = device or torch_device()
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[want]
-
-
-def place(module):
+def place(module, family: str = "transformer"):
     """Move a model to the device and precision the settings name (in place; returned)."""
     device = torch_device()
-    return module.to(device=device, dtype=torch_dtype(device))
+    return module.to(device=device, dtype=torch_dtype(device, family))
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:

@@ -83,7 +83,8 @@ class Painter:
     resolution: int
 
     def __post_init__(self):
-        self.pipe.to(torch_device())
+        device = torch_device()
+        self.pipe.to(device, torch_dtype(device, DiffusersBackend.family))
 
     def set_scheduler(self, name: str) -> None:
         import diffusers
@@ -135,6 +136,7 @@ def native_resolution(pipe) -> int:
 class DiffusersBackend:
     name = "diffusers"
     kind = "diffusion"
+    family: str | None = "conv"
     help = "diffusers inpainting pipelines (SDXL/SD inpaint, AutoPipeline); @random for tests"
 
     def known(self) -> list[KnownModel]:
@@ -160,8 +162,9 @@ class DiffusersBackend:
         from diffusers import AutoPipelineForInpainting
 
         source, offline = hf_source("diffusers", spec, ("model_index.json",))
-        # Half precision on a GPU, as the checkpoints are published; full on the CPU.
-        dtype = torch_dtype()
+        # Half precision on a GPU, as the checkpoints are published; on the CPU what `auto`
+        # measured (kadr.core.models.precision).
+        dtype = torch_dtype(family=self.family)
         pipe = AutoPipelineForInpainting.from_pretrained(
             source, local_files_only=offline, torch_dtype=dtype, cache_dir=str(hf_cache_dir()),
             use_safetensors=None if trust_checkpoint else True)

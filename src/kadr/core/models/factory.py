@@ -7,6 +7,7 @@ where their weights would be, and how to build one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ class KnownModel:
 class Backend(Protocol):
     name: str
     kind: str
+    family: str | None  # what `--precision auto` measures (precision.FAMILIES); None: fp32
     help: str
 
     def known(self) -> list[KnownModel]: ...
@@ -75,3 +77,37 @@ def load_model(spec: str | ModelSpec, *, kind: str | None = None, trust_checkpoi
 
 def known_models() -> list[KnownModel]:
     return [m for b in backends().values() for m in b.known()]
+
+
+def model_fingerprint(spec: str | ModelSpec | None) -> dict | None:
+    """What identifies a model's numbers without loading it (a Ray driver never loads one).
+
+    The spec names the architecture, weights and, through them, the preprocessing
+    the model's own configuration states. The precision its weights run in here (what
+    ``--precision`` resolves to on this machine's device and CPU) changes the numbers
+    too. A local checkpoint or folder adds its size and modification time: a file
+    replaced at the same path is another model.
+    """
+    if spec is None:
+        return None
+    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    backend = backends().get(parsed.backend)
+    family = getattr(backend, "family", None)
+    out: dict = {"spec": str(parsed), "precision": _precision_here(family)}
+    for candidate in (parsed.weights, parsed.name):
+        path = os.path.expanduser(candidate) if candidate else ""
+        if path and os.path.exists(path):
+            st = os.stat(path)
+            out["file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            break
+    return out
+
+
+def _precision_here(family: str | None) -> str:
+    from kadr.core.models.precision import precision_setting, resolved_precision
+
+    if family is None or precision_setting() != "auto":
+        return resolved_precision(family, "cpu")  # as asked, or fp32: no device needed
+    from kadr.core.models.device import torch_device
+
+    return resolved_precision(family, torch_device().type)

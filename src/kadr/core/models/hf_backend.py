@@ -46,6 +46,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 class HFClipBackend:
     name = "hf"
     kind = "image-text"
+    family: str | None = "transformer"
     help = "transformers CLIP/SigLIP: a hub id or local folder; @random for known configs"
 
     def known(self) -> list[KnownModel]:

@@ -106,6 +106,7 @@ def pretrained_listing() -> tuple[list[tuple[str, str, str, str, str | None]], i
 class OpenClipBackend:
     name = "open_clip"
     kind = "image-text"
+    family: str | None = "transformer"
     help = "open_clip architectures; weights: a pretrained tag, a checkpoint path, or random"
 
     def _hub_location(self, arch: str, tag: str) -> tuple[str | None, str]:

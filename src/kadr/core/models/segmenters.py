@@ -129,6 +129,7 @@ MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
 class BoxesBackend:
     name = "boxes"
     kind = "segmenter"
+    family: str | None = None  # precision: not converted by kadr (runs as it ships, fp32 on the CPU)
     help = "masks from a COCO detector's boxes: boxes:yolox:/path/yolox_nano.onnx"
 
     def known(self) -> list[KnownModel]:
@@ -143,6 +144,7 @@ class BoxesBackend:
 class ClipSegBackend:
     name = "clipseg"
     kind = "segmenter"
+    family: str | None = "transformer"
     help = "CLIPSeg text-prompted segmentation (CIDAS/clipseg-rd64-refined); @random for tests"
 
     def known(self) -> list[KnownModel]:
@@ -180,6 +182,7 @@ class ClipSegBackend:
 class SamBackend:
     name = "sam"
     kind = "mask-refiner"
+    family: str | None = "transformer"
     help = "Segment Anything (transformers SamModel), refining a box into an outline; @random for tests"
 
     def known(self) -> list[KnownModel]:

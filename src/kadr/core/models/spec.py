@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 PRECISION_ENV = "KADR_PRECISION"  # kadr --precision: auto, fp32, fp16 or bf16
@@ -44,24 +43,3 @@ class ModelSpec:
     def seed(self) -> int:
         """A stable seed for ``@random`` weights: same spec, same numbers, every run."""
         return int(hashlib.sha256(str(self).encode()).hexdigest()[:8], 16)
-
-
-def spec_fingerprint(spec: str | ModelSpec | None) -> dict | None:
-    """What identifies a model's numbers without loading it (a Ray driver never loads one).
-
-    The spec names the architecture, weights and, through them, the preprocessing
-    the model's own configuration states. A local checkpoint or folder adds its size
-    and modification time: a file replaced at the same path is another model.
-    """
-    if spec is None:
-        return None
-    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
-    # The precision the weights run in changes the numbers (kadr --precision).
-    out: dict = {"spec": str(parsed), "precision": os.environ.get(PRECISION_ENV, "auto")}
-    for candidate in (parsed.weights, parsed.name):
-        path = os.path.expanduser(candidate) if candidate else ""
-        if path and os.path.exists(path):
-            st = os.stat(path)
-            out["file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            break
-    return out
