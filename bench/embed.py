@@ -64,8 +64,8 @@ def plain_loop(paths: list[Path], model, preprocess, batch: int = 32) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def ceiling(n: int, model, size: int, batch: int = 32) -> float:
-    x = torch.randn(batch, 3, size, size)
+def ceiling(n: int, model, size: int, batch: int = 32, dtype=torch.float32) -> float:
+    x = torch.randn(batch, 3, size, size, dtype=dtype)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for _ in range(0, n, batch):

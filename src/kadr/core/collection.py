@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from kadr.core.decode import IMAGE_EXTENSIONS
+from kadr.core.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError
+from kadr.core.video import VIDEO_EXTENSIONS, VideoFrame, clip_frames, frame_key, is_video
 
 PATH_COLUMNS = ("path", "file", "filepath", "file_path", "image_path", "url", "image_url")
 
@@ -32,6 +33,8 @@ class PhotoRef:
     path: str  # local path or URL
     group: str = ""
     extra: dict = field(default_factory=dict)
+    frame: VideoFrame | None = None  # a frame sampled from the clip at ``path``
+    failure: tuple[str, str] | None = None  # (status, reason) found when it was listed
 
 
 def file_stamp(path: str) -> int:
@@ -133,6 +136,9 @@ class PhotoCollection:
     ``group_level``: for folders, how many directory levels below the root name
     the group (camera); ``None`` means the whole parent directory. For
     manifests, ``group_column`` names the group column.
+
+    ``video_fps``: video clips are listed as the frames sampled from them at this rate
+    (see :mod:`kadr.core.video`); ``None`` (the default) lists them as skipped files.
     """
 
     def __init__(
@@ -142,6 +148,8 @@ class PhotoCollection:
         group_level: int | None = None,
         group_column: str | None = None,
         path_column: str | None = None,
+        video_fps: float | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         # A local source is kept absolute: the paths a run stores then open from any
         # working directory, not only the one the command was started in.
@@ -149,6 +157,8 @@ class PhotoCollection:
         self.group_level = group_level
         self.group_column = group_column
         self.path_column = path_column
+        self.video_fps = video_fps
+        self.max_pixels = max_pixels
         self.report = ScanReport()
         if "://" in self.source:
             from kadr.core.remote import url_fs
@@ -161,19 +171,44 @@ class PhotoCollection:
             raise FileNotFoundError(f"source not found: {self.source}")
         else:
             is_file = os.path.isfile(self.source)
-        # A file is a manifest, unless it is a photo: then the collection is that one photo.
-        self.is_single_photo = is_file and os.path.splitext(self.source)[1].lower() in IMAGE_EXTENSIONS
+        # A file is a manifest, unless it is a photo (or clip): then the collection is that.
+        self.is_single_photo = is_file and os.path.splitext(self.source)[1].lower() in (
+            self.extensions)
         self.is_manifest = is_file and not self.is_single_photo
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """The file name endings this collection lists."""
+        return IMAGE_EXTENSIONS | VIDEO_EXTENSIONS if self.video_fps else IMAGE_EXTENSIONS
 
     def __iter__(self) -> Iterator[PhotoRef]:
         self.report = ScanReport()  # each pass reports afresh
         if self.is_manifest:
-            yield from self._iter_manifest()
+            refs = self._iter_manifest()
         elif self.is_single_photo:
             name = self.source.rstrip("/").rsplit("/", 1)[-1]
-            yield PhotoRef(key=name, path=self.source, group=".")
+            refs = iter([PhotoRef(key=name, path=self.source, group=".")])
         else:
-            yield from self._iter_folder()
+            refs = self._iter_folder()
+        for ref in refs:
+            if self.video_fps and is_video(ref.path):
+                yield from self._clip_refs(ref)
+            else:
+                yield ref
+
+    def _clip_refs(self, clip: PhotoRef) -> Iterator[PhotoRef]:
+        """A clip's sampled frames; a clip that cannot be read is one item with its status."""
+        if "://" in clip.path:  # seeking needs a file: FFmpeg over HTTP reads it whole
+            yield PhotoRef(clip.key, clip.path, clip.group, clip.extra, failure=(
+                "unreadable", "video clips are read from local files: copy the clips first"))
+            return
+        try:
+            frames = clip_frames(clip.key, clip.path, self.video_fps, self.max_pixels)
+        except DecodeError as e:
+            yield PhotoRef(clip.key, clip.path, clip.group, clip.extra, failure=(e.status, e.reason))
+            return
+        for f in frames:
+            yield PhotoRef(frame_key(clip.key, f.index), clip.path, clip.group, clip.extra, frame=f)
 
     # -- folders ---------------------------------------------------------
     def _group_for(self, rel_dir: str) -> str:
@@ -186,7 +221,7 @@ class PhotoCollection:
         if "://" in self.source:
             from kadr.core.remote import list_photo_urls
 
-            for rel, url in list_photo_urls(self.source, IMAGE_EXTENSIONS):
+            for rel, url in list_photo_urls(self.source, self.extensions):
                 yield PhotoRef(key=rel, path=url, group=self._group_for(os.path.dirname(rel)))
             return
         root = self.source
@@ -201,7 +236,7 @@ class PhotoCollection:
                     continue
                 full = os.path.join(dirpath, name)
                 rel = os.path.normpath(os.path.join(rel_dir, name))
-                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                if os.path.splitext(name)[1].lower() not in self.extensions:
                     self.report.skipped_files.append(rel)
                     continue
                 found = True

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from kadr.core.phototime import naive_local, photo_time
 from kadr.core.progress import PhotoProgress, console
 from kadr.core.status import PhotoStatus
 from kadr.core.store import DoneKeys, ShardStore, read_shards
+from kadr.core.video import read_frames
 
 
 def photo_id(data: bytes) -> str:
@@ -165,7 +167,12 @@ def load_photo(
     time_pattern: str | None,
 ) -> tuple[dict, Any]:
     """Read, hash, decode and prepare one photo; never raises for bad input."""
+    if ref.frame is not None:
+        return load_frames([ref], job, time_pattern)[0]
     row = _base_row(ref)
+    if ref.failure is not None:  # a clip that could not be read when it was listed
+        row["status"], row["reason"] = ref.failure
+        return row, None
     try:
         data = read_bytes(ref.path)
         row["photo_id"] = photo_id(data)
@@ -192,20 +199,74 @@ def load_photo(
         return row, None
 
 
+def load_frames(refs: list[PhotoRef], job: Job, time_pattern: str | None
+                ) -> list[tuple[dict, Any]]:
+    """Frames of one clip (``ref.frame``, in order), decoded in one pass: rows and
+    prepared inputs as :func:`load_photo` gives them for photos."""
+    out = []
+    frames = read_frames(refs[0].path, [r.frame for r in refs])
+    for ref, (frame, image) in zip(refs, frames, strict=True):
+        row = _base_row(ref)
+        row.update(media_key=frame.clip_key, media_type=frame.media_type,
+                   frame_index=frame.index, frame_offset_s=frame.offset_s)
+        start, source = frame.start, frame.start_source
+        if start is None:  # no time in the container: the photos' fallbacks, then the offset
+            start, source = photo_time(ref.path, None, time_pattern)
+        if start is not None:
+            row["time"] = naive_local(start + timedelta(seconds=frame.offset_s))
+        row["time_source"] = source
+        if isinstance(image, DecodeError):
+            row["status"], row["reason"] = image.status, image.reason
+            out.append((row, None))
+            continue
+        photo = DecodedPhoto(image.convert("RGB"), image.width, image.height, "VIDEO", "RGB", None)
+        row.update(photo_id=photo_id(photo.image.tobytes()), width=photo.width,
+                   height=photo.height, format=photo.format, mode=photo.mode)
+        try:
+            out.append((row, job.prepare(photo)))
+        except Exception as e:  # noqa: BLE001 - a job's preprocessing failure is per frame
+            row["status"], row["reason"] = "prepare_error", f"{type(e).__name__}: {e}"
+            out.append((row, None))
+    return out
+
+
+FRAME_RUN = 8  # sampled frames of one clip decoded by one task: one open and seek per run
+
+
+def _load_tasks(refs: Iterable[PhotoRef]) -> Iterator[list[PhotoRef]]:
+    """The photos one at a time, a clip's consecutive frames in runs of :data:`FRAME_RUN`."""
+    run: list[PhotoRef] = []
+    for ref in refs:
+        if run and (ref.frame is None or ref.path != run[0].path or len(run) >= FRAME_RUN):
+            yield run
+            run = []
+        if ref.frame is None:
+            yield [ref]
+        else:
+            run.append(ref)
+    if run:
+        yield run
+
+
 def _ordered_prefetch(
-    fn: Callable[[PhotoRef], tuple[dict, Any]],
+    fn: Callable[[list[PhotoRef]], list[tuple[dict, Any]]],
     refs: Iterable[PhotoRef],
     pool: ThreadPoolExecutor,
     window: int,
 ) -> Iterator[tuple[dict, Any]]:
-    """Like ``pool.map`` but with at most ``window`` photos in flight (flat memory)."""
-    pending: deque[Future] = deque()
-    for ref in refs:
-        pending.append(pool.submit(fn, ref))
-        if len(pending) >= window:
-            yield pending.popleft().result()
+    """Like ``pool.map`` over :func:`_load_tasks` but with at most about ``window`` photos
+    or frames in flight (flat memory), in the order given."""
+    pending: deque[tuple[Future, int]] = deque()
+    in_flight = 0
+    for task in _load_tasks(refs):
+        pending.append((pool.submit(fn, task), len(task)))
+        in_flight += len(task)
+        while in_flight >= window:
+            done, n = pending.popleft()
+            in_flight -= n
+            yield from done.result()
     while pending:
-        yield pending.popleft().result()
+        yield from pending.popleft()[0].result()
 
 
 def _count_and_spool(refs: Iterable[PhotoRef], done: DoneKeys, summary: RunSummary,
@@ -255,10 +316,21 @@ def _count_and_spool(refs: Iterable[PhotoRef], done: DoneKeys, summary: RunSumma
 def load_ref(ref: PhotoRef, job: Job, max_pixels: int, time_pattern: str | None,
              extra_columns: bool = True) -> tuple[dict, Any]:
     """:func:`load_photo` plus the manifest's extra columns (``extra_<name>``)."""
-    row, x = load_photo(ref, job, max_pixels, time_pattern)
-    if extra_columns and ref.extra:
-        row.update({f"extra_{k}": v for k, v in ref.extra.items()})
-    return row, x
+    return load_refs([ref], job, max_pixels, time_pattern, extra_columns)[0]
+
+
+def load_refs(refs: list[PhotoRef], job: Job, max_pixels: int, time_pattern: str | None,
+              extra_columns: bool = True) -> list[tuple[dict, Any]]:
+    """One load task (:func:`_load_tasks`): a photo, or a run of one clip's frames."""
+    if refs[0].frame is not None:
+        loaded = load_frames(refs, job, time_pattern)
+    else:
+        loaded = [load_photo(ref, job, max_pixels, time_pattern) for ref in refs]
+    if extra_columns:
+        for ref, (row, _) in zip(refs, loaded, strict=True):
+            if ref.extra:
+                row.update({f"extra_{k}": v for k, v in ref.extra.items()})
+    return loaded
 
 
 def apply_batch(job: Job, rows: list[dict], inputs: list[Any]) -> list[dict]:
@@ -394,7 +466,7 @@ def run_job(
                 rows: list[dict] = []
                 inputs: list[Any] = []
                 window = max(2 * job.batch_size, 4 * workers)
-                load = functools.partial(load_ref, job=job, max_pixels=max_pixels,
+                load = functools.partial(load_refs, job=job, max_pixels=max_pixels,
                                          time_pattern=time_pattern, extra_columns=extra_columns)
                 for row, x in _ordered_prefetch(load, todo, pool, window):
                     rows.append(row)

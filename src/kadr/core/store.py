@@ -373,7 +373,11 @@ class ShardStore:
     def flush(self) -> None:
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        rows = self._buffer
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        if any(len(r) != len(names) for r in rows):  # e.g. video frames beside photos
+            rows = [{k: r.get(k) for k in names} for r in rows]  # Arrow reads the first's keys
+        table = pa.Table.from_pylist(rows, schema=self.schema)
         for name, kind in self.column_types.items():
             if name in table.column_names:
                 column = table.column(name)

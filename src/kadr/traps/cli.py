@@ -52,6 +52,9 @@ def run(
     media_url: Annotated[str | None, typer.Option(
         help="URL the photos will be published under: Camtrap DP filePath is URL/KEY "
              "(default: paths relative to the package)")] = None,
+    video_fps: Annotated[float, typer.Option(
+        help="frames a second looked at in video clips (MP4, MOV, AVI, MTS, ...; always the "
+             "first and last frame too); 0 leaves clips out")] = 1.0,
     group_level: GroupLevel = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
@@ -62,6 +65,8 @@ def run(
 
     if classify_on not in ("crops", "photo", "both"):
         fail("--classify-on must be crops, photo or both")
+    if not 0 <= video_fps <= 120:
+        fail(f"--video-fps must be between 0 (clips left out) and 120, not {video_fps}")
     if utc_offset is not None and not re.fullmatch(r"Z|[+-]\d\d:\d\d", utc_offset):
         fail(f"--utc-offset must look like +03:00, -05:00 or Z, not {utc_offset!r}")
     settings = TrapSettings(
@@ -70,7 +75,7 @@ def run(
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
         group_level=group_level, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
         deployments=deployments, utc_offset=utc_offset, media_url=media_url,
-        allow_detector_labels=allow_detector_labels, **run,
+        allow_detector_labels=allow_detector_labels, video_fps=video_fps, **run,
     )
     result = report_user_errors(lambda: run_traps(photos, str(output), settings))
     finish(result.summary, photos)

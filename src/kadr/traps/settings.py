@@ -32,6 +32,7 @@ class TrapSettings(RunOptions):
     deployments: str | None = None  # CSV with deploymentID/camera, latitude, longitude
     utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
     media_url: str | None = None  # where the photos will be published, for Camtrap DP
+    video_fps: float = 1.0  # frames a second sampled from video clips (0: clips not read)
 
 
 def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
@@ -42,7 +43,7 @@ def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
         raise ValueError("with --detector none a classifier names the species: give "
                          "--classifier, or a detector")
     fp = {"job": "traps", "detector": s.detector, "detector_model": model_fingerprint(s.detector),
-          "threshold": s.threshold}
+          "threshold": s.threshold, "video_fps": s.video_fps}
     if prompts is not None:
         prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
         fp.update(classifier={"model": s.classifier, **model_fingerprint(s.classifier)},

@@ -77,6 +77,22 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: flo
     return keep.numpy()
 
 
+def onnx_session_options(threads: int | None = None):
+    """ONNX Runtime's CPU settings for a model that shares the machine with kadr's decode
+    threads: every graph optimisation, one thread per core this process may use, and
+    threads that sleep between calls instead of spinning (a spinning pool takes the cores
+    the decode threads need while they prepare the next batch; see bench/precision.py)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                  os.environ.get("KADR_ORT_SPIN", "0"))
+    return opts
+
+
 class YoloxDetector:
     """A YOLOX ONNX export with raw per-anchor output [1, N, 5 + classes]."""
 
@@ -84,10 +100,8 @@ class YoloxDetector:
                  nms_iou: float = 0.45, threads: int | None = None):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, opts, providers=onnx_providers())
+        self.session = ort.InferenceSession(path, onnx_session_options(threads),
+                                            providers=onnx_providers())
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 640

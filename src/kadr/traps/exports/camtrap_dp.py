@@ -224,9 +224,14 @@ class CamtrapPackage:
                     (self._id[1] + int(lo.sum(dtype=np.uint64))) % 2**64, self._id[2] + len(hi)]
 
     def write(self, chunk: pd.DataFrame) -> None:
-        """One chunk of photos: their media rows and media-level observations."""
+        """One chunk of photos (and whole clips' frames): their media rows and media-level
+        observations."""
         ok = chunk[_timed_ok(chunk)]
         self._tally(ok)
+        if "media_key" in ok and ok["media_key"].notna().any():
+            frames = ok["media_key"].notna()
+            self._write_clips(ok[frames])
+            ok = ok[~frames]
         media_ids = [short_id(k) for k in ok["key"]]
         pd.DataFrame({
             "mediaID": media_ids, "deploymentID": ok["group"].astype(str).to_numpy(),
@@ -245,6 +250,45 @@ class CamtrapPackage:
             for o in _media_observations(r, media_id, self.off, self.now, self.names)])
         if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
             self.roots |= photo_roots(ok)
+
+    def _write_clips(self, frames: pd.DataFrame) -> None:
+        """A media row per clip (its start as the timestamp) and one media-level
+        observation spanning its sampled frames: the frames' class vote and their largest
+        count, or a blank. Boxes stay per frame in the MegaDetector JSON: Camtrap DP's
+        boxes describe a still image."""
+        media, observations = [], []
+        for key, f in frames.groupby("media_key", sort=False):
+            media_id = short_id(key)
+            start, end = _iso(f["time"].min(), self.off), _iso(f["time"].max(), self.off)
+            media.append({
+                "mediaID": media_id, "deploymentID": str(f["group"].iloc[0]),
+                "captureMethod": "activityDetection", "timestamp": start,
+                "filePath": media_file_path(f["path"].iloc[0], key, self.media_url),
+                "filePublic": bool(self.media_url), "fileName": os.path.basename(key),
+                "fileMediatype": f["media_type"].iloc[0]})
+            events = f["event_id"].dropna() if "event_id" in f else pd.Series([], dtype=str)
+            counts = pd.to_numeric(f["count"], errors="coerce").fillna(0)
+            animal = f[~f["class"].fillna("").str.lower().isin(BACKGROUND_CLASSES) & (counts > 0)]
+            base = {"observationID": f"{media_id}_1", "deploymentID": str(f["group"].iloc[0]),
+                    "mediaID": media_id, "eventID": events.mode().iloc[0] if len(events) else None,
+                    "eventStart": start, "eventEnd": end, "observationLevel": "media",
+                    "classificationMethod": "machine", "classifiedBy": "kadr",
+                    "classificationTimestamp": self.now}
+            if animal.empty:
+                observations.append({**base, "observationType": "blank"})
+                continue
+            prob = pd.to_numeric(animal["class_prob"], errors="coerce").fillna(1.0)
+            cls = prob.groupby(animal["class"]).sum().idxmax()
+            observations.append({
+                **base, "observationType": "animal",
+                "scientificName": self.names.get(cls, cls.replace("_", " ")),
+                "count": int(counts[animal.index].max()),
+                "classificationProbability": round(float(prob[animal["class"] == cls].mean()), 4)})
+        pd.DataFrame(media).reindex(columns=CAMTRAP_COLUMNS["media"]).to_csv(
+            self._media, index=False, header=False, lineterminator="\n")
+        self._write_observations(observations)
+        if not self.media_url and len(self.roots) < 2:
+            self.roots |= photo_roots(frames)
 
     def write_events(self, regs: pd.DataFrame) -> None:
         """Event-level observations of registrations (those with a time) whose photos have

@@ -1,0 +1,165 @@
+"""Camera-trap video clips: real H.264 clips made here from the real D04 frames, through
+the same detector, counting, registrations and exports as photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kadr.core.video import ClipInfo, sampled_frames
+from kadr.traps.exports import validate_camtrap_dp
+from kadr.traps.pipeline import TrapSettings, run_traps
+from tests.helpers import need_module, shared_path
+
+D04 = ("data", "camera_traps", "cameratraps_repo", "api", "synchronous", "sample_input")
+
+
+def d04(name: str) -> Path:
+    return next(shared_path(*D04).rglob(f"S1_D04_R6_PICT{name}.JPG"))
+
+
+def make_clip(path: Path, frames: list[Path], seconds_each: float = 1.0, fps: int = 4,
+              creation_time: str | None = "2013-05-01T10:00:00.000000Z",
+              size=(1024, 768)) -> Path:
+    """An H.264 MP4 showing each photo for ``seconds_each``, with a creation time."""
+    av = need_module("av")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        if creation_time:
+            out.metadata["creation_time"] = creation_time
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"g": str(fps)}  # a keyframe a second, as trail cameras write
+        for p in frames:
+            rgb = np.asarray(Image.open(p).convert("RGB").resize(size))
+            for _ in range(round(seconds_each * fps)):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def yolox_settings(**kw) -> TrapSettings:
+    return TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
+                        classifier=None, progress=False, **kw)
+
+
+def test_frames_are_sampled_at_the_rate_asked_with_the_first_and_last():
+    info = ClipInfo(duration_s=10.0, fps=30.0, frames=300, width=64, height=48, codec="h264",
+                    start=None, start_source="none")
+    got = sampled_frames(info, 1.0)
+    assert [i for i, _ in got] == [0, 30, 60, 90, 120, 150, 180, 210, 240, 270, 299]
+    assert got[1][1] == 1.0 and got[-1][1] == pytest.approx(299 / 30)
+    assert [i for i, _ in sampled_frames(info, 100.0)] == list(range(300)), "at most every frame"
+
+
+def test_an_elephant_clip_is_a_registration_at_its_creation_time(tmp_path):
+    cam = tmp_path / "cards" / "D04"
+    make_clip(cam / "elephant.mp4", [d04("0020"), d04("0021"), d04("0022")])
+    make_clip(cam / "nothing.mp4", [d04("0275")] * 2, creation_time="2013-05-02T12:00:00Z")
+    out = tmp_path / "out"
+    result = run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    regs = result.frame()
+    assert result.summary.failed == 0
+    assert len(regs) == 1, regs
+    reg = regs.iloc[0]
+    stills = tmp_path / "stills" / "D04"  # the same frames as photos: the same answer
+    stills.mkdir(parents=True)
+    for name in ("0020", "0021", "0022"):
+        shutil.copy(d04(name), stills)
+    as_photos = run_traps(str(stills.parent), str(tmp_path / "out-stills"), yolox_settings())
+    assert len(as_photos.frame()) == 1
+    assert reg["class"] == as_photos.frame().iloc[0]["class"] and reg["count"] == 1
+    assert str(reg["date_registration_start"]) == "2013-05-01 10:00:00"
+    assert str(reg["date_registration_end"]) == "2013-05-01 10:00:02.750000"
+    photos = pd.read_parquet(out / "photos.parquet")
+    clip = photos[photos["media_key"] == "D04/elephant.mp4"]
+    assert list(clip["frame_index"]) == [0, 4, 8, 11], "1 frame a second and the last"
+    assert list(clip["frame_offset_s"]) == [0.0, 1.0, 2.0, 2.75]
+    assert list(clip["key"])[1] == "D04/elephant.mp4/frame000004.jpg"
+    assert (clip["time_source"] == "creation_time").all()
+    md = json.loads((out / "megadetector.json").read_text())
+    files = [im["file"] for im in md["images"]]
+    assert "D04/elephant.mp4/frame000008.jpg" in files and len(files) == 4 + 3
+    media = pd.read_csv(out / "camtrap-dp" / "media.csv")
+    assert set(media["fileMediatype"]) == {"video/mp4"} and len(media) == 2, "a row per clip"
+    assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
+
+
+def test_a_clip_and_photos_of_one_visit_form_one_registration(tmp_path):
+    cam = tmp_path / "cards" / "D04"
+    cam.mkdir(parents=True)
+    for name in ("0020", "0021"):  # EXIF 2010-08-19 18:24:57 and :58
+        shutil.copy(d04(name), cam)
+    make_clip(cam / "after.mp4", [d04("0022")] * 2, creation_time="2010-08-19T18:25:30Z")
+    regs = run_traps(str(tmp_path / "cards"), str(tmp_path / "out"), yolox_settings()).frame()
+    assert len(regs) == 1, regs
+    assert str(regs.iloc[0]["date_registration_start"]) == "2010-08-19 18:24:57"
+    assert str(regs.iloc[0]["date_registration_end"]) == "2010-08-19 18:25:31.750000"
+
+
+def test_broken_clips_get_a_status_and_the_run_goes_on(tmp_path):
+    av = need_module("av")
+    cam = tmp_path / "cards" / "D04"
+    good = make_clip(cam / "good.mp4", [d04("0020")] * 2)
+    data = good.read_bytes()
+    (cam / "cut.mp4").write_bytes(data[: len(data) // 3])  # a copy that broke off
+    (cam / "empty.mov").write_bytes(b"")
+    (cam / "text.avi").write_text("not a video at all\n")
+    with av.open(str(cam / "sound.mp4"), "w") as out:  # a container with no video stream
+        stream = out.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    shutil.copy(d04("0021"), cam)
+    out = tmp_path / "out"
+    result = run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    photos = pd.read_parquet(out / "photos.parquet").set_index("key")
+    status = photos["status"].to_dict()
+    assert status["D04/cut.mp4"] in ("truncated", "decode_error")
+    assert status["D04/empty.mov"] == "empty_file"
+    assert status["D04/text.avi"] == "not_an_image"
+    assert status["D04/sound.mp4"] == "not_an_image"
+    assert "no video stream" in photos.loc["D04/sound.mp4", "reason"]
+    assert status["D04/S1_D04_R6_PICT0021.JPG"] == "ok"
+    assert (photos.loc[[k for k in status if k.startswith("D04/good.mp4/")], "status"]
+            == "ok").all()
+    assert result.summary.failed == 4
+    failed = {k for k, _, _ in result.summary.failures}
+    assert {"D04/cut.mp4", "D04/empty.mov", "D04/text.avi", "D04/sound.mp4"} <= failed
+
+
+def test_a_killed_clip_run_resumes_without_redoing_frames(tmp_path):
+    cam = tmp_path / "cards" / "D04"
+    make_clip(cam / "a.mp4", [d04("0020")] * 3)
+    make_clip(cam / "b.mp4", [d04("0021")] * 3, creation_time="2013-05-01T11:00:00Z")
+    out = tmp_path / "out"
+    first = run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    assert first.summary.ok == 8
+    again = run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    assert again.summary.processed == 0 and again.summary.already_done == 8
+
+
+def test_a_clip_without_a_creation_time_falls_back_as_photos_do(tmp_path):
+    cam = tmp_path / "cards" / "D04"
+    clip = make_clip(cam / "c.mp4", [d04("0020")] * 2, creation_time=None)
+    stamp = datetime(2020, 1, 2, 3, 4, 5).timestamp()
+    import os
+
+    os.utime(clip, (stamp, stamp))
+    out = tmp_path / "out"
+    run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    photos = pd.read_parquet(out / "photos.parquet")
+    assert (photos["time_source"] == "mtime").all()
+    assert str(photos["time"].min()) == "2020-01-02 03:04:05"
+    assert str(photos["time"].max()) == "2020-01-02 03:04:06.750000"
