@@ -163,3 +163,18 @@ def test_a_clip_without_a_creation_time_falls_back_as_photos_do(tmp_path):
     assert (photos["time_source"] == "mtime").all()
     assert str(photos["time"].min()) == "2020-01-02 03:04:05"
     assert str(photos["time"].max()) == "2020-01-02 03:04:06.750000"
+
+
+def test_the_report_and_the_review_show_a_clips_frame(tmp_path):
+    from kadr.traps.review_app import Review
+
+    cam = tmp_path / "cards" / "D04"
+    make_clip(cam / "e.mp4", [d04("0020"), d04("0021")])
+    out = tmp_path / "out"
+    run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    html = (out / "report.html").read_text()
+    assert "data:image/jpeg;base64" in html and "frame00000" in html, "the best frame is shown"
+    photos = pd.read_parquet(out / "photos.parquet")
+    app = Review(out, reviewer="ana")
+    data = app.photo(photos["photo_id"].iloc[-1], "thumb")
+    assert data and data[:2] == b"\xff\xd8", "a frame served as a JPEG"

@@ -21,6 +21,7 @@ from markupsafe import Markup
 from PIL import Image, ImageDraw
 
 from kadr.core.decode import DecodeError, decode_photo, read_bytes
+from kadr.core.video import frame_image
 
 
 def script_json(value: Any) -> Markup:
@@ -34,8 +35,10 @@ def script_json(value: Any) -> Markup:
 
 
 def thumbnail_jpeg(source: str | Image.Image, side: int = 160, rotate: int = 0,
-                   boxes: Iterable[dict] = (), quality: int = 75) -> bytes | None:
-    """JPEG bytes of a photo (path, URL or image) no larger than ``side``.
+                   boxes: Iterable[dict] = (), quality: int = 75,
+                   frame: int | None = None) -> bytes | None:
+    """JPEG bytes of a photo (path, URL or image) no larger than ``side``; with
+    ``frame``, that frame of the video clip at ``source``.
 
     ``rotate``: degrees counter-clockwise. ``boxes``: dicts with a normalised
     ``bbox`` [x, y, w, h], an outline ``color`` and an optional ``text``.
@@ -45,7 +48,8 @@ def thumbnail_jpeg(source: str | Image.Image, side: int = 160, rotate: int = 0,
         img = source.copy()
     else:
         try:
-            img = decode_photo(read_bytes(source), min_side=side).image
+            img = (frame_image(source, frame) if frame is not None
+                   else decode_photo(read_bytes(source), min_side=side).image)
         except (DecodeError, OSError):
             return None
     if rotate:
@@ -66,9 +70,10 @@ def thumbnail_jpeg(source: str | Image.Image, side: int = 160, rotate: int = 0,
 
 
 def thumbnail(source: str | Image.Image, side: int = 160, rotate: int = 0,
-              boxes: Iterable[dict] = (), quality: int = 75) -> str | None:
+              boxes: Iterable[dict] = (), quality: int = 75,
+              frame: int | None = None) -> str | None:
     """:func:`thumbnail_jpeg` as a data URL, for self-contained pages."""
-    data = thumbnail_jpeg(source, side, rotate, boxes, quality)
+    data = thumbnail_jpeg(source, side, rotate, boxes, quality, frame)
     return None if data is None else "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 

@@ -197,23 +197,25 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
         stream.thread_type = "AUTO"
         base = stream.time_base
         fps = float(stream.average_rate or stream.guessed_rate or 1)
+        first_pts = stream.start_time or 0
         pending = list(frames)
         try:
             target = pending[0].index / fps
             if target > 0:
-                container.seek(int(target / base), stream=stream, backward=True, any_frame=False)
+                container.seek(first_pts + int(target / base), stream=stream, backward=True,
+                               any_frame=False)
             for decoded in container.decode(stream):
                 if decoded.pts is None:
                     continue
-                at = round(float(decoded.pts * base) * fps)  # this frame's number
+                at = round(float((decoded.pts - first_pts) * base) * fps)  # its frame number
                 while pending and pending[0].index <= at:
                     want = pending.pop(0)
                     yield want, decoded.to_image()
                 if not pending:
                     return
                 if (pending[0].index - at) / fps > 4.0:  # far ahead: seek, do not decode there
-                    container.seek(int(pending[0].index / fps / base), stream=stream,
-                                   backward=True, any_frame=False)
+                    container.seek(first_pts + int(pending[0].index / fps / base),
+                                   stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, ValueError) as e:
             reason = f"the clip breaks off before this frame ({type(e).__name__}: {e})"
             for f in pending:
@@ -222,3 +224,13 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
         for f in pending:
             yield f, DecodeError(PhotoStatus.TRUNCATED, f"no frame {f.index} ({f.offset_s:.1f} s): "
                                                         "the clip ends early (truncated?)")
+
+
+def frame_image(path: str, index: int) -> Image.Image:
+    """One frame of a clip (for thumbnails and the review page); DecodeError if absent."""
+    fps = probe_clip(path, 2**62).fps
+    frame = VideoFrame("", index, index / fps, None, "none", media_type(path))
+    ((_, image),) = read_frames(path, [frame])
+    if isinstance(image, DecodeError):
+        raise image
+    return image.convert("RGB")

@@ -137,8 +137,9 @@ class PhotoTally:
             self.guessed_cameras.update(guessed["group"].astype(str))
         wanted = set(gallery)
         if wanted and "path" in chunk:
+            shown = ["key", "path", "detections", "class_prob"]
             self.best.append(chunk.loc[chunk["key"].isin(wanted),
-                                       ["key", "path", "detections", "class_prob"]])
+                                       shown + (["frame_index"] if "frame_index" in chunk else [])])
 
     def failed_rows(self) -> pd.DataFrame:
         return (pd.concat(self.failed, ignore_index=True) if self.failed
@@ -216,8 +217,9 @@ def _camera_sections(tally: PhotoTally, regs: pd.DataFrame) -> Iterator[dict]:
             key = r.get("best_key")
             if shown < MAX_GALLERY and isinstance(key, str) and key in best.index:
                 p = best.loc[key]
+                frame = p.get("frame_index")
                 card["src"] = thumbnail(p["path"], THUMB, boxes=_boxes(p.get("detections")),
-                                        quality=80)
+                                        quality=80, frame=None if pd.isna(frame) else int(frame))
                 prob = p.get("class_prob")
                 card.update(best=key, name=key.rsplit("/", 1)[-1],
                             prob_text="" if prob is None or pd.isna(prob) else f", p={prob:.2f}")

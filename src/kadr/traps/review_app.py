@@ -438,9 +438,12 @@ class Review:
         cached = self.cache / size / f"{photo_id}.jpg"
         if cached.exists():
             return cached.read_bytes()
-        path = str(self.state.table["path"].iat[row])
+        table = self.state.table
+        path = str(table["path"].iat[row])
+        frame = table["frame_index"].iat[row] if "frame_index" in table else None
         data = thumbnail_jpeg(self.root.resolve(path) if self.root else path,
-                              PHOTO_SIZES[size], quality=85)
+                              PHOTO_SIZES[size], quality=85,
+                              frame=None if pd.isna(frame) else int(frame))
         if data is not None:
             atomic_write_bytes(cached, data)
         return data

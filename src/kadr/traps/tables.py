@@ -32,7 +32,9 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PHOTO_COLUMNS = ["camera", "file", "time", "class", "count", "confidence"]
 EMPTY = "empty"  # the class of a photo or registration without an animal
 REVIEWER_TIME = "reviewer"  # time_source of a photo whose camera clock a reviewer set
-DATED_TIME_SOURCES = ("exif", REVIEWER_TIME)  # a photo's time not guessed from its file
+# A photo's (or clip frame's) time from the camera's own metadata or a reviewer, not
+# guessed from its file: EXIF, a container's creation time (kadr.core.video.TIME_TAGS).
+DATED_TIME_SOURCES = ("exif", "creation_time", "quicktime_creationdate", REVIEWER_TIME)
 BACKGROUND_CLASSES = frozenset({"", EMPTY, "background", "blank", "none", "nan"})
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text, key_digests
 from kadr.traps.linking import short_id
-from kadr.traps.tables import BACKGROUND_CLASSES
+from kadr.traps.tables import BACKGROUND_CLASSES, DATED_TIME_SOURCES
 
 CAMTRAP_VERSION = "1.0.2"
 CAMTRAP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_VERSION}"
@@ -207,7 +207,8 @@ class CamtrapPackage:
     def _tally(self, ok: pd.DataFrame) -> None:
         """What the package's metadata needs from a chunk's described photos."""
         stats = pd.DataFrame({"time": ok["time"].to_numpy(),
-                              "guessed": (ok["time_source"] != "exif").to_numpy()}).groupby(
+                              "guessed": (~ok["time_source"].isin(DATED_TIME_SOURCES))
+                              .to_numpy()}).groupby(
             ok["group"].astype(str).to_numpy()).agg(
             first=("time", "min"), last=("time", "max"), guessed=("guessed", "any"))
         for cam, first, last, guessed in stats.itertuples():
