@@ -178,3 +178,46 @@ def test_the_report_and_the_review_show_a_clips_frame(tmp_path):
     app = Review(out, reviewer="ana")
     data = app.photo(photos["photo_id"].iloc[-1], "thumb")
     assert data and data[:2] == b"\xff\xd8", "a frame served as a JPEG"
+
+
+def test_the_review_page_plays_the_clip_behind_the_token(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_review_browser import Server, chromium
+
+    cam = tmp_path / "cards" / "D04"
+    make_clip(cam / "e.mp4", [d04("0020"), d04("0021")])
+    out = tmp_path / "out"
+    run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    pid = pd.read_parquet(out / "photos.parquet")["photo_id"].iloc[1]
+    server = Server(out)
+    url = server.start()
+    try:
+        ranged = urllib.request.urlopen(urllib.request.Request(
+            url + f"clip/{pid}", headers={"Range": "bytes=0-99"}), timeout=10)
+        assert ranged.status == 206 and len(ranged.read()) == 100
+        assert ranged.headers["Content-Type"] == "video/mp4"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url.replace("/t/", "/t/x") + f"clip/{pid}", timeout=10)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1366, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#queue li")
+            page.wait_for_selector("#clip:not([hidden])")
+            assert page.get_attribute("#clip", "src").endswith("/clip/" + page.evaluate(
+                "state.current.photo_list[0].id"))
+            page.wait_for_function("document.getElementById('clip').readyState >= 1")
+            assert page.evaluate("document.getElementById('clip').duration") == pytest.approx(
+                2.0, abs=0.3)
+            page.keyboard.press("ArrowRight")  # the next sampled frame: the clip seeks there
+            page.wait_for_function("Math.abs(document.getElementById('clip').currentTime - "
+                                   "state.current.photo_list[state.photo].offset) < 0.05 && "
+                                   "state.photo === 1")
+            page.screenshot(path=str(tmp_path / "clip.png"))
+            browser.close()
+    finally:
+        server.stop()

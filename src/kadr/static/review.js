@@ -21,6 +21,8 @@ async function api(path, body) {
   const data = await r.json().catch(() => ({error: r.statusText}));
   return {ok: r.ok, status: r.status, data};
 }
+// Times from the camera's own metadata (kadr.traps.tables.DATED_TIME_SOURCES).
+const DATED = ["exif", "creation_time", "quicktime_creationdate", "reviewer"];
 const photoUrl = (pid, size) => `${cfg.base}photo/${size}/${pid}`;
 // Back to the review keys: focus leaves a field, a filter or a button.
 const home = () => $("unit").focus({preventScroll: true});
@@ -147,9 +149,21 @@ function showPhoto(k) {
   big.onload = () => drawBoxes(p);
   big.src = photoUrl(p.id, "display"); big.alt = p.name;
   if (big.complete && big.naturalWidth) drawBoxes(p);
+  showClip(p);
   $("photo-info").textContent = `${k + 1}/${d.photo_list.length}  ${p.key}  ${p.time || "no time"}` +
-    (["exif", "reviewer"].includes(p.time_source) ? "" : `  (time from ${p.time_source}, not EXIF)`) + (p.cls ? `  machine: ${p.cls}` : "");
+    (DATED.includes(p.time_source) ? "" : `  (time from ${p.time_source}, not the camera's metadata)`) + (p.cls ? `  machine: ${p.cls}` : "");
   [...$("strip").children].forEach((li, i) => li.classList.toggle("here", i === k));
+}
+// A clip's sampled frame: the clip plays below it, from that frame on (keys stay with the
+// review: the player is reached by mouse or Tab).
+function showClip(p) {
+  const video = $("clip");
+  if (!p.clip) { video.hidden = true; video.removeAttribute("src"); video.load(); return; }
+  const src = `${cfg.base}clip/${p.id}`;
+  if (video.dataset.clip !== p.clip) { video.dataset.clip = p.clip; video.src = src; }
+  video.hidden = false;
+  const seek = () => { video.currentTime = p.offset; };
+  if (video.readyState >= 1) seek(); else video.addEventListener("loadedmetadata", seek, {once: true});
 }
 // Boxes in the photo's own pixels: the overlay's viewBox is the photo's size and it is
 // fitted like the image (contain, centred), so letterbox bars never shift a box.

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -202,6 +202,7 @@ class Review:
                 "prob": None if np.isnan(s.cls_prob[r]) else float(s.cls_prob[r]),
                 "boxes": [{"bbox": d["bbox"], "conf": d["conf"], "label": d["label"]}
                           for d in dets if d.get("category") == "animal" and d["conf"] >= 0.1],
+                **self._clip_of(r),
             })
         same_cam = sorted((self.state.units[v] for v in self.state.by_camera[u.camera]),
                           key=self.state.time_order)
@@ -214,6 +215,24 @@ class Review:
                     previous=self.summary(previous) if previous else None,
                     decided_at=u.decision.at if u.decision else None,
                     why=self._why(u))
+
+    def _clip_of(self, row: int) -> dict:
+        """For a clip's sampled frame: the clip to play and the frame's offset in it."""
+        table = self.state.table
+        if "media_key" not in table or pd.isna(table["media_key"].iat[row]):
+            return {}
+        return {"clip": str(table["media_key"].iat[row]),
+                "offset": float(table["frame_offset_s"].iat[row])}
+
+    def clip_file(self, photo_id: str) -> tuple[str, str] | None:
+        """The clip a sampled frame of this run comes from: its path and media type."""
+        row = self.state.row_of.get(photo_id)
+        table = self.state.table
+        if row is None or "media_key" not in table or pd.isna(table["media_key"].iat[row]):
+            return None
+        path = str(table["path"].iat[row])
+        path = str(self.root.resolve(path)) if self.root else path
+        return path, str(table["media_type"].iat[row])
 
     @staticmethod
     def _why(u: Unit) -> str | None:
@@ -532,6 +551,14 @@ def create_app(review: Review, token: str) -> Starlette:
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400"})
 
+    async def clip(request: Request):
+        # The whole clip, with HTTP range requests (the browser's player seeks in it).
+        found = review.clip_file(request.path_params["pid"])
+        if found is None or not Path(found[0]).is_file():
+            return Response("clip not available", status_code=404)
+        return FileResponse(found[0], media_type=found[1],
+                            headers={"Cache-Control": "private, max-age=86400"})
+
     async def export(request: Request):
         return _json(review.export)
 
@@ -549,6 +576,7 @@ def create_app(review: Review, token: str) -> Starlette:
         Route("/t/{token}/api/export", token_required(export), methods=["POST"]),
         Route("/t/{token}/api/learn", token_required(learn), methods=["POST"]),
         Route("/t/{token}/photo/{size}/{pid}", token_required(photo)),
+        Route("/t/{token}/clip/{pid}", token_required(clip)),
         Mount("/static", StaticFiles(packages=[("kadr", "static")]), name="static"),
     ]
     return Starlette(routes=routes)
