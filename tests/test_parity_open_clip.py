@@ -84,3 +84,58 @@ def test_openai_tags_say_they_use_quick_gelu():
     notes = {m.spec: m.note for m in known_models() if m.spec.startswith("open_clip:")}
     assert "QuickGELU" in notes["open_clip:ViT-B-32@openai"]
     assert "QuickGELU" not in notes["open_clip:ViT-B-32@laion2b_s34b_b79k"]
+
+
+def cached_hub_repo(cache, oc, repo: str, arch: str, tmp_path, preprocess: dict) -> None:
+    """A repo laid out as BioCLIP's (open_clip_config.json beside the weights), at seeded
+    random weights of the real architecture, in the hub cache."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = oc.create_model(arch, pretrained=None)
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    config = {"model_cfg": oc.get_model_config(arch), "preprocess_cfg": preprocess}
+    put_in_hub_cache(cache, repo, {"open_clip_config.json": json.dumps(config),
+                                   "open_clip_model.safetensors": path})
+
+
+@pytest.mark.slow
+def test_an_hf_hub_repo_matches_open_clip(offline_hub, tmp_path):
+    """``open_clip:hf-hub:imageomics/bioclip`` loads through open_clip's own hf-hub path,
+    offline, with the repo's preprocessing and tokenizer."""
+    import open_clip as oc
+
+    repo = "imageomics/bioclip"
+    cached_hub_repo(offline_hub, oc, repo, "ViT-B-16", tmp_path, {
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bilinear", "resize_mode": "squash"})
+    reference, _, transform = oc.create_model_and_transforms(f"hf-hub:{repo}",
+                                                             cache_dir=str(offline_hub))
+    reference.eval()
+    tokenizer = oc.get_tokenizer(f"hf-hub:{repo}", cache_dir=str(offline_hub))
+    photos = parity_photos()[:5]
+    with torch.no_grad():
+        want_img = torch.cat([reference.encode_image(transform(
+            ImageOps.exif_transpose(Image.open(p)).convert("RGB"))[None]) for p in photos])
+        want_txt = reference.encode_text(tokenizer(TEXTS))
+    want_img = torch.nn.functional.normalize(want_img, dim=-1).numpy()
+    want_txt = torch.nn.functional.normalize(want_txt, dim=-1).numpy()
+
+    model = load_model(f"open_clip:hf-hub:{repo}")
+    images = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in photos]
+    got_img = model.encode_images([model.prepare_image(im) for im in images])
+    assert (got_img * want_img).sum(1).min() >= 0.999
+    assert ((model.encode_texts(TEXTS) * want_txt).sum(1) >= 0.999).all()
+    assert model.fingerprint["preprocess"]["resize_mode"] == "squash"
+
+
+def test_an_hf_hub_repo_not_in_the_cache_says_where_it_looked(offline_hub):
+    from kadr.core.models import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError) as e:
+        load_model("open_clip:hf-hub:imageomics/bioclip-2")
+    said = str(e.value)
+    assert "models--imageomics--bioclip-2" in said and "open_clip_config.json" in said

@@ -39,6 +39,11 @@ TEST_MODELS = {
     "kadr-tiny-coca": "a tiny CoCa (captioner + CLIP towers), 64 px input, for tests",
 }
 HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_HUB_PREFIX = "hf-hub:"  # open_clip's own name for a model kept in a hub repo
+HUB_REPOS = {  # repos in open_clip's layout that camera-trap users ask for (any such repo works)
+    "imageomics/bioclip": "BioCLIP (ViT-B/16, TreeOfLife-10M; MIT)",
+    "imageomics/bioclip-2": "BioCLIP 2 (ViT-L/14, TreeOfLife-200M; MIT)",
+}
 
 
 def _open_clip():
@@ -125,6 +130,10 @@ class OpenClipBackend:
             present = bool(hub and hf_cached_file(hub, HUB_FILES))
             out.append(KnownModel(f"open_clip:{arch}@{tag}", self.kind,
                                   "pretrained" + (f"; {note}" if note else ""), where, present))
+        for repo, note in HUB_REPOS.items():
+            out.append(KnownModel(f"open_clip:{HF_HUB_PREFIX}{repo}", self.kind, note,
+                                  str(hub_repo_folder(repo)),
+                                  bool(hf_cached_file(repo, ("open_clip_config.json",)))))
         out.append(
             KnownModel("open_clip:ARCH@random", self.kind,
                        f"any of {n_archs} architectures at seeded random weights",
@@ -136,6 +145,10 @@ class OpenClipBackend:
         """The open_clip module a spec names, weights loaded: (model, weights, preprocess, notes)."""
         oc = _open_clip()
         arch = spec.name
+        if arch.startswith(HF_HUB_PREFIX) and spec.weights is None:
+            model = self._load_hub_repo(oc, arch[len(HF_HUB_PREFIX):])
+            preprocess = from_open_clip(model.visual.preprocess_cfg)
+            return place(model.eval()), arch, preprocess, ()
         if arch not in oc.list_models():
             raise SpecError(f"unknown open_clip architecture {arch!r}; see `kadr models`")
         weights = spec.weights
@@ -161,7 +174,11 @@ class OpenClipBackend:
         oc = _open_clip()
         model, weights, preprocess, notes = self.build(spec, trust_checkpoint)
         arch = spec.name
-        tokenizer = oc.get_tokenizer(arch)
+        if arch.startswith(HF_HUB_PREFIX):  # the repo's own config names its tokenizer
+            with hub_offline(not hub_reachable()):
+                tokenizer = oc.get_tokenizer(arch, cache_dir=str(hf_cache_dir()))
+        else:
+            tokenizer = oc.get_tokenizer(arch)
         context = int(getattr(tokenizer, "context_length", None) or model.context_length)
 
         def encode_text(texts: list[str]) -> torch.Tensor:
@@ -186,6 +203,23 @@ class OpenClipBackend:
             notes=notes,
             token_count_fn=count_tokens,
         )
+
+    def _load_hub_repo(self, oc, repo: str):
+        """A hub repository in open_clip's own layout (``open_clip_config.json`` beside its
+        weights, as BioCLIP and BioCLIP 2 ship), through open_clip's hf-hub path: from the
+        cache when the hub cannot be reached."""
+        online = hub_reachable()
+        if not hf_cached_file(repo, ("open_clip_config.json",)) and not online:
+            raise WeightsNotFoundError(missing_weights_message(
+                f"open_clip hf-hub:{repo}",
+                [f"{hub_repo_folder(repo)} (open_clip_config.json and open_clip_model"
+                 ".safetensors)", f"https://huggingface.co/{repo} (no network)"],
+                f"run once on a machine with the internet (the files land in {hf_cache_dir()}; "
+                f"set HF_HOME or HF_HUB_CACHE to use another cache), or copy {repo}'s files "
+                "into that cache"))
+        with hub_offline(not online):
+            return oc.create_model(HF_HUB_PREFIX + repo, cache_dir=str(hf_cache_dir()),
+                                   weights_only=True)
 
     def _load_tag(self, oc, arch: str, tag: str):
         if tag not in oc.list_pretrained_tags_by_model(arch):
