@@ -59,7 +59,7 @@ def traps_rate(folder: Path, out: Path, spin: str) -> float:
     from kadr.traps.pipeline import TrapSettings, run_traps
 
     os.environ["KADR_ORT_SPIN"] = spin
-    n = len(list(folder.glob("*.jpg")))
+    n = len(list(folder.rglob("*.jpg")))
     settings = TrapSettings(detector=f"yolox:{SHARED / 'models' / 'yolox_nano.onnx'}",
                             classifier=None, progress=False)
     start = time.perf_counter()

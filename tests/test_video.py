@@ -221,3 +221,28 @@ def test_the_review_page_plays_the_clip_behind_the_token(tmp_path):
             browser.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("gop", [1, 5, 40])
+def test_seeking_decodes_the_frames_asked_for(tmp_path, gop):
+    """Each sampled frame is the right picture, whatever the keyframe interval."""
+    av = need_module("av")
+    from kadr.core.video import VideoFrame, read_frames
+
+    path = tmp_path / "ramp.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": str(gop), "crf": "10"}
+        for i in range(60):  # frame i is grey level 4 * i
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8), "rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    wanted = [0, 7, 8, 30, 52, 59]
+    frames = [VideoFrame("ramp.mp4", i, i / 10, None, "none", "video/mp4") for i in wanted]
+    got = [(f.index, img) for f, img in read_frames(str(path), frames)]
+    assert [i for i, _ in got] == wanted
+    for i, img in got:
+        assert abs(np.asarray(img).mean() - 4 * i) < 3, (i, np.asarray(img).mean())

@@ -204,16 +204,23 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
             if target > 0:
                 container.seek(first_pts + int(target / base), stream=stream, backward=True,
                                any_frame=False)
+            last_key, gop = None, None  # the keyframe interval, learnt as it is decoded
             for decoded in container.decode(stream):
                 if decoded.pts is None:
                     continue
                 at = round(float((decoded.pts - first_pts) * base) * fps)  # its frame number
+                if decoded.key_frame:
+                    if last_key is not None and at > last_key:
+                        gop = at - last_key if gop is None else min(gop, at - last_key)
+                    last_key = at
                 while pending and pending[0].index <= at:
                     want = pending.pop(0)
                     yield want, decoded.to_image()
                 if not pending:
                     return
-                if (pending[0].index - at) / fps > 4.0:  # far ahead: seek, do not decode there
+                # A keyframe lies between here and the next frame wanted: seek to it
+                # instead of decoding every frame up to there.
+                if gop is not None and pending[0].index - at > gop:
                     container.seek(first_pts + int(pending[0].index / fps / base),
                                    stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, ValueError) as e:
