@@ -194,7 +194,7 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
         return
     with container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = "SLICE"
         base = stream.time_base
         fps = float(stream.average_rate or stream.guessed_rate or 1)
         first_pts = stream.start_time or 0
@@ -218,9 +218,9 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
                     yield want, decoded.to_image()
                 if not pending:
                     return
-                # A keyframe lies between here and the next frame wanted: seek to it
-                # instead of decoding every frame up to there.
-                if gop is not None and pending[0].index - at > gop:
+                # A keyframe lies after this one and up to the next frame wanted: seek to
+                # it instead of decoding every frame up to there.
+                if gop is not None and pending[0].index >= last_key + gop:
                     container.seek(first_pts + int(pending[0].index / fps / base),
                                    stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, ValueError) as e:
