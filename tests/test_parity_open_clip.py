@@ -34,6 +34,16 @@ def cached_random_tag(cache, oc, reference_arch: str, arch: str, tag: str, tmp_p
     put_in_hub_cache(cache, hub, {"open_clip_model.safetensors": path})
 
 
+def reference_embeddings(reference, transform, tokenizer, photos) -> tuple[np.ndarray, ...]:
+    """open_clip's own image and text embeddings (normalised) of the photos and TEXTS."""
+    with torch.no_grad():
+        img = torch.cat([reference.encode_image(transform(
+            ImageOps.exif_transpose(Image.open(p)).convert("RGB"))[None]) for p in photos])
+        txt = reference.encode_text(tokenizer(TEXTS))
+    return (torch.nn.functional.normalize(img, dim=-1).numpy(),
+            torch.nn.functional.normalize(txt, dim=-1).numpy())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,tag,reference_arch", [
     ("ViT-B-32", "openai", "ViT-B-32-quickgelu"),  # OpenAI weights: QuickGELU, as open_clip advises
@@ -49,12 +59,7 @@ def test_open_clip_tag_matches_open_clip(arch, tag, reference_arch, offline_hub,
         reference_arch, pretrained=tag, cache_dir=str(offline_hub))
     reference.eval()
     tokenizer = oc.get_tokenizer(reference_arch)
-    with torch.no_grad():
-        want_img = torch.cat([reference.encode_image(transform(
-            ImageOps.exif_transpose(Image.open(p)).convert("RGB"))[None]) for p in photos])
-        want_txt = reference.encode_text(tokenizer(TEXTS))
-    want_img = torch.nn.functional.normalize(want_img, dim=-1).numpy()
-    want_txt = torch.nn.functional.normalize(want_txt, dim=-1).numpy()
+    want_img, want_txt = reference_embeddings(reference, transform, tokenizer, photos)
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -117,12 +122,7 @@ def test_an_hf_hub_repo_matches_open_clip(offline_hub, tmp_path):
     reference.eval()
     tokenizer = oc.get_tokenizer(f"hf-hub:{repo}", cache_dir=str(offline_hub))
     photos = parity_photos()[:5]
-    with torch.no_grad():
-        want_img = torch.cat([reference.encode_image(transform(
-            ImageOps.exif_transpose(Image.open(p)).convert("RGB"))[None]) for p in photos])
-        want_txt = reference.encode_text(tokenizer(TEXTS))
-    want_img = torch.nn.functional.normalize(want_img, dim=-1).numpy()
-    want_txt = torch.nn.functional.normalize(want_txt, dim=-1).numpy()
+    want_img, want_txt = reference_embeddings(reference, transform, tokenizer, photos)
 
     model = load_model(f"open_clip:hf-hub:{repo}")
     images = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in photos]

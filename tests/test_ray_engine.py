@@ -126,3 +126,27 @@ def test_one_model_load_per_actor_for_the_whole_run(tmp_path):
                           progress=False)
     assert summary.ok == 40
     assert 1 <= len(loads.read_text().splitlines()) <= RAY.actors
+
+
+def test_clips_on_ray_equal_local(tmp_path):
+    """Video clips run on the Ray actors like photos: the same frames, statuses and counts."""
+    from kadr.traps.pipeline import TrapSettings, run_traps
+    from tests.test_video import d04, make_clip
+
+    cam = tmp_path / "cards" / "D04"
+    make_clip(cam / "a.mp4", [d04("0020"), d04("0021")])
+    (cam / "cut.mp4").write_bytes((cam / "a.mp4").read_bytes()[:2000])
+    settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
+                            classifier=None, progress=False, batch_size=4)
+    local = run_traps(str(tmp_path / "cards"), str(tmp_path / "local"), settings).frame()
+    with no_models_here():
+        on_ray = run_traps(str(tmp_path / "cards"), str(tmp_path / "ray"),
+                           dataclasses.replace(settings, engine=RAY)).frame()
+    a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
+    b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
+    assert list(a.index) == list(b.index) and len(a) == 4, "three frames and the broken clip"
+    assert list(a["status"]) == list(b["status"])
+    assert list(a["n_animals"].fillna(-1)) == list(b["n_animals"].fillna(-1))
+    assert list(a["frame_index"].fillna(-1)) == list(b["frame_index"].fillna(-1))
+    pd.testing.assert_frame_equal(local.drop(columns=["eventID", "best_key"]),
+                                  on_ray.drop(columns=["eventID", "best_key"]))

@@ -11,7 +11,6 @@ store, which keeps resume and atomic shards identical across engines.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
@@ -23,19 +22,19 @@ from kadr.core.collection import PhotoRef
 class _JobActor:
     def __init__(self, job_factory: Callable, workers: int, max_pixels: int,
                  time_pattern: str | None, extra_columns: bool):
-        from kadr.core.runner import load_ref
+        from kadr.core.runner import load_refs
 
         self.job = job_factory()
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
-        self.load = functools.partial(load_ref, job=self.job, max_pixels=max_pixels,
+        self.load = functools.partial(load_refs, job=self.job, max_pixels=max_pixels,
                                       time_pattern=time_pattern, extra_columns=extra_columns)
 
     def __call__(self, batch: dict) -> dict:
-        from kadr.core.runner import apply_batch
+        from kadr.core.runner import apply_batch, load_tasks
 
-        refs = [PhotoRef(k, p, g, json.loads(e)) for k, p, g, e in
-                zip(batch["key"], batch["path"], batch["group"], batch["extra"], strict=True)]
-        loaded = list(self.pool.map(self.load, refs))
+        refs: list[PhotoRef] = [pickle.loads(b) for b in batch["ref"]]  # noqa: S301 - kadr's own
+        # A clip's frames are decoded a run at a time here too (one open and seek per run).
+        loaded = [one for task in self.pool.map(self.load, load_tasks(refs)) for one in task]
         rows = apply_batch(self.job, [r for r, _ in loaded], [x for _, x in loaded])
         return {"row": [pickle.dumps(r) for r in rows]}
 
@@ -76,12 +75,9 @@ def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_si
     ctx.enable_progress_bars = False
     blocks = []
     for chunk in _chunks(refs, max(1, engine.block_rows or 2 * batch_size)):
-        blocks.append(ray.put(pa.table({
-            "key": [r.key for r in chunk],
-            "path": [r.path for r in chunk],
-            "group": [r.group for r in chunk],
-            "extra": [json.dumps(r.extra, default=str) for r in chunk],
-        })))
+        # Whole references (a clip's frame, a listing failure, manifest extras), pickled.
+        blocks.append(ray.put(pa.table({"ref": pa.array([pickle.dumps(r) for r in chunk],
+                                                        pa.binary())})))
     if not blocks:
         return
     ds = ray.data.from_arrow_refs(blocks).map_batches(

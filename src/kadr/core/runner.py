@@ -233,7 +233,7 @@ def load_frames(refs: list[PhotoRef], job: Job, time_pattern: str | None
 FRAME_RUN = 8  # sampled frames of one clip decoded by one task: one open and seek per run
 
 
-def _load_tasks(refs: Iterable[PhotoRef]) -> Iterator[list[PhotoRef]]:
+def load_tasks(refs: Iterable[PhotoRef]) -> Iterator[list[PhotoRef]]:
     """The photos one at a time, a clip's consecutive frames in runs of :data:`FRAME_RUN`."""
     run: list[PhotoRef] = []
     for ref in refs:
@@ -254,11 +254,11 @@ def _ordered_prefetch(
     pool: ThreadPoolExecutor,
     window: int,
 ) -> Iterator[tuple[dict, Any]]:
-    """Like ``pool.map`` over :func:`_load_tasks` but with at most about ``window`` photos
+    """Like ``pool.map`` over :func:`load_tasks` but with at most about ``window`` photos
     or frames in flight (flat memory), in the order given."""
     pending: deque[tuple[Future, int]] = deque()
     in_flight = 0
-    for task in _load_tasks(refs):
+    for task in load_tasks(refs):
         pending.append((pool.submit(fn, task), len(task)))
         in_flight += len(task)
         while in_flight >= window:
@@ -321,7 +321,7 @@ def load_ref(ref: PhotoRef, job: Job, max_pixels: int, time_pattern: str | None,
 
 def load_refs(refs: list[PhotoRef], job: Job, max_pixels: int, time_pattern: str | None,
               extra_columns: bool = True) -> list[tuple[dict, Any]]:
-    """One load task (:func:`_load_tasks`): a photo, or a run of one clip's frames."""
+    """One load task (:func:`load_tasks`): a photo, or a run of one clip's frames."""
     if refs[0].frame is not None:
         loaded = load_frames(refs, job, time_pattern)
     else:
