@@ -31,7 +31,9 @@ def run(
     photos: Annotated[str, typer.Argument(help="folder of camera folders, or a manifest")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
     prompts: Annotated[str | None, typer.Option(
-        help="class prompts JSON (default: the shipped 21-class example)")] = None,
+        help="class prompts JSON (classes by name or by taxon), or a species checklist CSV/TSV "
+             "with GBIF's scientificName/vernacularName columns (default: the shipped 21-class "
+             "example)")] = None,
     detector: Annotated[str, typer.Option(help="detector spec: yolox:PATH.onnx, "
                                                "megadetector:PATH|MDV5A, or 'none' to classify "
                                                "whole photos")] = "megadetector:MDV5A",

@@ -14,6 +14,17 @@ Two forms are read:
    Each name is expanded through every template; ``weight`` is a prior that
    multiplies the class probability; a ``background`` class absorbs photos
    that show no animal.
+
+   A class may be named by its taxon (``{"taxon": "Vulpes vulpes", "common":
+   "red fox"}``): its name is then the form BioCLIP was trained on, "Vulpes vulpes
+   with common name red fox" (the taxon alone without ``common``), and its
+   scientific name the taxon. ``"templates": "openai_imagenet"`` expands names with
+   the 80 OpenAI ImageNet templates (open_clip's own list), as pybioclip's
+   ``CustomLabelsClassifier`` does.
+
+3. A checklist CSV (GBIF's species-list columns: ``scientificName`` and, when
+   present, ``vernacularName``): a taxon class per row, with the OpenAI ImageNet
+   templates.
 """
 
 from __future__ import annotations
@@ -25,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 TOP_KEYS = {"templates", "classes", "background"}
-CLASS_KEYS = {"prompts", "names", "weight", "scientific_name", "background"}
+CLASS_KEYS = {"prompts", "names", "weight", "scientific_name", "background", "taxon", "common"}
+OPENAI_IMAGENET = "openai_imagenet"  # the templates' name in a prompt file
 EXAMPLE = Path(__file__).parent / "data" / "priroda_prompts.json"
 
 
@@ -90,10 +102,7 @@ def parse_prompts(data: dict, source: str = "") -> PromptSet:
         if unknown:
             raise PromptFileError(f"{source}: unknown key(s) {sorted(unknown)}; "
                                   f"allowed: {sorted(TOP_KEYS)}")
-        templates = _as_list(data.get("templates", []), f"{source}: templates")
-        for t in templates:
-            if "{}" not in t:
-                raise PromptFileError(f"{source}: template {t!r} has no {{}} for the class name")
+        templates = _templates(data.get("templates", []), source)
         raw_classes = data["classes"]
     else:
         templates, raw_classes = [], data
@@ -110,8 +119,15 @@ def parse_prompts(data: dict, source: str = "") -> PromptSet:
             raise PromptFileError(f"{where}: unknown key(s) {sorted(unknown)}; "
                                   f"allowed: {sorted(CLASS_KEYS)}")
         names = _as_list(spec.get("names", []), f"{where} names")
+        taxon = spec.get("taxon")
+        if taxon is not None:
+            if not isinstance(taxon, str) or not taxon.strip():
+                raise PromptFileError(f"{where}: taxon must be a scientific name")
+            names.append(taxon_label(taxon, spec.get("common")))
+        elif "common" in spec:
+            raise PromptFileError(f"{where}: 'common' names a taxon's common name: give 'taxon'")
         prompts = _as_list(spec.get("prompts", []), f"{where} prompts")
-        prompts += [t.format(n) for t in templates for n in names]
+        prompts += [t(n) for t in templates for n in names]
         if not prompts:
             raise PromptFileError(f"{where} has no prompts: give 'prompts', or 'names' with "
                                   "'templates'")
@@ -120,7 +136,7 @@ def parse_prompts(data: dict, source: str = "") -> PromptSet:
             raise PromptFileError(f"{where}: weight must be positive")
         classes.append(ClassPrompts(
             name=name, prompts=list(dict.fromkeys(prompts)), weight=weight,
-            scientific_name=spec.get("scientific_name"),
+            scientific_name=spec.get("scientific_name") or (taxon.strip() if taxon else None),
             background=bool(spec.get("background")) or name == background_name,
         ))
     if len(classes) < 2:
@@ -128,7 +144,53 @@ def parse_prompts(data: dict, source: str = "") -> PromptSet:
     return PromptSet(classes, source)
 
 
+def taxon_label(taxon: str, common: str | None = None) -> str:
+    """A taxon's class text in BioCLIP's taxonomic-and-common form."""
+    taxon = " ".join(taxon.split())
+    return f"{taxon} with common name {' '.join(common.split())}" if common else taxon
+
+
+def _templates(value, source: str) -> list:
+    """A prompt file's templates as functions of a class name."""
+    if value == OPENAI_IMAGENET:
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return list(OPENAI_IMAGENET_TEMPLATES)
+    templates = _as_list(value, f"{source}: templates")
+    for t in templates:
+        if "{}" not in t:
+            raise PromptFileError(f"{source}: template {t!r} has no {{}} for the class name "
+                                  f"(or use \"templates\": \"{OPENAI_IMAGENET}\")")
+    return [t.format for t in templates]
+
+
+def checklist_prompts(path: str | Path) -> PromptSet:
+    """A species checklist CSV (GBIF's columns ``scientificName``, ``vernacularName``) as
+    taxon classes, named by the common name where there is one."""
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                        sep="\t" if str(path).lower().endswith(".tsv") else ",")
+    table.columns = [c.strip() for c in table.columns]
+    if "scientificName" not in table:
+        raise PromptFileError(f"{path}: a checklist needs a scientificName column; columns: "
+                              f"{list(table.columns)}")
+    classes = {}
+    for i, row in enumerate(table.to_dict("records"), 2):
+        taxon = row["scientificName"].strip()
+        if not taxon:
+            raise PromptFileError(f"{path}: line {i} has no scientificName")
+        common = row.get("vernacularName", "").strip() or None
+        name = common or taxon
+        if name in classes:  # two taxa that share a common name stay two classes
+            name = f"{name} ({taxon})"
+        classes[name] = {"taxon": taxon, **({"common": common} if common else {})}
+    return parse_prompts({"templates": OPENAI_IMAGENET, "classes": classes}, str(path))
+
+
 def load_prompts(path: str | Path) -> PromptSet:
+    if str(path).lower().endswith((".csv", ".tsv")):
+        return checklist_prompts(path)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
