@@ -200,11 +200,14 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
         first_pts = stream.start_time or 0
         pending = list(frames)
         try:
-            target = pending[0].index / fps
-            if target > 0:
-                container.seek(first_pts + int(target / base), stream=stream, backward=True,
+            def pts_of(index: int) -> int:  # rounded: a truncated pts is the frame before
+                return first_pts + round(index / fps / base)
+
+            if pending[0].index > 0:
+                container.seek(pts_of(pending[0].index), stream=stream, backward=True,
                                any_frame=False)
             last_key, gop = None, None  # the keyframe interval, learnt as it is decoded
+            sought = pending[0].index  # one seek per frame wanted: decoding always ends
             for decoded in container.decode(stream):
                 if decoded.pts is None:
                     continue
@@ -220,9 +223,10 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
                     return
                 # A keyframe lies after this one and up to the next frame wanted: seek to
                 # it instead of decoding every frame up to there.
-                if gop is not None and pending[0].index >= last_key + gop:
-                    container.seek(first_pts + int(pending[0].index / fps / base),
-                                   stream=stream, backward=True, any_frame=False)
+                if (gop is not None and pending[0].index >= last_key + gop
+                        and sought != pending[0].index):
+                    sought = pending[0].index
+                    container.seek(pts_of(sought), stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, ValueError) as e:
             reason = f"the clip breaks off before this frame ({type(e).__name__}: {e})"
             for f in pending:
