@@ -78,8 +78,23 @@ def test_embed_ray_equals_local_and_resumes(tmp_path):
     assert again.processed == 0 and again.already_done == len(a)
 
 
-def test_traps_ray_equals_local(tmp_path):
+def traps_local_and_on_ray(photos, tmp_path, classifier) -> tuple[pd.DataFrame, ...]:
+    """``traps run`` with YOLOX on the local engine and on Ray (no model in the driver):
+    both runs' registrations and per-photo tables (by key)."""
     from kadr.traps.pipeline import TrapSettings, run_traps
+
+    settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
+                            classifier=classifier, progress=False, batch_size=4)
+    local = run_traps(str(photos), str(tmp_path / "local"), settings).frame()
+    with no_models_here():
+        on_ray = run_traps(str(photos), str(tmp_path / "ray"),
+                           dataclasses.replace(settings, engine=RAY)).frame()
+    tables = [pd.read_parquet(tmp_path / run / "photos.parquet").set_index("key").sort_index()
+              for run in ("local", "ray")]
+    return local, on_ray, *tables
+
+
+def test_traps_ray_equals_local(tmp_path):
 
     src = shared_path("data", "camera_traps", "cameratraps_repo", "api", "synchronous",
                       "sample_input")
@@ -87,14 +102,8 @@ def test_traps_ray_equals_local(tmp_path):
     cam.mkdir(parents=True)
     for p in sorted(src.rglob("*.JPG")):
         shutil.copy(p, cam / p.name)
-    settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
-                            classifier=TINY_CLIP, progress=False, batch_size=4)
-    regs_local = run_traps(str(tmp_path / "photos"), str(tmp_path / "local"), settings).frame()
-    with no_models_here():
-        regs_ray = run_traps(str(tmp_path / "photos"), str(tmp_path / "ray"),
-                                dataclasses.replace(settings, engine=RAY)).frame()
-    a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
-    b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
+    regs_local, regs_ray, a, b = traps_local_and_on_ray(tmp_path / "photos", tmp_path,
+                                                        classifier=TINY_CLIP)
     assert list(a["class"]) == list(b["class"]) and list(a["n_animals"]) == list(b["n_animals"])
     np.testing.assert_allclose(a.filter(regex="^p_").to_numpy(float),
                                b.filter(regex="^p_").to_numpy(float), atol=1e-3)
@@ -130,20 +139,12 @@ def test_one_model_load_per_actor_for_the_whole_run(tmp_path):
 
 def test_clips_on_ray_equal_local(tmp_path):
     """Video clips run on the Ray actors like photos: the same frames, statuses and counts."""
-    from kadr.traps.pipeline import TrapSettings, run_traps
     from tests.test_video import d04, make_clip
 
     cam = tmp_path / "cards" / "D04"
     make_clip(cam / "a.mp4", [d04("0020"), d04("0021")])
     (cam / "cut.mp4").write_bytes((cam / "a.mp4").read_bytes()[:2000])
-    settings = TrapSettings(detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}",
-                            classifier=None, progress=False, batch_size=4)
-    local = run_traps(str(tmp_path / "cards"), str(tmp_path / "local"), settings).frame()
-    with no_models_here():
-        on_ray = run_traps(str(tmp_path / "cards"), str(tmp_path / "ray"),
-                           dataclasses.replace(settings, engine=RAY)).frame()
-    a = pd.read_parquet(tmp_path / "local" / "photos.parquet").set_index("key").sort_index()
-    b = pd.read_parquet(tmp_path / "ray" / "photos.parquet").set_index("key").sort_index()
+    local, on_ray, a, b = traps_local_and_on_ray(tmp_path / "cards", tmp_path, classifier=None)
     assert list(a.index) == list(b.index) and len(a) == 4, "three frames and the broken clip"
     assert list(a["status"]) == list(b["status"])
     assert list(a["n_animals"].fillna(-1)) == list(b["n_animals"].fillna(-1))
