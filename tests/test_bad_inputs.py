@@ -86,6 +86,13 @@ def test_outputs_under_a_file_and_other_commands_with_file_outputs(places):
             "a-file", "not a folder")
 
 
+def test_a_folder_where_a_table_is_wanted_is_refused(places):
+    for args in (["traps", "events", "empty", "-o", "regs.csv"],
+                 ["traps", "events", "photos", "-o", "regs.csv"]):
+        refused(invoke(args, places), "folder without result-store shards")
+    assert not (places / "regs.csv").exists()
+
+
 def test_an_empty_camera_trap_run_still_writes_valid_empty_outputs(places):
     from kadr.traps.exports import validate_camtrap_dp
     from tests.helpers import shared_path

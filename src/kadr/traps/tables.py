@@ -137,8 +137,12 @@ def _read_any(path: str) -> pd.DataFrame:
 def _read_arrow(path: str, strip: bool = True) -> pa.Table:
     p = str(path)
     if os.path.isdir(p):
-        from kadr.core.store import read_shards
+        from kadr.core.store import read_shards, shard_files
 
+        if not shard_files(p):  # a photo folder, or an empty one: not a table of photos
+            raise ValueError(f"{p} is a folder without result-store shards (part-*.parquet): "
+                             "give a per-photo table (CSV, Parquet, MegaDetector JSON) or the "
+                             "photos.store folder of a run")
         return read_shards(p)
     if p.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
