@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from kadr.core.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError
+from kadr.core.status import PhotoStatus
 from kadr.core.video import VIDEO_EXTENSIONS, VideoFrame, clip_frames, frame_key, is_video
 
 PATH_COLUMNS = ("path", "file", "filepath", "file_path", "image_path", "url", "image_url")
@@ -200,7 +201,7 @@ class PhotoCollection:
         """A clip's sampled frames; a clip that cannot be read is one item with its status."""
         if "://" in clip.path:  # seeking needs a file: FFmpeg over HTTP reads it whole
             yield PhotoRef(clip.key, clip.path, clip.group, clip.extra, failure=(
-                "unreadable", "video clips are read from local files: copy the clips first"))
+                PhotoStatus.UNREADABLE, "video clips are read from local files: copy them first"))
             return
         try:
             frames = clip_frames(clip.key, clip.path, self.video_fps, self.max_pixels)

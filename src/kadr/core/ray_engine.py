@@ -2,7 +2,7 @@
 
 Each actor builds the job once (one model load per actor) from a picklable
 factory, then for every batch of photo references runs the very functions
-the local engine runs (:func:`~kadr.core.runner.load_ref` in decode threads,
+the local engine runs (:func:`~kadr.core.runner.load_refs` in decode threads,
 :func:`~kadr.core.runner.apply_batch`). Rows travel back pickled, so times,
 vectors and statuses arrive exactly as computed; the driver writes the result
 store, which keeps resume and atomic shards identical across engines.

@@ -204,14 +204,14 @@ def load_frames(refs: list[PhotoRef], job: Job, time_pattern: str | None
     """Frames of one clip (``ref.frame``, in order), decoded in one pass: rows and
     prepared inputs as :func:`load_photo` gives them for photos."""
     out = []
+    start, source = refs[0].frame.start, refs[0].frame.start_source  # the clip's, for all
+    if start is None:  # no time in the container: the photos' fallbacks, then the offsets
+        start, source = photo_time(refs[0].path, None, time_pattern)
     frames = read_frames(refs[0].path, [r.frame for r in refs])
     for ref, (frame, image) in zip(refs, frames, strict=True):
         row = _base_row(ref)
         row.update(media_key=frame.clip_key, media_type=frame.media_type,
                    frame_index=frame.index, frame_offset_s=frame.offset_s)
-        start, source = frame.start, frame.start_source
-        if start is None:  # no time in the container: the photos' fallbacks, then the offset
-            start, source = photo_time(ref.path, None, time_pattern)
         if start is not None:
             row["time"] = naive_local(start + timedelta(seconds=frame.offset_s))
         row["time_source"] = source
@@ -313,15 +313,10 @@ def _count_and_spool(refs: Iterable[PhotoRef], done: DoneKeys, summary: RunSumma
     return replay()
 
 
-def load_ref(ref: PhotoRef, job: Job, max_pixels: int, time_pattern: str | None,
-             extra_columns: bool = True) -> tuple[dict, Any]:
-    """:func:`load_photo` plus the manifest's extra columns (``extra_<name>``)."""
-    return load_refs([ref], job, max_pixels, time_pattern, extra_columns)[0]
-
-
 def load_refs(refs: list[PhotoRef], job: Job, max_pixels: int, time_pattern: str | None,
               extra_columns: bool = True) -> list[tuple[dict, Any]]:
-    """One load task (:func:`load_tasks`): a photo, or a run of one clip's frames."""
+    """One load task (:func:`load_tasks`): a photo, or a run of one clip's frames, as
+    :func:`load_photo` gives them, plus the manifest's extra columns (``extra_<name>``)."""
     if refs[0].frame is not None:
         loaded = load_frames(refs, job, time_pattern)
     else:
@@ -428,7 +423,7 @@ def run_job(
 
     With ``engine.engine == "ray"``, ``job_factory`` (a picklable function that
     builds the job, models included) runs once per Ray actor, and the same
-    :func:`load_ref` and :func:`apply_batch` run there; rows come back to this
+    :func:`load_refs` and :func:`apply_batch` run there; rows come back to this
     process, which writes the store exactly as the local engine does.
 
     Photos that failed on an earlier run for a reason a rerun may change (an

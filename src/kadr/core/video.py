@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from PIL import Image
 
@@ -174,10 +174,6 @@ def clip_frames(clip_key: str, path: str, fps: float, max_pixels: int) -> list[V
     kind = media_type(path)
     return [VideoFrame(clip_key, i, round(t, 6), info.start, info.start_source, kind)
             for i, t in sampled_frames(info, fps)]
-
-
-def frame_time(frame: VideoFrame) -> datetime | None:
-    return frame.start + timedelta(seconds=frame.offset_s) if frame.start else None
 
 
 def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFrame, Image.Image |

@@ -216,23 +216,30 @@ class Review:
                     decided_at=u.decision.at if u.decision else None,
                     why=self._why(u))
 
+    def _is_frame(self, row: int) -> bool:
+        """Whether a row of the run is a frame sampled from a video clip."""
+        table = self.state.table
+        return "media_key" in table and not pd.isna(table["media_key"].iat[row])
+
+    def _path_of(self, row: int) -> str:
+        """A row's photo (or clip) file, resolved against the run's photo root."""
+        path = str(self.state.table["path"].iat[row])
+        return str(self.root.resolve(path)) if self.root else path
+
     def _clip_of(self, row: int) -> dict:
         """For a clip's sampled frame: the clip to play and the frame's offset in it."""
-        table = self.state.table
-        if "media_key" not in table or pd.isna(table["media_key"].iat[row]):
+        if not self._is_frame(row):
             return {}
+        table = self.state.table
         return {"clip": str(table["media_key"].iat[row]),
                 "offset": float(table["frame_offset_s"].iat[row])}
 
     def clip_file(self, photo_id: str) -> tuple[str, str] | None:
         """The clip a sampled frame of this run comes from: its path and media type."""
         row = self.state.row_of.get(photo_id)
-        table = self.state.table
-        if row is None or "media_key" not in table or pd.isna(table["media_key"].iat[row]):
+        if row is None or not self._is_frame(row):
             return None
-        path = str(table["path"].iat[row])
-        path = str(self.root.resolve(path)) if self.root else path
-        return path, str(table["media_type"].iat[row])
+        return self._path_of(row), str(self.state.table["media_type"].iat[row])
 
     @staticmethod
     def _why(u: Unit) -> str | None:
@@ -457,12 +464,8 @@ class Review:
         cached = self.cache / size / f"{photo_id}.jpg"
         if cached.exists():
             return cached.read_bytes()
-        table = self.state.table
-        path = str(table["path"].iat[row])
-        frame = table["frame_index"].iat[row] if "frame_index" in table else None
-        data = thumbnail_jpeg(self.root.resolve(path) if self.root else path,
-                              PHOTO_SIZES[size], quality=85,
-                              frame=None if pd.isna(frame) else int(frame))
+        frame = int(self.state.table["frame_index"].iat[row]) if self._is_frame(row) else None
+        data = thumbnail_jpeg(self._path_of(row), PHOTO_SIZES[size], quality=85, frame=frame)
         if data is not None:
             atomic_write_bytes(cached, data)
         return data

@@ -67,7 +67,7 @@ def cpu_features() -> tuple[str, set[str]]:
     return name, flags
 
 
-def choose_cpu_precision(family: str, measure=None) -> PrecisionChoice:
+def choose_cpu_precision(family: str) -> PrecisionChoice:
     """``auto`` on the CPU for a model family: fp32 without native bf16, else what the
     cached (or, the first time, a new) measurement found faster."""
     name, flags = cpu_features()
@@ -85,7 +85,7 @@ def choose_cpu_precision(family: str, measure=None) -> PrecisionChoice:
         known = {}
     entry = known.get(key)
     if not isinstance(entry, dict) or "speedup" not in entry:
-        fp32_s, bf16_s = (measure or measure_family)(family)
+        fp32_s, bf16_s = measure_family(family)
         entry = {"speedup": round(fp32_s / bf16_s, 2), "fp32_s": fp32_s, "bf16_s": bf16_s,
                  "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
         known[key] = entry
