@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from kadr.core.collection import PhotoCollection
 from kadr.core.models import load_model
+from kadr.core.models.device import computes_on_cpu
 from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import EngineOptions, Job, RunOptions, WorkflowResult, run_workflow
@@ -39,6 +40,7 @@ def image_embedding_job(model: ImageTextModel, batch_size: int = 32) -> Job:
         min_side=model.image_size,
         batch_size=batch_size,
         empty_result={"embedding": None},
+        decode_between_batches=computes_on_cpu(model),
     )
 
 

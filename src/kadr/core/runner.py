@@ -18,9 +18,11 @@ import functools
 import hashlib
 import pickle
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +57,11 @@ class Job:
     # (a model whose weights were missing and a fallback that ran instead); None: the same.
     fingerprint: dict | None = None
     notes: list[str] = field(default_factory=list)  # said at the end of the run
+    # True when ``process`` computes on the CPU (torch, ONNX Runtime), which then uses every
+    # core: photos are decoded between batches instead of beside them. A decode thread
+    # beside such a model stalls all of its threads at every operation (they wait for the
+    # one that lost its core), which costs more than the decode (bench/precision.py).
+    decode_between_batches: bool = False
 
 
 def _runs_on_actors(*_args):
@@ -246,6 +253,47 @@ def load_tasks(refs: Iterable[PhotoRef]) -> Iterator[list[PhotoRef]]:
             run.append(ref)
     if run:
         yield run
+
+
+class CpuTurns:
+    """Decoding and a batch's compute take turns: a batch waits for the decodes under way,
+    and no decode starts while it runs. Off (``enabled=False``) both simply run."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._cond = threading.Condition()
+        self._decoding = 0
+        self._computing = False
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: not self._computing)
+            self._decoding += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._decoding -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self._cond:
+            self._computing = True
+            self._cond.wait_for(lambda: self._decoding == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._computing = False
+                self._cond.notify_all()
 
 
 def _ordered_prefetch(
@@ -461,17 +509,28 @@ def run_job(
                 rows: list[dict] = []
                 inputs: list[Any] = []
                 window = max(2 * job.batch_size, 4 * workers)
-                load = functools.partial(load_refs, job=job, max_pixels=max_pixels,
-                                         time_pattern=time_pattern, extra_columns=extra_columns)
+                turns = CpuTurns(job.decode_between_batches)
+                load_one = functools.partial(load_refs, job=job, max_pixels=max_pixels,
+                                             time_pattern=time_pattern,
+                                             extra_columns=extra_columns)
+
+                def load(task: list[PhotoRef]) -> list[tuple[dict, Any]]:
+                    with turns.decoding():
+                        return load_one(task)
+
+                def compute(rows: list[dict], inputs: list[Any]) -> list[dict]:
+                    with turns.computing():
+                        return apply_batch(job, rows, inputs)
+
                 for row, x in _ordered_prefetch(load, todo, pool, window):
                     rows.append(row)
                     inputs.append(x)
                     if len(rows) >= job.batch_size:
-                        record(apply_batch(job, rows, inputs))
+                        record(compute(rows, inputs))
                         rows, inputs = [], []
                         bar.update(summary.processed)
                 if rows:
-                    record(apply_batch(job, rows, inputs))
+                    record(compute(rows, inputs))
         bar.update(summary.processed)
     store.flush()
     if isinstance(collection, PhotoCollection):

@@ -37,6 +37,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import load_model
+from kadr.core.models.device import computes_on_cpu
 from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunOptions, WorkflowResult, run_workflow
@@ -328,9 +329,10 @@ class CaptionJob:
                 for c, r in zip(captions, results, strict=True)]
 
     def job(self) -> Job:
-        return Job("caption", self.prepare, self.process, min_side=self.side,
+            return Job("caption", self.prepare, self.process, min_side=self.side,
                    batch_size=self.s.batch_size,
-                   empty_result={"caption": None, "phrases": None, "prompt": None})
+                   empty_result={"caption": None, "phrases": None, "prompt": None},
+                   decode_between_batches=computes_on_cpu(self.captioner, self.clip))
 
 
 def make_caption_job(settings: CaptionSettings) -> Job:

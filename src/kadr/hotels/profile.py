@@ -23,6 +23,7 @@ from PIL import Image
 
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
+from kadr.core.models.device import computes_on_cpu
 from kadr.core.models.factory import model_fingerprint
 from kadr.core.remote import staged
 from kadr.core.runner import BASE_COLUMNS, Job, RunOptions, WorkflowResult, run_workflow
@@ -98,10 +99,11 @@ class ProfileJob:
         return profile_fingerprint(self.s, with_clip=self.model is not None)
 
     def job(self) -> Job:
-        return Job(name="profile", prepare=self.prepare, process=self.process,
+            return Job(name="profile", prepare=self.prepare, process=self.process,
                    min_side=256 if self.model is None else max(256, self.model.image_size),
                    batch_size=self.s.batch_size, fingerprint=self.fingerprint,
-                   notes=[self.note] if self.note else [])
+                   notes=[self.note] if self.note else [],
+                   decode_between_batches=computes_on_cpu(self.model))
 
     def prepare(self, photo: DecodedPhoto):
         img = photo.image

@@ -22,6 +22,7 @@ from kadr.core.collection import PhotoCollection, PhotoRoot
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
+from kadr.core.models.device import computes_on_cpu
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunSummary, WorkflowResult, run_workflow
 from kadr.traps.exports import outputs_key, write_outputs
@@ -187,6 +188,7 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         # The classifier fell back to the detector's labels: the results say so.
         fingerprint=trap_fingerprint(settings, None) if trap.note else None,
         notes=[trap.note] if trap.note else [],
+        decode_between_batches=computes_on_cpu(trap.detector, trap.model),
     )
 
 

@@ -102,6 +102,8 @@ class YoloxDetector:
 
         self.session = ort.InferenceSession(path, onnx_session_options(threads),
                                             providers=onnx_providers())
+        # Where ONNX Runtime computes (the CUDA provider may be asked for and missing).
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 640

@@ -80,6 +80,14 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def computes_on_cpu(*models) -> bool:
+    """Whether the given models (None for a model not used) all compute on the CPU: each
+    one's ``device`` where it has one, else the device kadr places models on. No model:
+    False (nothing heavy to take turns with)."""
+    devices = [getattr(m, "device", None) or torch_device() for m in models if m is not None]
+    return bool(devices) and all(torch.device(d).type == "cpu" for d in devices)
+
+
 def onnx_providers() -> list[str]:
     """ONNX Runtime execution providers for :func:`torch_device`: CUDA when asked for and installed."""
     import onnxruntime as ort
