@@ -73,8 +73,9 @@ def ceiling(n: int, model, size: int, batch: int = 32, dtype=torch.float32) -> f
     return n / (time.perf_counter() - t0)
 
 
-def kadr_embed(folder: Path, out: Path, model_wrap) -> float:
-    """kadr's runner and store, timed like the plain loop: the model is already loaded."""
+def kadr_embed(folder: Path, out: Path, model_wrap, turns: bool | None = None) -> float:
+    """kadr's runner and store, timed like the plain loop: the model is already loaded.
+    ``turns``: force decoding between batches (True) or beside them (False)."""
     from kadr.core.collection import PhotoCollection
     from kadr.core.runner import run_job
     from kadr.core.store import ShardStore
@@ -82,6 +83,8 @@ def kadr_embed(folder: Path, out: Path, model_wrap) -> float:
 
     n = len(list(folder.glob("*.jpg")))
     job = image_embedding_job(model_wrap, batch_size=32)
+    if turns is not None:
+        job.decode_between_batches = turns
     t0 = time.perf_counter()
     with ShardStore(out, {"bench": 1}) as store:
         run_job(PhotoCollection(folder), job, store, workers=2, progress=False)

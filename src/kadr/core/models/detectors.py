@@ -78,10 +78,10 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: flo
 
 
 def onnx_session_options(threads: int | None = None):
-    """ONNX Runtime's CPU settings for a model that shares the machine with kadr's decode
-    threads: every graph optimisation, one thread per core this process may use, and
-    threads that sleep between calls instead of spinning (a spinning pool takes the cores
-    the decode threads need while they prepare the next batch; see bench/precision.py)."""
+    """ONNX Runtime's CPU settings: every graph optimisation and one thread per core this
+    process may use. Its threads spin between calls (ORT's default): the runner decodes
+    between batches, not beside the detector, so spinning only saves a wake-up per photo
+    (``KADR_ORT_SPIN=0`` makes them sleep; bench/precision.py compares both)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -89,7 +89,7 @@ def onnx_session_options(threads: int | None = None):
     opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning",
-                                  os.environ.get("KADR_ORT_SPIN", "0"))
+                                  os.environ.get("KADR_ORT_SPIN", "1"))
     return opts
 
 
