@@ -178,9 +178,11 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         name="traps",
         prepare=trap.prepare,
         process=trap.process,
-        # Crops come from the full-resolution photo; without them the detector's size will do.
-        min_side=None if trap.model and classify_on(settings) != "photo"
-        else max(trap.detector.size if trap.detector else 0,
+        # Crops come from the full-resolution photo; without them the models' sizes will do
+        # (a detector whose decode_side is None wants the full photo).
+        min_side=None if (trap.model and classify_on(settings) != "photo")
+        or (trap.detector and trap.detector.decode_side is None)
+        else max(trap.detector.decode_side if trap.detector else 0,
                  trap.model.image_size if trap.model else 0),
         batch_size=settings.batch_size,
         empty_result={"detections": None, "n_animals": None, "class": None,

@@ -112,6 +112,7 @@ class YoloxDetector:
         self.min_conf = min_conf
         self.nms_iou = nms_iou
         self.grids = self._grids(self.size)
+        self.decode_side = self.size  # a JPEG may be decoded at a DCT scale down to this
 
     @staticmethod
     def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +172,9 @@ class MegaDetector:
             from megadetector.detection import run_detector
         except ImportError as e:
             raise SpecError(
-                "megadetector: specs need the megadetector package: pip install 'kadr[megadetector]'"
+                f"megadetector: specs need the megadetector package and its YOLOv5 code ({e}): "
+                "pip install 'kadr[megadetector]' && "
+                "pip install --no-deps megadetector==10.0.28 yolov5==7.0.11"
             ) from e
         from kadr.core.models.device import torch_device
 
@@ -179,6 +182,10 @@ class MegaDetector:
         self.spec = spec
         self.min_conf = min_conf
         self.size = 1280
+        # Full resolution: the package resizes each photo itself (cv2 INTER_AREA to 1280 on
+        # the long side), and a DCT-scaled decode would hand it other pixels than its own
+        # image loader does.
+        self.decode_side = None
 
     def prepare(self, photo: DecodedPhoto) -> Image.Image:
         return photo.image
