@@ -1,9 +1,8 @@
 """kadr's MegaDetector backend drives the ``megadetector`` package's own loader and batch call.
 
-The package (and the YOLOv5 code its checkpoints unpickle into) is not
-installed in this environment, so a stand-in module with the package's API
-records what kadr asks of it: the loader, the device switch, one batch call
-per batch, and the conversion of its output.
+A stand-in module with the package's API records what kadr asks of it: the
+loader, the device switch, one batch call per batch, and the conversion of its
+output. The real package and its YOLOv5 code: tests/test_parity_megadetector.py.
 """
 
 import sys
@@ -33,7 +32,8 @@ def fake_megadetector(monkeypatch):
         calls["load"].append((model_file, force_cpu))
         return FakePTDetector()
 
-    run_detector = types.SimpleNamespace(load_detector=load_detector)
+    run_detector = types.SimpleNamespace(load_detector=load_detector,
+                                         model_string_to_model_version={}, known_models={})
     package = types.ModuleType("megadetector")
     detection = types.ModuleType("megadetector.detection")
     detection.run_detector = run_detector

@@ -84,3 +84,41 @@ def test_traps_run_finds_what_the_package_finds(checkpoint, photos, tmp_path, mo
         assert animals_ours == animals_theirs, name
         assert 0 <= table.loc[f"cam1/{name}", "n_animals"] <= animals_ours
     assert seen > 0, "the random weights found nothing: the comparison would be empty"
+
+
+def test_a_release_name_loads_from_the_package_download_folder_offline(checkpoint, photos,
+                                                                          tmp_path, monkeypatch):
+    # The package keeps what it downloads in <tmp>/megadetector_models under the release's
+    # file name; a second run, offline, must find it there instead of failing or hanging.
+    import tempfile
+
+    from kadr.core.decode import decode_photo
+    from kadr.core.models import WeightsNotFoundError, load_model
+
+    monkeypatch.setenv("KADR_DEVICE", "cpu")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("MDV1000-redwood", raising=False)
+    with pytest.raises(WeightsNotFoundError) as missing:
+        load_model("megadetector:MDV1000-redwood", kind="detector", trust_checkpoint=True)
+    cached = tmp_path / "megadetector_models" / "md_v1000.0.0-redwood.pt"
+    assert str(cached) in str(missing.value) and "md_v1000.0.0-redwood.pt" in str(missing.value)
+
+    cached.parent.mkdir()
+    shutil.copy(checkpoint, cached)
+    by_name = load_model("megadetector:MDV1000-redwood", kind="detector", trust_checkpoint=True)
+    by_path = load_model(f"megadetector:{checkpoint}", kind="detector", trust_checkpoint=True)
+    photo = decode_photo((photos / PHOTOS[2]).read_bytes())
+    found = [[d.as_dict() for d in m.detect([m.prepare(photo)])[0]] for m in (by_name, by_path)]
+    assert found[0] == found[1] and found[0]
+
+
+def test_a_release_name_is_refused_without_trust(tmp_path, monkeypatch):
+    import tempfile
+
+    from kadr.core.models import UnsafeCheckpointError, load_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("MDV5A", str(save_random_mdv5(tmp_path / "md_v5a.0.0.pt",
+                                                     arch="yolov5n6")))
+    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+        load_model("megadetector:MDV5A", kind="detector")

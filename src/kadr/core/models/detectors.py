@@ -9,7 +9,9 @@ COCO detector: "elephant", "bed", "potted plant"...).
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -171,11 +173,7 @@ class MegaDetector:
         try:
             from megadetector.detection import run_detector
         except ImportError as e:
-            raise SpecError(
-                f"megadetector: specs need the megadetector package and its YOLOv5 code ({e}): "
-                "pip install 'kadr[megadetector]' && "
-                "pip install --no-deps megadetector==10.0.28 yolov5==7.0.11"
-            ) from e
+            raise SpecError(_md_install_hint(e)) from e
         from kadr.core.models.device import torch_device
 
         self.model = run_detector.load_detector(path, force_cpu=torch_device().type == "cpu")
@@ -238,31 +236,80 @@ class MegaDetectorBackend:
     name = "megadetector"
     kind = "detector"
     family: str | None = None  # precision: not converted by kadr (runs as it ships, fp32 on the CPU)
-    help = "MegaDetector v5 checkpoints (md_v5a.0.0.pt) via the megadetector package"
+    help = ("MegaDetector v5 and MDv1000 checkpoints (a path, or a release name: MDV5A, "
+            "MDV1000-redwood, ...) via the megadetector package")
 
     def known(self) -> list[KnownModel]:
-        env = os.environ.get("MDV5A", "")
-        return [KnownModel("megadetector:PATH/md_v5a.0.0.pt", self.kind,
-                           "MegaDetector v5a (animal/person/vehicle)", env or "$MDV5A",
-                           bool(env) and os.path.isfile(env))]
+        models = [KnownModel("megadetector:PATH/md_v5a.0.0.pt", self.kind,
+                             "a MegaDetector checkpoint by path (animal/person/vehicle)",
+                             "the path given", False)]
+        cache = Path(tempfile.gettempdir()) / "megadetector_models"
+        for name, file in MD_RELEASES.items():
+            env = os.environ.get(name, "")
+            where = env if env else f"${name}, else {cache / file}"
+            present = os.path.isfile(env) if env else (cache / file).is_file()
+            models.append(KnownModel(f"megadetector:{name}", self.kind,
+                                     f"MegaDetector release {file} (by name: the package "
+                                     "downloads it)", where, present))
+        return models
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> MegaDetector:
-        if spec.name.upper() in ("MDV5A", "MDV5B"):
-            # The megadetector package resolves these names itself: $MDV5A, or a download.
-            env = os.environ.get(spec.name.upper())
-            if env and os.path.isfile(env):
-                return MegaDetector(spec, _trusted(env, trust_checkpoint))
+        release = release_checkpoint(spec.name)
+        if release is not None:  # a release name: MDV5A, MDV1000-redwood, ...
+            path, looked, url = release
+            if path is not None:
+                return MegaDetector(spec, _trusted(path, trust_checkpoint))
             if not hub_reachable("github.com"):
                 raise WeightsNotFoundError(missing_weights_message(
-                    f"megadetector:{spec.name}", [f"${spec.name.upper()} (not set)",
-                                                  "the MegaDetector release download (no network)"],
-                    "download md_v5a.0.0.pt from the MegaDetector releases and pass "
-                    "megadetector:/path/md_v5a.0.0.pt (or set $MDV5A), or use another detector, "
-                    "e.g. yolox:/path/yolox_nano.onnx"))
-            return MegaDetector(spec, _trusted(spec.name.upper(), trust_checkpoint))
+                    f"megadetector:{spec.name}", [*looked, f"{url} (no network)"],
+                    f"download {url.rsplit('/', 1)[-1]} from the MegaDetector releases and pass "
+                    f"megadetector:/path/{url.rsplit('/', 1)[-1]}, or put it where the package "
+                    "keeps its downloads, or use another detector, e.g. "
+                    "yolox:/path/yolox_nano.onnx"))
+            # The package downloads it (and checks its MD5) into its own cache.
+            return MegaDetector(spec, _trusted(spec.name, trust_checkpoint))
         path = _require_file(spec, "Download md_v5a.0.0.pt from the MegaDetector releases and "
                                    "pass its path: megadetector:/path/md_v5a.0.0.pt")
         return MegaDetector(spec, _trusted(path, trust_checkpoint))
+
+
+def _md_install_hint(error: Exception) -> str:
+    return (f"megadetector: specs need the megadetector package and its YOLOv5 code ({error}): "
+            "pip install 'kadr[megadetector]' && "
+            "pip install --no-deps megadetector==10.0.28 yolov5==7.0.11")
+
+
+# The releases the megadetector package downloads by name, and their files (its
+# run_detector.known_models; listed here so that `kadr models` need not import it).
+MD_RELEASES = {"MDV5A": "md_v5a.0.0.pt", "MDV5B": "md_v5b.0.0.pt",
+               **{f"MDV1000-{tree}": f"md_v1000.0.0-{tree}.pt"
+                  for tree in ("redwood", "cedar", "larch", "sorrel", "spruce")}}
+
+
+def release_checkpoint(name: str) -> tuple[str | None, list[str], str] | None:
+    """A MegaDetector release name (``MDV5A``, ``MDV1000-redwood``; the package's own table
+    of names) as (the local file, or None; where it was looked for; its download URL);
+    None for a name that is no release (a path). Looked for where the package itself
+    looks: an environment variable of that name, then the folder it downloads into."""
+    try:
+        from megadetector.detection import run_detector
+    except ImportError as e:
+        raise SpecError(_md_install_hint(e)) from e
+    version = run_detector.model_string_to_model_version.get(name.lower(), name.lower())
+    info = run_detector.known_models.get(version)
+    if info is None:
+        return None
+    looked = []
+    for var in dict.fromkeys((name, name.upper())):
+        value = os.environ.get(var)
+        if value and os.path.isfile(value):
+            return value, looked, info["url"]
+        looked.append(f"${var} ({'not a file: ' + value if value else 'not set'})")
+    cached = Path(tempfile.gettempdir()) / "megadetector_models" / info["url"].rsplit("/", 1)[-1]
+    if cached.is_file():
+        return str(cached), looked, info["url"]
+    looked.append(str(cached))
+    return None, looked, info["url"]
 
 
 def _trusted(path: str, trust_checkpoint: bool) -> str:
