@@ -107,3 +107,16 @@ def make_broken_corpus(root: Path) -> dict[str, str]:
     # Unreadable files (permission denied) are tested in test_decode for any user, root
     # included; a corpus file cannot be made unreadable to root.
     return expected
+
+
+def megadetector_validation(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of MegaDetector's own validator on a batch-output file."""
+    need_module("megadetector", extra="megadetector")
+    from megadetector.postprocessing.validate_batch_results import (
+        ValidateBatchResultsOptions,
+        validate_batch_results,
+    )
+
+    options = ValidateBatchResultsOptions()
+    result = validate_batch_results(str(path), options)["validation_results"]
+    return result["errors"], result["warnings"]

@@ -8,7 +8,7 @@ import pytest
 from kadr.traps.exports import validate_camtrap_dp
 from kadr.traps.pipeline import TrapSettings, run_traps
 from kadr.traps.prompts import PromptFileError, load_prompts, parse_prompts
-from tests.helpers import TINY_CLIP, jpeg_bytes, shared_path
+from tests.helpers import TINY_CLIP, jpeg_bytes, megadetector_validation, shared_path
 
 D04 = ("data", "camera_traps", "cameratraps_repo", "api", "synchronous", "sample_input")
 
@@ -50,6 +50,7 @@ def test_real_yolox_run_gives_one_elephant_registration(d04_camera, tmp_path):
     assert csv[0] == "name_folder,class,date_registration_start,date_registration_end,count"
     md = json.loads((out / "megadetector.json").read_text())
     assert len(md["images"]) == 10 and md["detection_categories"]["1"] == "animal"
+    assert megadetector_validation(out / "megadetector.json") == ([], [])
     assert "<svg" in (out / "report.html").read_text() and "data:image/jpeg;base64" in (
         out / "report.html").read_text()
     schemas = shared_path("data", "camtrap-dp-1.0.2")
@@ -73,6 +74,8 @@ def test_classifier_path_with_tiny_clip_and_broken_photo(d04_camera, tmp_path):
     assert ok[prob_cols].sum(axis=1).round(3).eq(1.0).all()
     assert "broken.JPG" in (out / "report.html").read_text()
     assert summary.empty_groups == ["empty_camera"]
+    # Classifications, a failed photo: MegaDetector's own validator accepts the file.
+    assert megadetector_validation(out / "megadetector.json") == ([], [])
     # Resume: a second run processes nothing and gives the same registrations.
     result = run_traps(str(d04_camera), str(out), settings)
     s2, regs2 = result.summary, result.frame()

@@ -16,7 +16,7 @@ from PIL import Image
 from kadr.core.video import ClipInfo, sampled_frames
 from kadr.traps.exports import validate_camtrap_dp
 from kadr.traps.pipeline import TrapSettings, run_traps
-from tests.helpers import need_module, shared_path
+from tests.helpers import megadetector_validation, need_module, shared_path
 
 D04 = ("data", "camera_traps", "cameratraps_repo", "api", "synchronous", "sample_input")
 
@@ -89,6 +89,7 @@ def test_an_elephant_clip_is_a_registration_at_its_creation_time(tmp_path):
     md = json.loads((out / "megadetector.json").read_text())
     files = [im["file"] for im in md["images"]]
     assert "D04/elephant.mp4/frame000008.jpg" in files and len(files) == 4 + 3
+    assert megadetector_validation(out / "megadetector.json") == ([], [])
     media = pd.read_csv(out / "camtrap-dp" / "media.csv")
     assert set(media["fileMediatype"]) == {"video/mp4"} and len(media) == 2, "a row per clip"
     assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
@@ -137,6 +138,7 @@ def test_broken_clips_get_a_status_and_the_run_goes_on(tmp_path):
     assert result.summary.failed == 4
     failed = {k for k, _, _ in result.summary.failures}
     assert {"D04/cut.mp4", "D04/empty.mov", "D04/text.avi", "D04/sound.mp4"} <= failed
+    assert megadetector_validation(out / "megadetector.json") == ([], [])
 
 
 def test_a_killed_clip_run_resumes_without_redoing_frames(tmp_path):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_open
+from kadr.core.video import is_video
 from kadr.traps.tables import BACKGROUND_CLASSES
 
 MD_CATEGORY_IDS = {"animal": "1", "person": "2", "vehicle": "3"}
@@ -94,7 +95,12 @@ def _md_image(r: dict, root: str, class_ids: dict[str, str]) -> dict:
     # Timelapse and MegaDetector's tools read ``file`` relative to the image folder.
     entry: dict = {"file": os.path.relpath(r["key"], root) if root else r["key"]}
     if r["status"] != PhotoStatus.OK:
+        # The format's failed image: a failure string and detections null (MegaDetector's
+        # validator warns without it; Timelapse tells "not processed" from "nothing found").
         entry["failure"] = f"{r['status']}: {r['reason']}"
+        entry["detections"] = None
+        if is_video(r["key"]):  # a clip that could not be read: the format's video entry
+            entry["frame_rate"] = -1  # unknown, as MegaDetector's video tools write it
         return entry
     dets = []
     for d in _one_box_per_animal(json.loads(r["detections"] or "[]")):
