@@ -324,3 +324,51 @@ def test_no_detector_classifies_whole_photos(d04_camera, tmp_path):
                               "--detector", "none", "--classifier", "none"], capture_output=True,
                              text=True)
     assert refused.returncode == 2 and "--detector none" in refused.stderr + refused.stdout
+
+
+def test_each_animal_box_keeps_its_own_crops_class(tmp_path):
+    # Two animals in one photo: each box is named by its own crop, as the classifier sees
+    # that crop alone, and the photo's class stays the vote of its crops and the photo.
+    from kadr.core.decode import decode_photo
+    from kadr.traps.pipeline import TrapJob
+    from kadr.traps.prompts import classify
+
+    name = "snapshot_camdeboo_CDB_S1_A05_A05_R2_CDB_S1_A05_R2_IMAG0084.JPG"
+    source = shared_path("data", "camera_traps", "cameratraps_repo", "test_images",
+                         "test_images", name)
+    (tmp_path / "cam").mkdir()
+    shutil.copy(source, tmp_path / "cam" / name)
+    settings = TrapSettings(detector=yolox(), classifier=TINY_CLIP, progress=False)
+    run_traps(str(tmp_path), str(tmp_path / "out"), settings)
+    row = pd.read_parquet(tmp_path / "out" / "photos.parquet").iloc[0]
+    boxes = [d for d in json.loads(row["detections"]) if "class" in d]
+    assert len(boxes) == row["n_animals"] == 2
+
+    trap = TrapJob(settings)
+    image = decode_photo(source.read_bytes()).image
+    for box in boxes:
+        emb = trap.model.encode_images([trap.classifier_input(image, box["bbox"])])
+        p = classify(emb, trap.prompts, trap.class_emb, trap.model.logit_scale)[0]
+        assert box["class"] == trap.class_names[int(p.argmax())]
+        # Alone here, in a batch with the photo in the run: float kernels differ a little.
+        assert box["class_prob"] == pytest.approx(float(p.max()), abs=1e-3)
+
+
+def test_two_species_in_one_photo_are_two_observations_and_two_classified_boxes():
+    from kadr.traps.exports.camtrap_dp import _media_observations
+    from kadr.traps.exports.megadetector import _md_image
+
+    dets = [{"label": "zebra", "category": "animal", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.3],
+             "class": "zebra", "class_prob": 0.8},
+            {"label": "dog", "category": "animal", "conf": 0.7, "bbox": [0.6, 0.5, 0.2, 0.2],
+             "class": "jackal", "class_prob": 0.6},
+            {"label": "cat", "category": "animal", "conf": 0.5, "bbox": [0.0, 0.7, 0.1, 0.1]}]
+    row = {"key": "cam/p.jpg", "group": "cam", "status": "ok", "time": pd.Timestamp("2024-01-01"),
+           "detections": json.dumps(dets), "class": "zebra", "class_prob": 0.7}
+    md = _md_image(row, "", {"zebra": "1", "jackal": "2"})
+    assert [d["classifications"] for d in md["detections"]] == [[["1", 0.8]], [["2", 0.6]],
+                                                               [["1", 0.7]]]
+    observations = _media_observations(row, "m1", "Z", "2024-01-02T00:00:00Z",
+                                       {"zebra": "Equus zebra", "jackal": "Lupulella mesomelas"})
+    assert [(o["scientificName"], o["classificationProbability"]) for o in observations] == [
+        ("Equus zebra", 0.8), ("Lupulella mesomelas", 0.6), ("Equus zebra", 0.7)]

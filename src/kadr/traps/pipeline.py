@@ -109,9 +109,10 @@ class TrapJob:
         for (_, image), dets in zip(inputs, all_dets, strict=True):
             animals = count_animals(dets, self.s.threshold)
             results.append({
-                "detections": json.dumps([d.as_dict() for d in dets if d.conf >= 0.05]),
                 "n_animals": len(animals),
+                "_detections": [d for d in dets if d.conf >= 0.05],
                 "_animals": animals,
+                "_box_classes": {},  # id(animal box) -> (its crop's class, probability)
                 "_image": image,
             })
         if self.model is None:
@@ -124,21 +125,26 @@ class TrapJob:
             self._classify(results)
         for r in results:
             r["top_bbox"] = json.dumps(r["_animals"][0].as_dict()["bbox"]) if r["_animals"] else None
-            del r["_animals"], r["_image"]
+            r["detections"] = json.dumps([_box_dict(d, r["_box_classes"].get(id(d)))
+                                          for d in r["_detections"]])
+            for k in ("_animals", "_detections", "_box_classes", "_image"):
+                del r[k]
         return results
 
     def _classify(self, results: list[dict]) -> None:
         mode = classify_on(self.s)
-        crops, owners, weights = [], [], []
+        crops, owners, weights, boxes = [], [], [], []
         for i, r in enumerate(results):
             for d in r["_animals"][: self.s.max_crops] if mode in ("crops", "both") else []:
                 crops.append(self.classifier_input(r["_image"], d.bbox))
                 owners.append(i)
                 weights.append(d.conf)
+                boxes.append(d)
             if mode in ("photo", "both"):
                 crops.append(self.model.prepare_image(r["_image"]))
                 owners.append(i)
                 weights.append(0.5 if r["_animals"] else 1.0)
+                boxes.append(None)
         probs = np.zeros((len(results), len(self.class_names)), np.float32)
         vectors = np.zeros((len(results), self.class_emb.shape[1]), np.float32)
         if crops:
@@ -146,6 +152,12 @@ class TrapJob:
             p = classify(emb, self.prompts, self.class_emb, self.model.logit_scale)
             w = np.array(weights, np.float32)[:, None]
             np.add.at(probs, np.array(owners), p * w)
+            # Each animal box keeps its own crop's class: two species in one photo stay two.
+            for owner, box, crop_p in zip(owners, boxes, p, strict=True):
+                if box is not None:
+                    k = int(crop_p.argmax())
+                    results[owner]["_box_classes"][id(box)] = (
+                        self.class_names[k], round(float(crop_p[k]), 4))
             # What `traps learn` fits on: the photo's animals (and the photo) as the
             # classifier saw them, weighted as their votes are.
             np.add.at(vectors, np.array(owners), emb * w)
@@ -171,6 +183,15 @@ class TrapJob:
                 count = n if n > 0 else None
             r.update({"class": cls, "class_prob": round(float(p[k]), 4), "count": count})
             r.update({f"p_{n_}": round(float(v), 4) for n_, v in zip(names, p, strict=True)})
+
+
+def _box_dict(d: Detection, own_class: tuple[str, float] | None) -> dict:
+    """One stored detection; an animal box that was classified on its own carries its
+    class and that class's probability (``class``, ``class_prob``)."""
+    out = d.as_dict()
+    if own_class is not None:
+        out["class"], out["class_prob"] = own_class
+    return out
 
 
 def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:

@@ -395,12 +395,24 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, names: dict)
     }
     if cls.lower() in BACKGROUND_CLASSES or not dets:
         return [{**base, "observationID": f"{media_id}_0", "observationType": "blank"}]
-    prob = r.get("class_prob")
-    return [{**base, "observationID": f"{media_id}_{i}", "observationType": "animal",
-             "scientificName": names.get(cls, cls.replace("_", " ")), "count": 1,
-             "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
-             "classificationProbability": float(prob) if pd.notna(prob) else d["conf"]}
-            for i, d in enumerate(dets, 1) for x, y, w, h in [d["bbox"]]]
+    photo_prob = r.get("class_prob")
+    photo_prob = float(photo_prob) if pd.notna(photo_prob) else None
+    observations = []
+    for i, d in enumerate(dets, 1):
+        # A box classified on its own is named by its crop (two species in one photo are
+        # two observations); a box without a crop, or whose crop looked empty, by the photo.
+        own = d.get("class")
+        if isinstance(own, str) and own.lower() not in BACKGROUND_CLASSES:
+            box_cls, prob = own, float(d["class_prob"])
+        else:
+            box_cls, prob = cls, photo_prob if photo_prob is not None else d["conf"]
+        x, y, w, h = d["bbox"]
+        observations.append({
+            **base, "observationID": f"{media_id}_{i}", "observationType": "animal",
+            "scientificName": names.get(box_cls, box_cls.replace("_", " ")), "count": 1,
+            "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
+            "classificationProbability": prob})
+    return observations
 
 
 def _utc_seconds(stamp: str) -> str:

@@ -112,7 +112,9 @@ def _md_image(r: dict, root: str, class_ids: dict[str, str]) -> dict:
         if cat == "1" and isinstance(decided, str):  # a reviewer's class is certain
             if decided in class_ids:
                 det["classifications"] = [[class_ids[decided], 1.0]]
-        elif cat == "1" and r.get("class") in class_ids:
+        elif cat == "1" and d.get("class") in class_ids:  # the box's own crop's class
+            det["classifications"] = [[class_ids[d["class"]], float(d["class_prob"])]]
+        elif cat == "1" and r.get("class") in class_ids:  # no crop of its own: the photo's
             prob = r.get("class_prob")
             det["classifications"] = [[class_ids[r["class"]],
                                        float(prob) if pd.notna(prob) else d["conf"]]]
