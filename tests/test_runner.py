@@ -58,3 +58,19 @@ def test_jobs_decode_between_batches_only_when_their_models_run_on_the_cpu(monke
     assert image_embedding_job(model).decode_between_batches is True
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     assert image_embedding_job(model).decode_between_batches is False
+
+
+def test_a_clips_frames_are_read_in_runs_and_photos_one_at_a_time():
+    from kadr.core.collection import PhotoRef
+    from kadr.core.runner import FRAME_RUN, load_tasks
+    from kadr.core.video import VideoFrame
+
+    def frame(clip: str, i: int) -> PhotoRef:
+        return PhotoRef(f"{clip}/frame{i:06d}.jpg", clip, "cam",
+                        frame=VideoFrame(clip, i, float(i), None, "none", "video/mp4"))
+
+    refs = ([frame("a.mp4", i) for i in range(FRAME_RUN * 2 + 5)]
+            + [PhotoRef("p.jpg", "p.jpg", "cam")] + [frame("b.mp4", i) for i in range(3)])
+    tasks = list(load_tasks(refs))
+    assert [len(t) for t in tasks] == [FRAME_RUN, FRAME_RUN, 5, 1, 3]
+    assert [r for t in tasks for r in t] == refs, "every frame once, in order"
