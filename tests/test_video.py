@@ -250,3 +250,76 @@ def test_seeking_decodes_the_frames_asked_for(tmp_path, gop, rate):
     assert [i for i, _ in got] == wanted
     for i, img in got:
         assert abs(np.asarray(img).mean() - 4 * i) < 3, (i, np.asarray(img).mean())
+
+
+def test_a_clip_registration_is_reviewed_by_keyboard_as_photos_are(tmp_path):
+    # Split a clip's registration at a frame and merge it back, count it, name its species,
+    # shift its camera's clock: each key acts on clip frames as on photos, and the export
+    # carries the decisions.
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_review_browser import Server, chromium, current, press
+
+    cam = tmp_path / "cards" / "D04"
+    make_clip(cam / "e.mp4", [d04("0020"), d04("0021"), d04("0022")])
+    out = tmp_path / "out"
+    run_traps(str(tmp_path / "cards"), str(out), yolox_settings())
+    server = Server(out)
+    url = server.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1366, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#queue li")
+            page.wait_for_function("document.getElementById('u-class').textContent !== ''")
+            # Three sampled frames see the elephant (the last frame, at 2.75 s, does not).
+            assert "3 photo(s)" in current(page)["when"]
+            page.keyboard.press("ArrowRight")
+            press(page, "x")  # split before the second frame
+            assert "1 photo(s)" in current(page)["when"]
+            page.keyboard.press("j")
+            page.wait_for_function(
+                "document.getElementById('u-when').textContent.includes('2 photo(s)')")
+            press(page, "m")  # and merge it back
+            assert "3 photo(s)" in current(page)["when"]
+            page.keyboard.press("c")
+            page.keyboard.press("3")
+            press(page, "Enter")
+            assert current(page)["count"] == "3"
+            page.keyboard.press("t")  # the camera's clock was an hour slow
+            page.wait_for_selector("#clock-dialog[open]")
+            page.fill("#clock-form [name=true_time]", "2013-05-01 11:00:00")
+            before = page.inner_text("#status")
+            page.keyboard.press("Enter")
+            page.wait_for_function("(b) => document.getElementById('status').textContent !== b",
+                                   arg=before)
+            assert "shifted the clock of D04 by +01:00:00" in page.inner_text("#status")
+            page.keyboard.press("Escape")
+            if page.is_visible("#empty-queue"):  # the counted one is reviewed: list them all
+                page.select_option("#filters select[name=reviewed]", "yes")
+                page.wait_for_selector("#queue li")
+            page.wait_for_function(
+                "document.getElementById('u-when').textContent.includes('11:00:00')")
+            page.keyboard.press("s")  # last: naming it decides it, and the queue moves on
+            page.keyboard.type("elephant")
+            before = page.inner_text("#status")
+            page.keyboard.press("Enter")
+            if "new species" in page.inner_text("#species-note"):
+                press(page, "Enter")
+            else:
+                page.wait_for_function(
+                    "(b) => document.getElementById('status').textContent !== b", arg=before)
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.stop()
+    regs = pd.read_csv(out / "registrations.csv")
+    assert len(regs) == 1, regs
+    reg = regs.iloc[0]
+    assert (reg["class"], reg["count"]) == ("elephant", 3)
+    assert reg["date_registration_start"].startswith("2013-05-01 11:00:00")
+    assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
+    assert megadetector_validation(out / "megadetector.json") == ([], [])
