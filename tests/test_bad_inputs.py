@@ -102,4 +102,6 @@ def test_an_empty_camera_trap_run_still_writes_valid_empty_outputs(places):
     regs = pd.read_csv(out / "registrations.csv")
     assert len(regs) == 0 and list(regs.columns)[:2] == ["name_folder", "class"]
     assert json.loads((out / "megadetector.json").read_text())["images"] == []
+    clips = pd.read_parquet(out / "clips.parquet")
+    assert len(clips) == 0 and "media_key" in clips.columns
     assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []

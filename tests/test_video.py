@@ -92,6 +92,16 @@ def test_an_elephant_clip_is_a_registration_at_its_creation_time(tmp_path):
     assert megadetector_validation(out / "megadetector.json") == ([], [])
     media = pd.read_csv(out / "camtrap-dp" / "media.csv")
     assert set(media["fileMediatype"]) == {"video/mp4"} and len(media) == 2, "a row per clip"
+    clips = pd.read_parquet(out / "clips.parquet").set_index("media_key")
+    assert list(clips.index) == ["D04/elephant.mp4", "D04/nothing.mp4"]
+    elephant = clips.loc["D04/elephant.mp4"]
+    assert (elephant["class"], elephant["count"]) == (reg["class"], 1), "max over its frames"
+    assert (elephant["frames"], elephant["frames_failed"]) == (4, 0)
+    assert str(elephant["start"]) == "2013-05-01 10:00:00"
+    assert str(elephant["end"]) == "2013-05-01 10:00:02.750000"
+    assert elephant["time_source"] == "creation_time"
+    assert (clips.loc["D04/nothing.mp4", "class"], clips.loc["D04/nothing.mp4", "count"]) == (
+        "empty", 0)
     assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from kadr.core.status import PhotoStatus
 from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text, key_digests
+from kadr.traps.exports.clips import clip_summaries
 from kadr.traps.linking import short_id
 from kadr.traps.tables import BACKGROUND_CLASSES, DATED_TIME_SOURCES
 
@@ -254,37 +255,33 @@ class CamtrapPackage:
 
     def _write_clips(self, frames: pd.DataFrame) -> None:
         """A media row per clip (its start as the timestamp) and one media-level
-        observation spanning its sampled frames: the frames' class vote and their largest
-        count, or a blank. Boxes stay per frame in the MegaDetector JSON: Camtrap DP's
-        boxes describe a still image."""
+        observation spanning its sampled frames: the clip's class and count as
+        :func:`~kadr.traps.exports.clips.clip_summaries` gives them, or a blank. Boxes stay
+        per frame in the MegaDetector JSON: Camtrap DP's boxes describe a still image."""
         media, observations = [], []
-        for key, f in frames.groupby("media_key", sort=False):
-            media_id = short_id(key)
-            start, end = _iso(f["time"].min(), self.off), _iso(f["time"].max(), self.off)
+        for clip in clip_summaries(frames).to_dict("records"):
+            media_id = short_id(clip["media_key"])
+            start, end = _iso(clip["start"], self.off), _iso(clip["end"], self.off)
             media.append({
-                "mediaID": media_id, "deploymentID": str(f["group"].iloc[0]),
+                "mediaID": media_id, "deploymentID": clip["group"],
                 "captureMethod": "activityDetection", "timestamp": start,
-                "filePath": media_file_path(f["path"].iloc[0], key, self.media_url),
-                "filePublic": bool(self.media_url), "fileName": os.path.basename(key),
-                "fileMediatype": f["media_type"].iloc[0]})
-            events = f["event_id"].dropna() if "event_id" in f else pd.Series([], dtype=str)
-            counts = pd.to_numeric(f["count"], errors="coerce").fillna(0)
-            animal = f[~f["class"].fillna("").str.lower().isin(BACKGROUND_CLASSES) & (counts > 0)]
-            base = {"observationID": f"{media_id}_1", "deploymentID": str(f["group"].iloc[0]),
-                    "mediaID": media_id, "eventID": events.mode().iloc[0] if len(events) else None,
+                "filePath": media_file_path(clip["path"], clip["media_key"], self.media_url),
+                "filePublic": bool(self.media_url),
+                "fileName": os.path.basename(clip["media_key"]),
+                "fileMediatype": clip["media_type"]})
+            base = {"observationID": f"{media_id}_1", "deploymentID": clip["group"],
+                    "mediaID": media_id, "eventID": clip["event_id"],
                     "eventStart": start, "eventEnd": end, "observationLevel": "media",
                     "classificationMethod": "machine", "classifiedBy": "kadr",
                     "classificationTimestamp": self.now}
-            if animal.empty:
+            if not clip["count"]:
                 observations.append({**base, "observationType": "blank"})
                 continue
-            prob = pd.to_numeric(animal["class_prob"], errors="coerce").fillna(1.0)
-            cls = prob.groupby(animal["class"]).sum().idxmax()
+            cls = clip["class"]
             observations.append({
                 **base, "observationType": "animal",
                 "scientificName": self.names.get(cls, cls.replace("_", " ")),
-                "count": int(counts[animal.index].max()),
-                "classificationProbability": round(float(prob[animal["class"] == cls].mean()), 4)})
+                "count": clip["count"], "classificationProbability": clip["class_prob"]})
         pd.DataFrame(media).reindex(columns=CAMTRAP_COLUMNS["media"]).to_csv(
             self._media, index=False, header=False, lineterminator="\n")
         self._write_observations(observations)

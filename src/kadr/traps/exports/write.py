@@ -38,6 +38,7 @@ from kadr.core.store import (
 from kadr.traps.decisions import Decision, last_decision_id, read_decisions
 from kadr.traps.exports.agreement import write_agreement
 from kadr.traps.exports.camtrap_dp import CamtrapPackage
+from kadr.traps.exports.clips import clips_parquet
 from kadr.traps.exports.megadetector import common_folder, megadetector_json
 from kadr.traps.linking import link_events
 from kadr.traps.prompts import PromptSet
@@ -234,6 +235,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
           atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
           megadetector_json(out_dir / "megadetector.json", fingerprint, labels,
                                    common_folder(stored_keys(files))) as md_json,
+          clips_parquet(out_dir / "clips.parquet") as clips_table,
           camtrap):
         parquet = None  # opened on the first camera, with its schema
         photo_rows = CsvAppender(photos_csv)
@@ -253,6 +255,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
                 parquet = pq.ParquetWriter(photos_parquet, rows.schema, compression="zstd")
             parquet.write_table(rows.cast(parquet.schema))
             md_json(photos)
+            clips_table(photos)
             camtrap.write(photos)
             camtrap.write_events(camera_regs)
             best = camera_regs["best_key"].dropna().head(gallery).tolist() if gallery else []
