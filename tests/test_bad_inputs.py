@@ -105,3 +105,18 @@ def test_an_empty_camera_trap_run_still_writes_valid_empty_outputs(places):
     clips = pd.read_parquet(out / "clips.parquet")
     assert len(clips) == 0 and "media_key" in clips.columns
     assert validate_camtrap_dp(out / "camtrap-dp", shared_path("data", "camtrap-dp-1.0.2")) == []
+
+
+@pytest.mark.parametrize("command", ["traps run", "hotels profile"])
+def test_max_pixels_is_an_option_of_every_batch_command(places, command):
+    # A photo over the limit is refused with a reason that names --max-pixels: the option
+    # must exist on the command that said so, and raising it lets the photo through.
+    args = [a.format(src="photos", out="out") for a in COMMANDS[command]]
+    result = invoke([*args, "--max-pixels", "1000"], places)
+    assert result.exit_code in (0, 1), (result.exit_code, result.output)
+    photos = pd.read_parquet(next((places / "out").glob("photos.parquet")))
+    row = photos.iloc[0]
+    assert row["status"] == "too_large" and "--max-pixels" in row["reason"]
+    result = invoke([*args[:-1], "--retry-failed", "-q"], places)
+    assert result.exit_code == 0, result.output
+    assert (pd.read_parquet(places / "out" / "photos.parquet")["status"] == "ok").all()

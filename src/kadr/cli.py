@@ -12,7 +12,6 @@ from rich.table import Table
 
 from kadr.cli_common import (
     GroupLevel,
-    MaxPixels,
     Quiet,
     TimePattern,
     Trust,
@@ -95,7 +94,6 @@ def embed(
         "open_clip:ViT-B-32@laion2b_s34b_b79k"
     ),
     group_level: GroupLevel = None,
-    max_pixels: MaxPixels = None,
     time_pattern: TimePattern = None,
     trust_checkpoint: Trust = False,
     run: dict | None = None,
@@ -104,8 +102,8 @@ def embed(
     from kadr.embed import embed_photos
 
     result = report_user_errors(lambda: embed_photos(
-        source, str(output), model, group_level=group_level, max_pixels=max_pixels,
-        time_pattern=time_pattern, trust_checkpoint=trust_checkpoint, **run))
+        source, str(output), model, group_level=group_level, time_pattern=time_pattern,
+        trust_checkpoint=trust_checkpoint, **run))
     finish(result.summary, source)
     out.print(f"embeddings: {output}")
 

@@ -94,7 +94,8 @@ def engine_options(engine: str, ray_address: str | None, actors: int, cpus_per_a
 
 def batch_command(batch_size: int = 32, workers: int = 2):
     """Give a command the options every batch command shares (``core.runner.RunOptions``:
-    columns, batch size, workers, retry, progress, and the engine with its Ray options),
+    columns, batch size, workers, retry, the pixel limit, progress, and the engine with its
+    Ray options),
     declared here once. The command receives them as ``run``, the keyword arguments of
     its settings; ``batch_size`` and ``workers`` are the command's defaults."""
     shared = [("path_column", PathColumn, None), ("group_column", GroupColumn, None),
@@ -102,7 +103,7 @@ def batch_command(batch_size: int = 32, workers: int = 2):
               ("engine", Engine, "local"), ("ray_address", RayAddress, None),
               ("actors", Actors, 2), ("cpus_per_actor", CpusPerActor, 1.0),
               ("gpus_per_actor", GpusPerActor, 0.0), ("quiet", Quiet, False),
-              ("retry_failed", RetryFailed, False)]
+              ("retry_failed", RetryFailed, False), ("max_pixels", MaxPixels, None)]
 
     def wrap(fn):
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
@@ -116,6 +117,7 @@ def batch_command(batch_size: int = 32, workers: int = 2):
             run = {"path_column": o["path_column"], "group_column": o["group_column"],
                    "batch_size": o["batch_size"], "workers": o["workers"],
                    "retry_failed": o["retry_failed"], "progress": not o["quiet"],
+                   **({"max_pixels": o["max_pixels"]} if o["max_pixels"] else {}),
                    "engine": engine_options(o["engine"], o["ray_address"], o["actors"],
                                             o["cpus_per_actor"], o["gpus_per_actor"])}
             return fn(run=run, **options)

@@ -70,19 +70,20 @@ def embed_photos(
 ) -> WorkflowResult:
     """Embed every photo of ``source`` into Parquet shards under ``out`` (the result's
     table)."""
-    collection = PhotoCollection(
-        source, group_level=group_level, group_column=group_column, path_column=path_column
-    )
     options = RunOptions(batch_size=batch_size, workers=workers, path_column=path_column,
                          group_column=group_column, retry_failed=retry_failed,
-                         progress=progress, engine=engine or EngineOptions())
+                         progress=progress, engine=engine or EngineOptions(),
+                         **({"max_pixels": max_pixels} if max_pixels else {}))
+    collection = PhotoCollection(
+        source, group_level=group_level, group_column=group_column, path_column=path_column,
+        max_pixels=options.max_pixels)
     fingerprint = {"job": "embed", "model": model_fingerprint(model_spec), "vector": "float32"}
     # float32 vectors of one size: what the model computes, half the size of float64 lists.
     summary = run_workflow(
         collection, out, functools.partial(make_embedding_job, model_spec, batch_size,
                                            trust_checkpoint),
         options, name="embed", fingerprint=fingerprint, column_types={"embedding": pa.float32()},
-        time_pattern=time_pattern, **({"max_pixels": max_pixels} if max_pixels else {}))
+        time_pattern=time_pattern)
     return WorkflowResult(summary, out, out)
 
 

@@ -434,6 +434,7 @@ class RunOptions:
     path_column: str | None = None  # manifests: the column with paths or URLs
     group_column: str | None = None  # manifests: the column naming the camera or hotel
     retry_failed: bool = False  # try every earlier failure again, not only transient ones
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger photos and clip frames are refused
     progress: bool = True
     engine: EngineOptions = field(default_factory=EngineOptions)
 
@@ -447,13 +448,14 @@ def run_workflow(collection: PhotoCollection | Iterable[PhotoRef], store_path, j
     ``job_factory`` (picklable) builds the job with its models: here on the local engine,
     once per actor on Ray, where this process holds no model and ``fingerprint`` (from
     the settings alone) names the results. ``loop``: :func:`run_job`'s own options
-    (``time_pattern``, ``max_pixels``)."""
+    (``time_pattern``)."""
     job = _driver_job(name, options.batch_size) if options.engine.on_ray else job_factory()
     fingerprint = job.fingerprint or fingerprint
     with ShardStore(store_path, fingerprint, column_types=column_types) as store:
         summary = run_job(collection, job, store, workers=options.workers,
                           progress=options.progress, retry_failed=options.retry_failed,
-                          engine=options.engine, job_factory=job_factory, **loop)
+                          max_pixels=options.max_pixels, engine=options.engine,
+                          job_factory=job_factory, **loop)
     summary.fingerprint = fingerprint
     summary.warnings.extend(job.notes)
     return summary

@@ -227,7 +227,8 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> WorkflowResult:
     collection = PhotoCollection(photos, group_level=settings.group_level,
                                  group_column=settings.group_column,
                                  path_column=settings.path_column,
-                                 video_fps=settings.video_fps or None)
+                                 video_fps=settings.video_fps or None,
+                                 max_pixels=settings.max_pixels)
     prompts = settings_prompts(settings) if settings.classifier else None
     summary = run_workflow(collection, out_dir / "photos.store",
                            functools.partial(make_trap_job, settings), settings, name="traps",
