@@ -51,3 +51,11 @@ def exact_precision(monkeypatch):
     What ``--precision auto`` picks, and how close bf16 stays, is tested on its own
     (tests/test_precision.py)."""
     monkeypatch.setenv("KADR_PRECISION", "fp32")
+
+
+@pytest.fixture(autouse=True)
+def process_settings_left_as_found(monkeypatch):
+    """Settings a library changes for the whole process when imported go back after the
+    test that imported it: pybioclip sets TORCH_FORCE_WEIGHTS_ONLY_LOAD, which makes every
+    later torch.load refuse pickled checkpoints (MegaDetector's among them)."""
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)

@@ -88,3 +88,17 @@ def test_heic_and_webp_tiff_bmp_decode(tmp_path):
         photo = decode_photo(buf.getvalue())
         assert photo.image.size == (40, 30), fmt
     assert datetime  # imported for symmetry with other tests
+
+
+def test_a_truncated_photo_stays_truncated_whatever_another_library_set(monkeypatch):
+    # MegaDetector's visualisation module (which its detector loader imports) turns on
+    # PIL's loading of truncated images for the whole process: a half-copied photo
+    # would then decode "ok", grey below the cut, and never be looked at again.
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = jpeg_bytes((640, 480), seed=3)
+    with pytest.raises(DecodeError) as e:
+        decode_photo(data[: len(data) // 2])
+    assert e.value.status == "truncated"
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "the other library's setting is left alone"

@@ -10,11 +10,14 @@ pixels than the file holds.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kadr.core.status import PhotoStatus
 
@@ -103,6 +106,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_strict_lock = threading.Lock()
+_strict_users = 0
+_their_setting = False
+
+
+@contextmanager
+def truncated_images_refused() -> Iterator[None]:
+    """PIL's truncated-image loading off while kadr decodes, whatever the process set.
+
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is one global: MegaDetector's visualisation
+    module (which its detector loader imports) turns it on, and a half-copied photo then
+    decodes "ok", grey below the cut, and is never looked at again. Decode threads
+    share the override (a count, not a lock held while decoding); the setting found is
+    put back when the last of them is done."""
+    global _strict_users, _their_setting
+    with _strict_lock:
+        if _strict_users == 0:
+            _their_setting = ImageFile.LOAD_TRUNCATED_IMAGES
+        _strict_users += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        with _strict_lock:
+            _strict_users -= 1
+            if _strict_users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _their_setting
+
+
 def decode_photo(
     data: bytes,
     min_side: int | None = None,
@@ -145,7 +177,7 @@ def decode_photo(
             img.draft("RGB", (min_side, min_side))
         if getattr(img, "is_animated", False):
             img.seek(0)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), truncated_images_refused():
             warnings.simplefilter("ignore")
             img.load()
     except OSError as e:
