@@ -30,6 +30,18 @@ def chromium() -> str:
     return CHROMIUM
 
 
+def review_page(p, url: str, width: int = 1366, height: int = 800):
+    """Debian's Chromium on the review page at ``url``, its queue drawn: (browser, page,
+    the page's script errors as they happen)."""
+    browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("#queue li")
+    return browser, page, errors
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     """`kadr demo`'s camera-trap output: real photos, the real YOLOX detector."""
@@ -110,12 +122,7 @@ def test_review_the_demo_by_keyboard_survive_kill9_and_export(demo_run, tmp_path
     saved: list[int] = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.wait_for_selector("#queue li")
+            browser, page, errors = review_page(p, url, 1400, 900)
             total = int(page.inner_text("#total").split()[0])
             assert total > 11, "registrations and the blank stretches to check for misses"
             # Accept the least certain registration: it leaves the "not yet" queue.

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import TINY_CLIP, shared_path
-from tests.test_review_browser import chromium, serve_copy
+from tests.test_review_browser import review_page, serve_copy
 
 SIZES = [(1366, 800), (1920, 1080)]
 
@@ -109,12 +109,7 @@ def test_a_reviewers_session_by_keyboard_only(classified_demo, tmp_path, size):
     width, height = size
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": width, "height": height})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.wait_for_selector("#queue li")
+            browser, page, errors = review_page(p, url, width, height)
             kb = Keyboard(page)
             done0, left0 = progress(page)
             assert done0 == 0 and left0 > 20
@@ -293,10 +288,7 @@ def test_boxes_sit_on_the_photos_own_pixels(classified_demo, tmp_path, size):
     url = server.url
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
-            page.goto(url)
-            page.wait_for_selector("#queue li")
+            browser, page, _ = review_page(p, url, *size)
             checked = 0
             for _ in range(page.locator("#queue li").count()):
                 page.wait_for_function("document.getElementById('big').complete")

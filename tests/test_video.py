@@ -268,7 +268,7 @@ def test_a_clip_registration_is_reviewed_by_keyboard_as_photos_are(tmp_path):
     # carries the decisions.
     from playwright.sync_api import sync_playwright
 
-    from tests.test_review_browser import Server, chromium, current, press
+    from tests.test_review_browser import Server, current, press, review_page
 
     cam = tmp_path / "cards" / "D04"
     make_clip(cam / "e.mp4", [d04("0020"), d04("0021"), d04("0022")])
@@ -278,12 +278,7 @@ def test_a_clip_registration_is_reviewed_by_keyboard_as_photos_are(tmp_path):
     url = server.start()
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1366, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.wait_for_selector("#queue li")
+            browser, page, errors = review_page(p, url)
             page.wait_for_function("document.getElementById('u-class').textContent !== ''")
             # Three sampled frames see the elephant (the last frame, at 2.75 s, does not).
             assert "3 photo(s)" in current(page)["when"]
