@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from kadr.core import video
 from kadr.core.video import ClipInfo, sampled_frames
 from kadr.traps.exports import validate_camtrap_dp
 from kadr.traps.pipeline import TrapSettings, run_traps
@@ -177,7 +178,17 @@ def test_a_clip_without_a_creation_time_falls_back_as_photos_do(tmp_path):
     assert str(photos["time"].max()) == "2020-01-02 03:04:06.750000"
 
 
-def test_the_report_and_the_review_show_a_clips_frame(tmp_path):
+def read_frame_directly(path: Path, index: int) -> Image.Image:
+    """Frame ``index`` of a clip by decoding from the start: the reference for seeks."""
+    av = need_module("av")
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i == index:
+                return frame.to_image().convert("RGB")
+    raise AssertionError(f"{path} has no frame {index}")
+
+
+def test_the_report_and_the_review_show_a_clips_frame(tmp_path, monkeypatch):
     from kadr.traps.review_app import Review
 
     cam = tmp_path / "cards" / "D04"
@@ -188,8 +199,15 @@ def test_the_report_and_the_review_show_a_clips_frame(tmp_path):
     assert "data:image/jpeg;base64" in html and "frame00000" in html, "the best frame is shown"
     photos = pd.read_parquet(out / "photos.parquet")
     app = Review(out, reviewer="ana")
+    opened = []
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda path: opened.append(path) or real_open(path))
     data = app.photo(photos["photo_id"].iloc[-1], "thumb")
     assert data and data[:2] == b"\xff\xd8", "a frame served as a JPEG"
+    assert len(opened) == 1, "the clip is opened once for a frame"
+    expected = np.asarray(read_frame_directly(cam / "e.mp4", int(photos["frame_index"].iloc[-1])))
+    got = np.asarray(video.frame_image(str(cam / "e.mp4"), int(photos["frame_index"].iloc[-1])))
+    assert np.array_equal(got, expected), "the frame asked for"
 
 
 def test_the_review_page_plays_the_clip_behind_the_token(tmp_path):

@@ -229,14 +229,14 @@ def read_frames(path: str, frames: list[VideoFrame]) -> Iterator[tuple[VideoFram
                 yield f, DecodeError(PhotoStatus.TRUNCATED, reason)
             return
         for f in pending:
-            yield f, DecodeError(PhotoStatus.TRUNCATED, f"no frame {f.index} ({f.offset_s:.1f} s): "
-                                                        "the clip ends early (truncated?)")
+            yield f, DecodeError(PhotoStatus.TRUNCATED, f"no frame {f.index} ({f.index / fps:.1f} "
+                                                        "s): the clip ends early (truncated?)")
 
 
 def frame_image(path: str, index: int) -> Image.Image:
     """One frame of a clip (for thumbnails and the review page); DecodeError if absent."""
-    fps = probe_clip(path, 2**62).fps
-    frame = VideoFrame("", index, index / fps, None, "none", media_type(path))
+    # read_frames seeks by frame number and knows the clip's rate: no probe (an open) first.
+    frame = VideoFrame("", index, 0.0, None, "none", media_type(path))
     ((_, image),) = read_frames(path, [frame])
     if isinstance(image, DecodeError):
         raise image
