@@ -151,3 +151,34 @@ def test_clips_on_ray_equal_local(tmp_path):
     assert list(a["frame_index"].fillna(-1)) == list(b["frame_index"].fillna(-1))
     pd.testing.assert_frame_equal(local.drop(columns=["eventID", "best_key"]),
                                   on_ray.drop(columns=["eventID", "best_key"]))
+
+
+def test_actors_build_their_models_at_the_drivers_precision_and_device(tmp_path, monkeypatch):
+    # The cluster here was started before this test chose fp32 (as a remote cluster never
+    # sees the driver's settings): the actors must still compute as the driver says, or a
+    # run on Ray mixes precisions with the fingerprint the driver wrote.
+    from kadr.core.collection import PhotoCollection
+    from kadr.core.runner import run_job
+    from kadr.core.store import ShardStore
+    from kadr.embed import make_embedding_job
+    from tests.helpers import jpeg_bytes
+
+    monkeypatch.setenv("KADR_PRECISION", "fp32")
+    monkeypatch.setenv("KADR_DEVICE", "cpu")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        (photos / f"p{i}.jpg").write_bytes(jpeg_bytes(seed=i))
+    seen = tmp_path / "seen.txt"
+
+    def factory():  # runs inside each Ray actor
+        import os
+
+        with open(seen, "a") as f:
+            f.write(f"{os.environ.get('KADR_PRECISION')} {os.environ.get('KADR_DEVICE')}\n")
+        return make_embedding_job(TINY_CLIP, 8, False)
+
+    with ShardStore(tmp_path / "out", {"t": 1}) as store:
+        run_job(PhotoCollection(photos), make_embedding_job(TINY_CLIP, 8, False), store,
+                engine=RAY, job_factory=factory, progress=False)
+    assert set(seen.read_text().splitlines()) == {"fp32 cpu"}

@@ -19,11 +19,22 @@ from concurrent.futures import ThreadPoolExecutor
 from kadr.core.collection import PhotoRef
 
 
+def model_settings() -> dict[str, str]:
+    """The driver's settings that decide how models compute (``kadr --precision``,
+    ``KADR_DEVICE``), for each actor to take before it builds its models: a cluster
+    started earlier, or elsewhere, does not see the driver's environment."""
+    from kadr.core.models.device import DEVICE_ENV
+    from kadr.core.models.spec import PRECISION_ENV
+
+    return {name: os.environ.get(name, "auto") for name in (PRECISION_ENV, DEVICE_ENV)}
+
+
 class _JobActor:
     def __init__(self, job_factory: Callable, workers: int, max_pixels: int,
-                 time_pattern: str | None, extra_columns: bool):
+                 time_pattern: str | None, extra_columns: bool, settings: dict[str, str]):
         from kadr.core.runner import load_refs
 
+        os.environ.update(settings)  # before any model is built: the driver's precision
         self.job = job_factory()
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
         self.load = functools.partial(load_refs, job=self.job, max_pixels=max_pixels,
@@ -44,16 +55,11 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    from kadr.core.models.device import DEVICE_ENV
-
-    # Actors choose their device as the driver would (a GPU actor finds its GPU by itself).
-    env = {DEVICE_ENV: os.environ[DEVICE_ENV]} if DEVICE_ENV in os.environ else {}
-    runtime_env = {"env_vars": env} if env else None
+    # Each actor takes the driver's model settings itself (model_settings), run by run.
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env=runtime_env)
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_size: int, engine,
@@ -84,7 +90,8 @@ def run_batches_on_ray(refs: Iterable[PhotoRef], job_factory: Callable, batch_si
         _JobActor,
         fn_constructor_kwargs={"job_factory": job_factory, "workers": workers,
                                "max_pixels": max_pixels, "time_pattern": time_pattern,
-                               "extra_columns": extra_columns},
+                               "extra_columns": extra_columns,
+                               "settings": model_settings()},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=max(1, engine.actors)),
         num_cpus=engine.cpus_per_actor,
