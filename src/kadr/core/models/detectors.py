@@ -243,7 +243,7 @@ class MegaDetectorBackend:
         models = [KnownModel("megadetector:PATH/md_v5a.0.0.pt", self.kind,
                              "a MegaDetector checkpoint by path (animal/person/vehicle)",
                              "the path given", False)]
-        cache = Path(tempfile.gettempdir()) / "megadetector_models"
+        cache = md_download_folder()
         for name, file in MD_RELEASES.items():
             env = os.environ.get(name, "")
             where = env if env else f"${name}, else {cache / file}"
@@ -286,6 +286,11 @@ MD_RELEASES = {"MDV5A": "md_v5a.0.0.pt", "MDV5B": "md_v5b.0.0.pt",
                   for tree in ("redwood", "cedar", "larch", "sorrel", "spruce")}}
 
 
+def md_download_folder() -> Path:
+    """Where the megadetector package keeps the releases it downloads by name."""
+    return Path(tempfile.gettempdir()) / "megadetector_models"
+
+
 def release_checkpoint(name: str) -> tuple[str | None, list[str], str] | None:
     """A MegaDetector release name (``MDV5A``, ``MDV1000-redwood``; the package's own table
     of names) as (the local file, or None; where it was looked for; its download URL);
@@ -305,7 +310,7 @@ def release_checkpoint(name: str) -> tuple[str | None, list[str], str] | None:
         if value and os.path.isfile(value):
             return value, looked, info["url"]
         looked.append(f"${var} ({'not a file: ' + value if value else 'not set'})")
-    cached = Path(tempfile.gettempdir()) / "megadetector_models" / info["url"].rsplit("/", 1)[-1]
+    cached = md_download_folder() / info["url"].rsplit("/", 1)[-1]
     if cached.is_file():
         return str(cached), looked, info["url"]
     looked.append(str(cached))
