@@ -321,6 +321,10 @@ def test_a_clip_registration_is_reviewed_by_keyboard_as_photos_are(tmp_path):
                                    arg=before)
             assert "shifted the clock of D04 by +01:00:00" in page.inner_text("#status")
             page.keyboard.press("Escape")
+            # The status is said before the queue is read again: wait for the reload's end.
+            page.wait_for_function(
+                "!document.getElementById('empty-queue').hidden || "
+                "document.getElementById('u-when').textContent.includes('11:00:00')")
             if page.is_visible("#empty-queue"):  # the counted one is reviewed: list them all
                 page.select_option("#filters select[name=reviewed]", "yes")
                 page.wait_for_selector("#queue li")
