@@ -6,9 +6,9 @@ SHARED ?= ../shared
 # torch and torchvision are pinned to the wheels these machines carry on disk;
 # elsewhere pip fetches the same releases from the registry.
 TORCH := torch==2.14.1 torchvision==0.29.1
-# Installed without their declared dependencies (kadr[megadetector] brings what they
+# Installed without their declared dependencies (kadr[megadetector,speciesnet] brings what they
 # import; see pyproject.toml): the parity tests run them as a user of the field does.
-FIELD := megadetector==10.0.28 yolov5==7.0.11
+FIELD := megadetector==10.0.28 speciesnet==5.0.6 yolov5==7.0.11
 
 .PHONY: demo test lint bench clean
 

@@ -106,6 +106,10 @@ def test_models_command_lists_backends_and_test_models():
         assert backend in r.stdout
     assert "kadr-tiny-clip@random" in r.stdout and "kadr/tiny-sd@random" in r.stdout
     assert "models run on: " in r.stdout
+    # What each family needs is printed as written: an extra in brackets is no markup.
+    flat = " ".join(r.stdout.split())
+    assert "pip install 'kadr[speciesnet]'" in flat and "kadr[megadetector]" in flat
+    assert "speciesnet:v4.0.3a" in r.stdout
 
 
 def test_importing_the_cli_loads_no_heavy_library():

@@ -368,7 +368,8 @@ def test_two_species_in_one_photo_are_two_observations_and_two_classified_boxes(
     md = _md_image(row, "", {"zebra": "1", "jackal": "2"})
     assert [d["classifications"] for d in md["detections"]] == [[["1", 0.8]], [["2", 0.6]],
                                                                [["1", 0.7]]]
+    names = {"zebra": "Equus zebra", "jackal": "Lupulella mesomelas"}
     observations = _media_observations(row, "m1", "Z", "2024-01-02T00:00:00Z",
-                                       {"zebra": "Equus zebra", "jackal": "Lupulella mesomelas"})
+                                       lambda cls, label: (names[cls], "animal"))
     assert [(o["scientificName"], o["classificationProbability"]) for o in observations] == [
         ("Equus zebra", 0.8), ("Lupulella mesomelas", 0.6), ("Equus zebra", 0.7)]

@@ -59,18 +59,21 @@ def models(
         "--device", help="also check which device models would run on (imports torch)")] = False,
 ) -> None:
     """List model backends and known model names, and whether their weights are here."""
+    from rich.markup import escape
+
     from kadr.core.models import known_models
     from kadr.core.models.device import DEVICE_ENV, torch_device
     from kadr.core.models.factory import backends
     from kadr.core.models.precision import precision_report
 
     for b in backends().values():
-        out.print(f"[bold]{b.name}:[/] ({b.kind}) {b.help}")
+        out.print(f"[bold]{b.name}:[/] ({b.kind}) {escape(b.help)}")
     table = Table("spec", "kind", "what", "weights here", "where looked")
     rows = known_models()
     shown = [m for m in rows if all_ or m.present or "@" not in m.spec or "random" in m.spec]
     for m in shown:
-        table.add_row(m.spec, m.kind, m.note, "yes" if m.present else "no", m.location)
+        table.add_row(*(escape(v) for v in (m.spec, m.kind, m.note)),
+                      "yes" if m.present else "no", escape(m.location))
     out.print(table)
     if len(shown) < len(rows):
         out.print(f"{len(rows) - len(shown)} more pretrained tags: kadr models --all")

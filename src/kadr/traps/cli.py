@@ -37,8 +37,20 @@ def run(
     detector: Annotated[str, typer.Option(help="detector spec: yolox:PATH.onnx, "
                                                "megadetector:PATH|MDV5A, or 'none' to classify "
                                                "whole photos")] = "megadetector:MDV5A",
-    classifier: Annotated[str, typer.Option(help="CLIP spec, or 'none' for detector labels")] = (
+    classifier: Annotated[str, typer.Option(
+        help="CLIP spec (open_clip:..., hf:..., open_clip:hf-hub:imageomics/bioclip-2), "
+             "speciesnet:RELEASE|FOLDER, or 'none' for detector labels")] = (
         "open_clip:ViT-B-32@laion2b_s34b_b79k"),
+    ensemble: Annotated[str | None, typer.Option(
+        help="speciesnet[:RELEASE|FOLDER]: SpeciesNet's whole pipeline, its classifier and the "
+             "MegaDetector its model folder names (instead of --detector/--classifier)")] = None,
+    country: Annotated[str | None, typer.Option(
+        help="SpeciesNet's geofence: the cameras' country, ISO 3166-1 alpha-3 (KEN, USA)")] = None,
+    admin1_region: Annotated[str | None, typer.Option(
+        help="SpeciesNet's geofence: the US state (CA, MT), with --country USA")] = None,
+    geofence: Annotated[bool, typer.Option(
+        help="SpeciesNet's geofence and its rollups of species unknown where the cameras "
+             "are")] = True,
     allow_detector_labels: Annotated[bool, typer.Option(
         "--allow-detector-labels",
         help="if the classifier's weights are missing, use the detector's labels")] = False,
@@ -77,8 +89,18 @@ def run(
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
         group_level=group_level, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
         deployments=deployments, utc_offset=utc_offset, media_url=media_url,
-        allow_detector_labels=allow_detector_labels, video_fps=video_fps, **run,
+        allow_detector_labels=allow_detector_labels, video_fps=video_fps,
+        country=country.upper() if country else None,
+        admin1_region=admin1_region.upper() if admin1_region else None, geofence=geofence,
+        **run,
     )
+    if ensemble is not None:
+        family, _, model = ensemble.partition(":")
+        if family.lower() != "speciesnet":
+            fail(f"--ensemble {ensemble!r}: the ensemble kadr runs is speciesnet[:MODEL]")
+        from kadr.traps.speciesnet import with_speciesnet_ensemble
+
+        settings = report_user_errors(lambda: with_speciesnet_ensemble(settings, model or None))
     result = report_user_errors(lambda: run_traps(photos, str(output), settings))
     finish(result.summary, photos)
     out.print(f"{result.figures['registrations']} registrations: {output / 'registrations.csv'}")

@@ -30,8 +30,10 @@ from kadr.traps.prompts import PromptSet, classify
 from kadr.traps.settings import (
     TrapSettings,
     classify_on,
+    run_prompts,
     settings_prompts,
     trap_fingerprint,
+    uses_prompts,
 )
 from kadr.traps.tables import EMPTY
 
@@ -71,12 +73,20 @@ class TrapJob:
                                    trust_checkpoint=settings.trust_checkpoint) \
             if settings.detector else None
         self.model = None
+        self.labeller = None  # a classifier with labels of its own (SpeciesNet)
         self.prompts: PromptSet | None = None
         self.note = None
         if settings.classifier:
             try:
-                self.model = load_model(settings.classifier, kind="image-text",
-                                        trust_checkpoint=settings.trust_checkpoint)
+                if uses_prompts(settings):
+                    self.model = load_model(settings.classifier, kind="image-text",
+                                            trust_checkpoint=settings.trust_checkpoint)
+                else:
+                    from kadr.traps.speciesnet import SpeciesNetLabeller
+
+                    self.labeller = SpeciesNetLabeller(
+                        load_model(settings.classifier, kind="classifier",
+                                   trust_checkpoint=settings.trust_checkpoint), settings)
             except WeightsNotFoundError as e:
                 if not settings.allow_detector_labels:
                     raise
@@ -112,10 +122,14 @@ class TrapJob:
                 "n_animals": len(animals),
                 "_detections": [d for d in dets if d.conf >= 0.05],
                 "_animals": animals,
-                "_box_classes": {},  # id(animal box) -> (its crop's class, probability)
+                "_box_classes": {},  # id(animal box) -> its own class, class_prob (and taxon)
                 "_image": image,
             })
-        if self.model is None:
+        if self.labeller is not None:
+            self.labeller.label(results)
+            for r in results:
+                r["embedding"] = None
+        elif self.model is None:
             for r in results:
                 top = r["_animals"][0] if r["_animals"] else None
                 r.update({"class": top.label if top else EMPTY,
@@ -156,8 +170,8 @@ class TrapJob:
             for owner, box, crop_p in zip(owners, boxes, p, strict=True):
                 if box is not None:
                     k = int(crop_p.argmax())
-                    results[owner]["_box_classes"][id(box)] = (
-                        self.class_names[k], round(float(crop_p[k]), 4))
+                    results[owner]["_box_classes"][id(box)] = {
+                        "class": self.class_names[k], "class_prob": round(float(crop_p[k]), 4)}
             # What `traps learn` fits on: the photo's animals (and the photo) as the
             # classifier saw them, weighted as their votes are.
             np.add.at(vectors, np.array(owners), emb * w)
@@ -185,13 +199,11 @@ class TrapJob:
             r.update({f"p_{n_}": round(float(v), 4) for n_, v in zip(names, p, strict=True)})
 
 
-def _box_dict(d: Detection, own_class: tuple[str, float] | None) -> dict:
-    """One stored detection; an animal box that was classified on its own carries its
-    class and that class's probability (``class``, ``class_prob``)."""
-    out = d.as_dict()
-    if own_class is not None:
-        out["class"], out["class_prob"] = own_class
-    return out
+def _box_dict(d: Detection, own_class: dict | None) -> dict:
+    """One stored detection; a box that was classified on its own carries its class and
+    that class's probability (``class``, ``class_prob``; SpeciesNet's also ``taxon``, how
+    it was reached and the crop's top labels)."""
+    return {**d.as_dict(), **(own_class or {})}
 
 
 def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
@@ -201,17 +213,19 @@ def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
         process=trap.process,
         # Crops come from the full-resolution photo; without them the models' sizes will do
         # (a detector whose decode_side is None wants the full photo).
-        min_side=None if (trap.model and classify_on(settings) != "photo")
+        min_side=None if (trap.model and classify_on(settings) != "photo") or trap.labeller
         or (trap.detector and trap.detector.decode_side is None)
         else max(trap.detector.decode_side if trap.detector else 0,
                  trap.model.image_size if trap.model else 0),
         batch_size=settings.batch_size,
         empty_result={"detections": None, "n_animals": None, "class": None,
-                      "class_prob": None, "count": None, "top_bbox": None, "embedding": None},
+                      "class_prob": None, "count": None, "top_bbox": None, "embedding": None,
+                      **({"taxon": None, "class_source": None} if trap.labeller else {})},
         # The classifier fell back to the detector's labels: the results say so.
         fingerprint=trap_fingerprint(settings, None) if trap.note else None,
         notes=[trap.note] if trap.note else [],
-        decode_between_batches=computes_on_cpu(trap.detector, trap.model),
+        decode_between_batches=computes_on_cpu(
+            trap.detector, trap.labeller.model if trap.labeller else trap.model),
     )
 
 
@@ -229,7 +243,7 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> WorkflowResult:
                                  path_column=settings.path_column,
                                  video_fps=settings.video_fps or None,
                                  max_pixels=settings.max_pixels)
-    prompts = settings_prompts(settings) if settings.classifier else None
+    prompts = run_prompts(settings)
     summary = run_workflow(collection, out_dir / "photos.store",
                            functools.partial(make_trap_job, settings), settings, name="traps",
                            fingerprint=trap_fingerprint(settings, prompts),

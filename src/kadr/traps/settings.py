@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
-from kadr.core.models.factory import model_fingerprint
+from kadr.core.models.factory import backends, model_fingerprint
+from kadr.core.models.spec import ModelSpec, SpecError
 from kadr.core.runner import RunOptions
 from kadr.traps.prompts import EXAMPLE, PromptSet, load_prompts
 
@@ -33,6 +35,10 @@ class TrapSettings(RunOptions):
     utc_offset: str | None = None  # the cameras' clock offset (+03:00); None: unknown
     media_url: str | None = None  # where the photos will be published, for Camtrap DP
     video_fps: float = 1.0  # frames a second sampled from video clips (0: clips not read)
+    # SpeciesNet's geofence: where the cameras are (ISO 3166-1 alpha-3; a US state's code)
+    country: str | None = None
+    admin1_region: str | None = None
+    geofence: bool = True
 
 
 def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
@@ -42,15 +48,56 @@ def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
     if not s.detector and not s.classifier:
         raise ValueError("with --detector none a classifier names the species: give "
                          "--classifier, or a detector")
+    check_geofence(s)
     fp = {"job": "traps", "detector": s.detector, "detector_model": model_fingerprint(s.detector),
           "threshold": s.threshold, "video_fps": s.video_fps}
-    if prompts is not None:
+    if s.classifier and not uses_prompts(s):
+        fp.update(classifier={"model": s.classifier, **model_fingerprint(s.classifier)},
+                  ensemble="speciesnet", crops="full-res, the package's own", max_crops=s.max_crops,
+                  country=s.country, admin1_region=s.admin1_region, geofence=s.geofence)
+    elif prompts is not None:
         prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
         fp.update(classifier={"model": s.classifier, **model_fingerprint(s.classifier)},
                   classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
                   crops="full-res padded", embedding="float32 vote-weighted mean",
                   prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
     return fp
+
+
+def uses_prompts(settings: TrapSettings) -> bool:
+    """Whether the classifier names classes from prompts (an image-text model) rather than
+    from labels of its own (SpeciesNet); False without a classifier."""
+    if not settings.classifier:
+        return False
+    try:
+        backend = backends().get(ModelSpec.parse(settings.classifier).backend)
+    except SpecError:
+        return True  # loading it says what is wrong
+    return backend is None or backend.kind == "image-text"
+
+
+def check_geofence(settings: TrapSettings) -> None:
+    """A country or region is SpeciesNet's geofence: refused in the forms it cannot read,
+    and without a SpeciesNet classifier (it would change nothing, silently)."""
+    s = settings
+    if s.country is None and s.admin1_region is None:
+        return
+    if not s.classifier or uses_prompts(s):
+        raise ValueError("--country and --admin1-region are SpeciesNet's geofence: they need "
+                         "--classifier speciesnet:... (or --ensemble speciesnet)")
+    if s.country is None or not re.fullmatch(r"[A-Z]{3}", s.country):
+        raise ValueError(f"--country {s.country!r}: give the country as an ISO 3166-1 alpha-3 "
+                         "code in capitals (USA, KEN, RUS)" if s.country else
+                         "--admin1-region needs --country")
+    if s.admin1_region is not None and not re.fullmatch(r"[A-Z]{2}", s.admin1_region):
+        raise ValueError(f"--admin1-region {s.admin1_region!r}: SpeciesNet's regions are US "
+                         "states by their two-letter code (CA, MT)")
+
+
+def run_prompts(settings: TrapSettings) -> PromptSet | None:
+    """The class prompts a run's classifier reads; None when it has labels of its own or
+    there is no classifier."""
+    return settings_prompts(settings) if uses_prompts(settings) else None
 
 
 def classify_on(settings: TrapSettings) -> str:
@@ -80,6 +127,6 @@ def saved_prompts(saved: dict) -> PromptSet | None:
     if not saved.get("classifier"):
         return None
     try:
-        return settings_prompts(saved_settings(saved))
+        return run_prompts(saved_settings(saved))
     except (OSError, ValueError):
         return None

@@ -237,7 +237,9 @@ class MegaDetectorBackend:
     kind = "detector"
     family: str | None = None  # precision: not converted by kadr (runs as it ships, fp32 on the CPU)
     help = ("MegaDetector v5 and MDv1000 checkpoints (a path, or a release name: MDV5A, "
-            "MDV1000-redwood, ...) via the megadetector package")
+            "MDV1000-redwood, ...) via the megadetector package. Needs pip install "
+            "'kadr[megadetector]' && pip install --no-deps megadetector==10.0.28 yolov5==7.0.11; "
+            "code and models MIT")
 
     def known(self) -> list[KnownModel]:
         models = [KnownModel("megadetector:PATH/md_v5a.0.0.pt", self.kind,

@@ -57,6 +57,7 @@ def _ensure_builtin() -> None:
         hf_backend,
         openclip_backend,
         segmenters,
+        speciesnet_backend,
     )
 
 

@@ -18,6 +18,7 @@ from kadr.core.store import atomic_open, atomic_write_csv, atomic_write_text, ke
 from kadr.traps.exports.clips import clip_summaries
 from kadr.traps.linking import short_id
 from kadr.traps.tables import BACKGROUND_CLASSES, DATED_TIME_SOURCES
+from kadr.traps.taxa import observation_type, scientific_name
 
 CAMTRAP_VERSION = "1.0.2"
 CAMTRAP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_VERSION}"
@@ -184,6 +185,8 @@ class CamtrapPackage:
         self.warnings: list[str] = []
         self.roots: set[str | None] = set()
         self.taxa: set[str] = set()
+        self.ranks: dict[str, str] = {}  # scientific name: its rank, where a label says it
+        self.kinds: dict[str, str] = {}  # class: observationType, from a SpeciesNet label
         self._cameras: dict[str, list] = {}  # camera: [first time, last time, guessed time]
         self._probability: dict[str, list[float]] = {}  # event: [sum of class_prob, photos]
         # The package id: a sum of the photos' digests (the same whatever their order).
@@ -204,6 +207,17 @@ class CamtrapPackage:
         frame["count"] = frame["count"].astype("Int64")
         frame.to_csv(self._observations, index=False, header=header, lineterminator="\n")
         self.taxa.update(o["scientificName"] for o in rows if o.get("scientificName"))
+
+    def taxon(self, cls: str, label: str | None) -> tuple[str | None, str]:
+        """A class's scientific name and observation type. A SpeciesNet label (``taxon``)
+        says both (and the rank); else the prompt file's scientific name, or the class."""
+        if isinstance(label, str) and label and cls not in self.kinds:
+            named = scientific_name(label)
+            self.names[cls] = named[0] if named else None
+            if named:
+                self.ranks[named[0]] = named[1]
+            self.kinds[cls] = observation_type(label)
+        return self.names.get(cls, cls.replace("_", " ")), self.kinds.get(cls, "animal")
 
     def _tally(self, ok: pd.DataFrame) -> None:
         """What the package's metadata needs from a chunk's described photos."""
@@ -249,7 +263,7 @@ class CamtrapPackage:
             self._media, index=False, header=False, lineterminator="\n")
         self._write_observations([
             o for r, media_id in zip(ok.to_dict("records"), media_ids, strict=True)
-            for o in _media_observations(r, media_id, self.off, self.now, self.names)])
+            for o in _media_observations(r, media_id, self.off, self.now, self.taxon)])
         if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
             self.roots |= photo_roots(ok)
 
@@ -280,7 +294,7 @@ class CamtrapPackage:
             cls = clip["class"]
             observations.append({
                 **base, "observationType": "animal",
-                "scientificName": self.names.get(cls, cls.replace("_", " ")),
+                "scientificName": self.taxon(cls, None)[0],
                 "count": clip["count"], "classificationProbability": clip["class_prob"]})
         pd.DataFrame(media).reindex(columns=CAMTRAP_COLUMNS["media"]).to_csv(
             self._media, index=False, header=False, lineterminator="\n")
@@ -301,6 +315,7 @@ class CamtrapPackage:
         ends = _iso_column(regs["date_registration_end"], self.off)
         for r, start, end in zip(regs.to_dict("records"), starts, ends, strict=True):
             cls = r["class"]
+            name, kind = self.taxon(cls, None)
             human = bool(r.get("reviewed"))
             total, n = self._probability.pop(r["eventID"], (0.0, 0))
             p = None if human or not n else total / n
@@ -308,8 +323,8 @@ class CamtrapPackage:
                 "observationID": r["eventID"], "deploymentID": str(r["name_folder"]),
                 "mediaID": None, "eventID": r["eventID"],
                 "eventStart": start, "eventEnd": end,
-                "observationLevel": "event", "observationType": "animal",
-                "scientificName": self.names.get(cls, cls.replace("_", " ")),
+                "observationLevel": "event", "observationType": kind,
+                "scientificName": name,
                 "count": int(r["count"]),
                 "classificationMethod": "human" if human else "machine",
                 "classifiedBy": str(r["classified_by"]) if human else "kadr",
@@ -364,7 +379,9 @@ class CamtrapPackage:
             "spatial": _bbox_polygon(deployments),
             "temporal": {"start": f"{span[0]:%Y-%m-%d}" if span else "1970-01-01",
                          "end": f"{span[1]:%Y-%m-%d}" if span else "1970-01-01"},
-            "taxonomic": [{"scientificName": t} for t in sorted(self.taxa)],
+            "taxonomic": [{"scientificName": t, **({"taxonRank": self.ranks[t]}
+                                                   if t in self.ranks else {})}
+                          for t in sorted(self.taxa)],
             "resources": [
                 {"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource",
                  "format": "csv", "mediatype": "text/csv", "encoding": "utf-8",
@@ -377,8 +394,10 @@ class CamtrapPackage:
         atomic_write_text(self.folder / "datapackage.json", json.dumps(package, indent=2))
 
 
-def _media_observations(r: dict, media_id: str, off: str, now: str, names: dict) -> list[dict]:
-    """One photo's media-level observations: a blank, or one per animal box."""
+def _media_observations(r: dict, media_id: str, off: str, now: str, taxon) -> list[dict]:
+    """One photo's media-level observations: a blank, one per animal box, or one of the
+    photo's kind where its class is no animal (SpeciesNet's human, vehicle, unknown).
+    ``taxon(class, label)`` gives a class's scientific name and observation type."""
     dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
     cls = r.get("class") or ""
     event_id = r.get("event_id")
@@ -390,23 +409,29 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, names: dict)
         "classificationMethod": "machine", "classifiedBy": "kadr",
         "classificationTimestamp": now,
     }
-    if cls.lower() in BACKGROUND_CLASSES or not dets:
-        return [{**base, "observationID": f"{media_id}_0", "observationType": "blank"}]
+    photo_name, photo_kind = taxon(cls, r.get("taxon"))
     photo_prob = r.get("class_prob")
     photo_prob = float(photo_prob) if pd.notna(photo_prob) else None
+    if photo_kind in ("human", "vehicle", "unknown") and cls.lower() not in BACKGROUND_CLASSES:
+        return [{**base, "observationID": f"{media_id}_0", "observationType": photo_kind,
+                 "scientificName": photo_name, "classificationProbability": photo_prob}]
+    if cls.lower() in BACKGROUND_CLASSES or not dets:
+        return [{**base, "observationID": f"{media_id}_0", "observationType": "blank"}]
     observations = []
     for i, d in enumerate(dets, 1):
         # A box classified on its own is named by its crop (two species in one photo are
         # two observations); a box without a crop, or whose crop looked empty, by the photo.
         own = d.get("class")
         if isinstance(own, str) and own.lower() not in BACKGROUND_CLASSES:
-            box_cls, prob = own, float(d["class_prob"])
+            box_cls, prob, label = own, float(d["class_prob"]), d.get("taxon")
         else:
-            box_cls, prob = cls, photo_prob if photo_prob is not None else d["conf"]
+            box_cls, label = cls, r.get("taxon")
+            prob = photo_prob if photo_prob is not None else d["conf"]
+        name, kind = taxon(box_cls, label)
         x, y, w, h = d["bbox"]
         observations.append({
-            **base, "observationID": f"{media_id}_{i}", "observationType": "animal",
-            "scientificName": names.get(box_cls, box_cls.replace("_", " ")), "count": 1,
+            **base, "observationID": f"{media_id}_{i}", "observationType": kind,
+            "scientificName": name, "count": 1,
             "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
             "classificationProbability": prob})
     return observations

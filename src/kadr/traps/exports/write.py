@@ -48,8 +48,8 @@ from kadr.traps.review import ReviewState, camera_times, load_learned, run_summa
 from kadr.traps.settings import (
     TrapSettings,
     recorded_settings,
+    run_prompts,
     saved_settings,
-    settings_prompts,
     trap_fingerprint,
 )
 from kadr.traps.tables import registrations_csv, time_text
@@ -342,7 +342,7 @@ def export_run(out: str | Path) -> tuple[pd.DataFrame, RunSummary]:
     out_dir = Path(out)
     before = run_summary(out_dir)
     settings = saved_settings(before.get("settings", {}))
-    prompts = settings_prompts(settings) if settings.classifier else None
+    prompts = run_prompts(settings)
     summary = RunSummary(skipped_files=before.get("skipped_files", []),
                          empty_groups=before.get("empty_folders", []))
     regs = write_outputs(out_dir, settings, prompts, trap_fingerprint(settings, prompts),
