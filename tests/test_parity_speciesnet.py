@@ -10,7 +10,11 @@ gives on the same photos and detections (within 1e-4), and the label its own
 """
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -170,6 +174,16 @@ def test_speciesnet_is_refused_clearly_without_its_model_or_trust(tmp_path, monk
         load_model("speciesnet:v4.0.3a", kind="classifier", trust_checkpoint=True)
     assert str(tmp_path / "empty-cache" / "models" / "google" / "speciesnet") in str(e.value)
     assert "kagglehub.model_download('google/speciesnet/pyTorch/v4.0.3a/1')" in str(e.value)
+    # Said before the package (torch, torchvision, YOLOv5: seconds) is imported.
+    code = ("import sys\nfrom kadr.core.models import load_model\ntry:\n"
+            "    load_model('speciesnet:v4.0.3a', kind='classifier', trust_checkpoint=True)\n"
+            "except Exception as e:\n    print(type(e).__name__)\n"
+            "print(sorted(m for m in ('speciesnet.classifier', 'yolov5', 'torch') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "KAGGLEHUB_CACHE": str(tmp_path / "empty-cache"),
+                            "KADR_OFFLINE": "1"})
+    assert r.stdout.split("\n")[:2] == ["WeightsNotFoundError", "[]"], r.stdout + r.stderr
     folder = save_random_speciesnet(tmp_path / "model", spread=0.3)
     with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
         load_model(f"speciesnet:{folder}", kind="classifier")
@@ -209,6 +223,8 @@ def test_ensemble_speciesnet_runs_its_own_megadetector(tmp_path, photos, monkeyp
     r = kadr("traps", "run", "../photos", "-o", "out", "--ensemble", f"speciesnet:{folder}",
              "--trust-checkpoint", "--country", "ken", cwd=elsewhere)
     assert r.returncode == 0, r.stdout + r.stderr
+    # The packages' own talk (device found, layer summary, Python warnings) stays out.
+    assert not re.search(r"\w+Warning:|Fusing layers|PTDetector", r.stdout + r.stderr)
     summary = json.loads((elsewhere / "out" / "summary.json").read_text())
     assert summary["settings"]["detector"] == f"megadetector:{folder / 'md_v5a.0.0.pt'}"
     assert summary["settings"]["classifier"] == f"speciesnet:{folder}"

@@ -170,13 +170,16 @@ class MegaDetector:
     """
 
     def __init__(self, spec: ModelSpec, path: str, min_conf: float = 0.05):
-        try:
-            from megadetector.detection import run_detector
-        except ImportError as e:
-            raise SpecError(_md_install_hint(e)) from e
         from kadr.core.models.device import torch_device
+        from kadr.core.models.upstream import quiet_upstream
 
-        self.model = run_detector.load_detector(path, force_cpu=torch_device().type == "cpu")
+        with quiet_upstream():
+            try:
+                from megadetector.detection import run_detector
+            except ImportError as e:
+                raise SpecError(_md_install_hint(e)) from e
+            self.model = run_detector.load_detector(path,
+                                                    force_cpu=torch_device().type == "cpu")
         self.spec = spec
         self.min_conf = min_conf
         self.size = 1280
@@ -191,9 +194,15 @@ class MegaDetector:
     def detect(self, inputs: list) -> list[list[Detection]]:
         if not inputs:
             return []
-        results = self.model.generate_detections_one_batch(
-            list(inputs), image_id=[str(i) for i in range(len(inputs))],
-            detection_threshold=self.min_conf)
+        import torch
+
+        # The package runs its model with autograd on (the weights require grad), keeping
+        # every activation for a backward pass that never comes; off, the numbers are the
+        # same and the memory is the forward pass's alone.
+        with torch.no_grad():
+            results = self.model.generate_detections_one_batch(
+                list(inputs), image_id=[str(i) for i in range(len(inputs))],
+                detection_threshold=self.min_conf)
         out = []
         for res in results:
             if res.get("failure"):
@@ -298,10 +307,13 @@ def release_checkpoint(name: str) -> tuple[str | None, list[str], str] | None:
     of names) as (the local file, or None; where it was looked for; its download URL);
     None for a name that is no release (a path). Looked for where the package itself
     looks: an environment variable of that name, then the folder it downloads into."""
-    try:
-        from megadetector.detection import run_detector
-    except ImportError as e:
-        raise SpecError(_md_install_hint(e)) from e
+    from kadr.core.models.upstream import quiet_upstream
+
+    with quiet_upstream():
+        try:
+            from megadetector.detection import run_detector
+        except ImportError as e:
+            raise SpecError(_md_install_hint(e)) from e
     version = run_detector.model_string_to_model_version.get(name.lower(), name.lower())
     info = run_detector.known_models.get(version)
     if info is None:

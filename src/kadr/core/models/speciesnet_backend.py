@@ -81,6 +81,16 @@ class SpeciesNetModel:
         return [r.get("classifications_list", []) for r in out]
 
 
+def _check_installed() -> None:
+    """Refuse at once when the package is absent, without importing it (its import loads
+    torch, torchvision and YOLOv5: seconds, spent only once the model is known here)."""
+    from importlib.util import find_spec
+
+    missing = [name for name in ("speciesnet", "kagglehub") if find_spec(name) is None]
+    if missing:
+        raise SpecError(f"speciesnet: specs need {' and '.join(missing)}: {INSTALL_HINT}")
+
+
 def _speciesnet_module():
     try:
         import speciesnet.classifier
@@ -195,7 +205,7 @@ class SpeciesNetBackend:
         return models
 
     def load(self, spec: ModelSpec, trust_checkpoint: bool = False) -> SpeciesNetModel:
-        module = _speciesnet_module()
+        _check_installed()
         folder = model_folder(spec.name)
         info = check_folder(folder)
         if not trust_checkpoint:
@@ -204,8 +214,11 @@ class SpeciesNetBackend:
                 "loading it runs code stored in the file. Pass --trust-checkpoint if it came "
                 "from SpeciesNet's releases or another source you trust.")
         from kadr.core.models.device import torch_device
+        from kadr.core.models.upstream import quiet_upstream
 
-        classifier = module.SpeciesNetClassifier(str(folder), device=str(torch_device()))
+        with quiet_upstream():
+            classifier = _speciesnet_module().SpeciesNetClassifier(
+                str(folder), device=str(torch_device()))
         labels = [classifier.labels[i] for i in range(len(classifier.labels))]
         return SpeciesNetModel(spec, folder, classifier, labels,
                                notes=(f"SpeciesNet {classifier.model_info.version} from {folder}",))
