@@ -120,3 +120,15 @@ def test_max_pixels_is_an_option_of_every_batch_command(places, command):
     result = invoke([*args[:-1], "--retry-failed", "-q"], places)
     assert result.exit_code == 0, result.output
     assert (pd.read_parquet(places / "out" / "photos.parquet")["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--method", "session", ["unknown method 'session'", "sessions, window, simple"]),
+    ("--count-rule", "maximum", ["unknown count rule 'maximum'", "max, confirmed"]),
+    ("--gap", "half an hour", ["half an hour"]),
+])
+def test_registration_options_are_checked_before_any_photo(places, option, value, words):
+    """A wrong rule is said at once, not after the models looked at every photo."""
+    args = [a.format(src="photos", out="out") for a in COMMANDS["traps run"]]
+    refused(invoke([*args, option, value], places), *words)
+    assert not (places / "out" / "photos.store").exists()

@@ -219,3 +219,39 @@ def test_reads_real_megadetector_output():
     r = form_registrations(p)
     assert len(r) == int(((p["count"] > 0) & (p["class"] == "animal")).sum()), (
         "untimed photos are kept, each its own registration")
+
+
+def test_a_count_rule_that_does_not_exist_is_refused(tmp_path):
+    src = tmp_path / "photos.csv"
+    src.write_text("camera,file,timestamp,class,count\n1,a.jpg,2024-07-01 06:00:00,Bear,1\n")
+    r = subprocess.run([sys.executable, "-m", "kadr.cli", "traps", "events", str(src),
+                        "-o", str(tmp_path / "r.csv"), "--count-rule", "maximum"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "max, confirmed" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_traps_run_forms_its_registrations_with_the_visit_options(tmp_path):
+    """--split-species and --count-rule on traps run reach every export and the review."""
+    from kadr.traps.exports.write import FormedEvents
+    from kadr.traps.review import ReviewState
+    from kadr.traps.settings import TrapSettings, recorded_settings
+
+    def visit(classes, counts):
+        return pd.DataFrame({
+            "group": "1", "key": [f"1/{i}.jpg" for i in range(len(classes))],
+            "photo_id": [f"p{i}" for i in range(len(classes))], "status": "ok",
+            "time": pd.date_range("2024-07-01 06:00", periods=len(classes), freq="1min"),
+            "class": classes, "count": counts, "class_prob": 0.9, "n_animals": counts,
+            "time_source": "exif"})
+
+    photos = visit(["Bear"] * 4 + ["Wolf"] * 4, [1, 3, 1, 1, 2, 2, 1, 1])
+    plain = TrapSettings(detector=None, classifier="x")
+    split = TrapSettings(detector=None, classifier="x", split_species=True,
+                         count_rule="confirmed")
+    for settings, classes, counts in ((plain, ["Bear"], [3]),
+                                      (split, ["Bear", "Wolf"], [1, 2])):
+        regs = FormedEvents(settings).cameras(photos)[1]
+        assert list(regs["class"]) == classes and list(regs["count"]) == counts
+        reviewed = ReviewState(photos, recorded_settings(settings), []).registrations()
+        assert list(reviewed["class"]) == classes and list(reviewed["count"]) == counts

@@ -58,6 +58,10 @@ def run(
     classify_on: Annotated[str, typer.Option(help="crops | photo | both")] = "both",
     gap: Annotated[str, typer.Option(help="pause that ends a registration, e.g. 30m, 1h")] = "30m",
     method: Annotated[str, typer.Option(help="sessions (default) | window | simple")] = "sessions",
+    count_rule: Annotated[str, typer.Option(
+        help="a visit's count: max, or confirmed (the largest seen on two photos)")] = "max",
+    split_species: Annotated[bool, typer.Option(
+        help="split a visit where another species holds a sustained run")] = False,
     deployments: Annotated[str | None, typer.Option(
         help="CSV with deploymentID (camera), latitude, longitude for Camtrap DP")] = None,
     utc_offset: Annotated[str | None, typer.Option(
@@ -87,6 +91,7 @@ def run(
         detector=None if detector.lower() == "none" else detector,
         classifier=None if classifier.lower() == "none" else classifier,
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
+        count_rule=count_rule, split_species=split_species,
         group_level=group_level, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
         deployments=deployments, utc_offset=utc_offset, media_url=media_url,
         allow_detector_labels=allow_detector_labels, video_fps=video_fps,

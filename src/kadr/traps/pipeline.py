@@ -27,6 +27,7 @@ from kadr.core.remote import staged
 from kadr.core.runner import Job, RunSummary, WorkflowResult, run_workflow
 from kadr.traps.exports import outputs_key, write_outputs
 from kadr.traps.prompts import PromptSet, classify
+from kadr.traps.registrations import check_rule
 from kadr.traps.settings import (
     TrapSettings,
     classify_on,
@@ -237,6 +238,7 @@ def make_trap_job(settings: TrapSettings) -> Job:
 @staged
 def run_traps(photos: str, out: str, settings: TrapSettings) -> WorkflowResult:
     """The whole camera-trap job; the result's table is ``registrations.parquet``."""
+    check_rule(settings.method, settings.gap, settings.count_rule)
     out_dir = Path(out)
     collection = PhotoCollection(photos, group_level=settings.group_level,
                                  group_column=settings.group_column,

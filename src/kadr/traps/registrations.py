@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 METHODS = ("sessions", "window", "simple")
+COUNT_RULES = ("max", "confirmed")
 NAT = np.iinfo(np.int64).min  # NumPy's NaT as an integer
 
 _GAP_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400,
@@ -76,7 +77,14 @@ def parse_gap(text: Any) -> np.timedelta64:
             return np.timedelta64(round(float(m.group(1)) * _GAP_UNITS[m.group(2)] * 1e9), "ns")
     import pandas as pd  # any other form pandas reads ("1 days 02:00:00", "1h30min")
 
-    return pd.Timedelta(s).to_timedelta64().astype("timedelta64[ns]")
+    try:
+        gap = pd.Timedelta(s).to_timedelta64().astype("timedelta64[ns]")
+    except ValueError:
+        gap = None
+    if gap is None or gap <= np.timedelta64(0, "ns"):
+        raise ValueError(f"the gap {text!r} is not a positive duration: give it like 30m, "
+                         "1h, 90s, 00:30:00 or a number of minutes")
+    return gap
 
 
 @dataclass
@@ -373,12 +381,21 @@ def sessions_rule(a: _Animals, gap: np.timedelta64, split_species: bool = False,
     return seg, cls, a.count
 
 
+def check_rule(method: str, gap: Any, count_rule: str = "max") -> np.timedelta64:
+    """The gap as a duration, once the rule's names are known ones (ValueError naming the
+    choices otherwise): a run checks them before it looks at a photo."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if count_rule not in COUNT_RULES:
+        raise ValueError(f"unknown count rule {count_rule!r}; choose from "
+                         f"{', '.join(COUNT_RULES)}")
+    return parse_gap(gap)
+
+
 def registrations(p: PhotoColumns, method: str = "sessions", gap: Any = "30m", *,
                   split_species: bool = False, count_rule: str = "max") -> Registrations:
     """Registrations from per-photo columns by one of :data:`METHODS`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    gap = parse_gap(gap)
+    gap = check_rule(method, gap, count_rule)
     timed, untimed = _animal_rows(p)
     a = _animals(p, timed)
     if not len(a):  # no timed animal photo anywhere

@@ -30,6 +30,7 @@ import pandas as pd
 from kadr.core.status import PhotoStatus
 from kadr.traps.decisions import Decision, read_decisions
 from kadr.traps.registrations import parse_gap, registrations_with_members
+from kadr.traps.settings import registration_options
 from kadr.traps.tables import (
     BACKGROUND_CLASSES,
     DATED_TIME_SOURCES,
@@ -295,6 +296,7 @@ class ReviewState:
                  learned: dict[str, dict[str, float]] | None = None):
         self.method = settings.get("method", "sessions")
         self.gap = parse_gap(settings.get("gap", "30m"))
+        self.options = registration_options(settings)
         ok = table[(table["status"] == PhotoStatus.OK) & table["photo_id"].notna()]
         # A photo listed twice (same bytes) is one photo to review.
         self.table = ok.drop_duplicates("photo_id").reset_index(drop=True)
@@ -357,7 +359,8 @@ class ReviewState:
             "camera": self.cam[rows], "file": self.key[rows], "time": self.t[rows],
             "class": self.cls[rows], "count": self.count[rows],
             "confidence": self.cls_prob[rows]}))
-        regs, members = registrations_with_members(frame, self.method, self.gap)
+        regs, members = registrations_with_members(frame, self.method, self.gap,
+                                                   **self.options)
         classes, counts = regs["class"].astype(str).to_numpy(), regs["count"].to_numpy()
         inside = members >= 0
         in_members, in_rows = members[inside], rows[inside]

@@ -26,6 +26,8 @@ class TrapSettings(RunOptions):
     max_crops: int = 8
     gap: str = "30m"
     method: str = "sessions"
+    split_species: bool = False  # split a visit where another species holds a sustained run
+    count_rule: str = "max"  # max | confirmed (the largest count seen twice)
     batch_size: int = 16
     group_level: int | None = None
     time_pattern: str | None = None
@@ -108,6 +110,14 @@ def classify_on(settings: TrapSettings) -> str:
 def settings_prompts(settings: TrapSettings) -> PromptSet:
     """The class prompts a run uses: the user's file, else the shipped example."""
     return load_prompts(settings.prompts or str(EXAMPLE))
+
+
+def registration_options(settings: TrapSettings | dict) -> dict:
+    """How a run's visits become registrations: the rule's own options (a recorded
+    settings dict from before they existed gives the defaults)."""
+    get = settings.get if isinstance(settings, dict) else settings.__dict__.get
+    return {"split_species": bool(get("split_species", False)),
+            "count_rule": get("count_rule", "max") or "max"}
 
 
 def saved_settings(saved: dict) -> TrapSettings:

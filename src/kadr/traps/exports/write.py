@@ -48,6 +48,7 @@ from kadr.traps.review import ReviewState, camera_times, load_learned, run_summa
 from kadr.traps.settings import (
     TrapSettings,
     recorded_settings,
+    registration_options,
     run_prompts,
     saved_settings,
     trap_fingerprint,
@@ -118,8 +119,9 @@ class FormedEvents:
 
     added = ("event_id",)  # the per-photo column this adds
 
-    def __init__(self, method: str, gap: str):
-        self.method, self.gap = method, gap
+    def __init__(self, settings: TrapSettings):
+        self.method, self.gap = settings.method, settings.gap
+        self.options = registration_options(settings)
         self.timed: list[pd.DataFrame] = []
         self.untimed: list[pd.DataFrame] = []
         self.count = 0  # registrations with a time so far
@@ -127,7 +129,8 @@ class FormedEvents:
     def cameras(self, photos: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Whole cameras' photos with their ``event_id``, and the cameras' registrations
         with a time (with ``eventID`` and ``best_key``)."""
-        regs = form_registrations(photos_for_events(photos), self.method, self.gap)
+        regs = form_registrations(photos_for_events(photos), self.method, self.gap,
+                                  **self.options)
         timed = regs["date_registration_start"].notna().to_numpy()
         linked, photos = link_events(regs[timed], photos, first=self.count)
         self.count += len(linked)
@@ -223,7 +226,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
         labels |= set(table["human_class"].dropna())
         events: FormedEvents | ReviewedEvents = ReviewedEvents(regs, table)
     else:
-        events = FormedEvents(settings.method, settings.gap)
+        events = FormedEvents(settings)
     tally = PhotoTally()
     gallery = 2 * MAX_GALLERY  # best photos still wanted (:func:`report.gallery_keys`)
     camtrap = CamtrapPackage(
