@@ -9,9 +9,11 @@ interleaved rounds (the machine's speed drifts):
   image towers at 224 px, batches of 8;
 - MegaDetector v5 (YOLOv5x6, three classes) at 1280x960, one photo a call, as the
   ``megadetector`` package runs it (fp32);
+- SpeciesNet (EfficientNetV2-M, torchvision's, as the released classifier is) at its
+  480 px, batches of 8;
 - YOLOX-Nano, the real ONNX file in ../shared, at 416 px through ONNX Runtime.
 
-    python bench/families.py [--rounds 3]
+    python bench/families.py [--rounds 3] [--only SpeciesNet --only "CLIP ViT-B-32"]
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def megadetector_runner(folder: Path):
     return run
 
 
+def speciesnet_runner(dtype: torch.dtype, batch: int = 8):
+    from torchvision.models import efficientnet_v2_m
+
+    torch.manual_seed(0)
+    # 2,000+ labels as released; the head is a sliver of the compute either way.
+    model = efficientnet_v2_m(num_classes=2000).eval().to(dtype)
+    x = torch.randn(batch, 3, 480, 480, dtype=dtype)
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+    return run
+
+
 def yolox_runner():
     from kadr.core.models import load_model
 
@@ -82,16 +98,30 @@ def yolox_runner():
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", action="append", default=[],
+                    help="measure only the families whose name starts so (repeatable)")
     args = ap.parse_args()
     from kadr.core.models.precision import choose_cpu_precision, cpu_features
 
+    def wanted(name: str) -> bool:
+        return not args.only or any(name.startswith(o) for o in args.only)
+
     runners: dict[str, tuple] = {}
     for name, arch in VITS.items():
-        runners[f"{name} fp32"] = (vit_runner(arch, torch.float32), 8)
-        runners[f"{name} bf16"] = (vit_runner(arch, torch.bfloat16), 8)
+        if wanted(name):
+            runners[f"{name} fp32"] = (vit_runner(arch, torch.float32), 8)
+            runners[f"{name} bf16"] = (vit_runner(arch, torch.bfloat16), 8)
     with tempfile.TemporaryDirectory() as tmp:
-        runners["MegaDetector v5 (YOLOv5x6, 1280 px) fp32"] = (megadetector_runner(Path(tmp)), 1)
-        runners["YOLOX-Nano (416 px, ONNX Runtime) fp32"] = (yolox_runner(), 1)
+        if wanted("MegaDetector"):
+            runners["MegaDetector v5 (YOLOv5x6, 1280 px) fp32"] = (
+                megadetector_runner(Path(tmp)), 1)
+        if wanted("SpeciesNet"):
+            runners["SpeciesNet (EfficientNetV2-M, 480 px) fp32"] = (
+                speciesnet_runner(torch.float32), 8)
+            runners["SpeciesNet (EfficientNetV2-M, 480 px) bf16"] = (
+                speciesnet_runner(torch.bfloat16), 8)
+        if wanted("YOLOX"):
+            runners["YOLOX-Nano (416 px, ONNX Runtime) fp32"] = (yolox_runner(), 1)
         best = dict.fromkeys(runners, 0.0)
         for i in range(args.rounds):
             for name, (fn, n) in runners.items():
