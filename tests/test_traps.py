@@ -5,6 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
+import kadr
 from kadr.traps.exports import validate_camtrap_dp
 from kadr.traps.pipeline import TrapSettings, run_traps
 from kadr.traps.prompts import PromptFileError, load_prompts, parse_prompts
@@ -55,6 +56,10 @@ def test_real_yolox_run_gives_one_elephant_registration(d04_camera, tmp_path):
         out / "report.html").read_text()
     schemas = shared_path("data", "camtrap-dp-1.0.2")
     assert validate_camtrap_dp(out / "camtrap-dp", schemas) == []
+    # Who classified: the detector whose labels are the classes, by its file's name (not
+    # this machine's path), and the kadr release that ran it.
+    obs = pd.read_csv(out / "camtrap-dp" / "observations.csv")
+    assert set(obs["classifiedBy"]) == {f"kadr {kadr.__version__} (yolox:yolox_nano.onnx)"}
 
 
 def test_classifier_path_with_tiny_clip_and_broken_photo(d04_camera, tmp_path):
@@ -76,6 +81,9 @@ def test_classifier_path_with_tiny_clip_and_broken_photo(d04_camera, tmp_path):
     assert summary.empty_groups == ["empty_camera"]
     # Classifications, a failed photo: MegaDetector's own validator accepts the file.
     assert megadetector_validation(out / "megadetector.json") == ([], [])
+    obs = pd.read_csv(out / "camtrap-dp" / "observations.csv")
+    assert set(obs["classifiedBy"]) == {f"kadr {kadr.__version__} ({TINY_CLIP}, "
+                                        "yolox:yolox_nano.onnx)"}
     # Resume: a second run processes nothing and gives the same registrations.
     result = run_traps(str(d04_camera), str(out), settings)
     s2, regs2 = result.summary, result.frame()

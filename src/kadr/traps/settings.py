@@ -112,6 +112,16 @@ def settings_prompts(settings: TrapSettings) -> PromptSet:
     return load_prompts(settings.prompts or str(EXAMPLE))
 
 
+def classified_by(settings: TrapSettings) -> str:
+    """Who classified a run's observations, as Camtrap DP's classifiedBy names it: kadr's
+    release and the models (by their public names: no path of this machine)."""
+    from kadr import __version__
+
+    models = [ModelSpec.parse(m).public_name() for m in (settings.classifier, settings.detector)
+              if m]
+    return f"kadr {__version__} ({', '.join(models)})" if models else f"kadr {__version__}"
+
+
 def registration_options(settings: TrapSettings | dict) -> dict:
     """How a run's visits become registrations: the rule's own options (a recorded
     settings dict from before they existed gives the defaults)."""

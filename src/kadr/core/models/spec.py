@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 PRECISION_ENV = "KADR_PRECISION"  # kadr --precision: auto, fp32, fp16 or bf16
+WEIGHT_FILES = (".onnx", ".pt", ".pth", ".safetensors", ".bin", ".ckpt", ".pkl")
 
 
 class SpecError(ValueError):
@@ -35,6 +37,18 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return f"{self.backend}:{self.name}" + (f"@{self.weights}" if self.weights else "")
+
+    def public_name(self) -> str:
+        """The spec as it may be published (Camtrap DP's classifiedBy): a local path,
+        name or weights, by its file or folder name alone; hub ids and tags as they are."""
+        def public(part: str | None) -> str | None:
+            if part is None:
+                return None
+            local = (os.path.isabs(part) or part.startswith(("~", ".")) or
+                     part.lower().endswith(WEIGHT_FILES) or os.path.exists(part))
+            return os.path.basename(part.rstrip("/\\")) if local else part
+        weights = public(self.weights)
+        return f"{self.backend}:{public(self.name)}" + (f"@{weights}" if weights else "")
 
     @property
     def is_random(self) -> bool:

@@ -174,8 +174,9 @@ class CamtrapPackage:
 
     def __init__(self, folder: str | Path, scientific_names: dict | None = None,
                  deployments_csv: str | None = None, utc_offset: str | None = None,
-                 media_url: str | None = None):
+                 media_url: str | None = None, classified_by: str = "kadr"):
         self.folder = Path(folder)
+        self.classified_by = classified_by  # the machine's name in classifiedBy
         self.names = scientific_names or {}
         self.deployments_csv = deployments_csv
         self.utc_offset = utc_offset
@@ -263,7 +264,8 @@ class CamtrapPackage:
             self._media, index=False, header=False, lineterminator="\n")
         self._write_observations([
             o for r, media_id in zip(ok.to_dict("records"), media_ids, strict=True)
-            for o in _media_observations(r, media_id, self.off, self.now, self.taxon)])
+            for o in _media_observations(r, media_id, self.off, self.now, self.taxon,
+                                             self.classified_by)])
         if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
             self.roots |= photo_roots(ok)
 
@@ -286,7 +288,7 @@ class CamtrapPackage:
             base = {"observationID": f"{media_id}_1", "deploymentID": clip["group"],
                     "mediaID": media_id, "eventID": clip["event_id"],
                     "eventStart": start, "eventEnd": end, "observationLevel": "media",
-                    "classificationMethod": "machine", "classifiedBy": "kadr",
+                    "classificationMethod": "machine", "classifiedBy": self.classified_by,
                     "classificationTimestamp": self.now}
             if not clip["count"]:
                 observations.append({**base, "observationType": "blank"})
@@ -327,7 +329,7 @@ class CamtrapPackage:
                 "scientificName": name,
                 "count": int(r["count"]),
                 "classificationMethod": "human" if human else "machine",
-                "classifiedBy": str(r["classified_by"]) if human else "kadr",
+                "classifiedBy": str(r["classified_by"]) if human else self.classified_by,
                 "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else self.now,
                 "classificationProbability": None if p is None else round(float(p), 4),
                 "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
@@ -394,7 +396,8 @@ class CamtrapPackage:
         atomic_write_text(self.folder / "datapackage.json", json.dumps(package, indent=2))
 
 
-def _media_observations(r: dict, media_id: str, off: str, now: str, taxon) -> list[dict]:
+def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
+                        classified_by: str = "kadr") -> list[dict]:
     """One photo's media-level observations: a blank, one per animal box, or one of the
     photo's kind where its class is no animal (SpeciesNet's human, vehicle, unknown).
     ``taxon(class, label)`` gives a class's scientific name and observation type."""
@@ -406,7 +409,7 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, taxon) -> li
         "eventID": event_id if isinstance(event_id, str) else None,
         "eventStart": _iso(r["time"], off), "eventEnd": _iso(r["time"], off),
         "observationLevel": "media",
-        "classificationMethod": "machine", "classifiedBy": "kadr",
+        "classificationMethod": "machine", "classifiedBy": classified_by,
         "classificationTimestamp": now,
     }
     photo_name, photo_kind = taxon(cls, r.get("taxon"))

@@ -47,6 +47,7 @@ from kadr.traps.report import MAX_GALLERY, PhotoTally, write_report
 from kadr.traps.review import ReviewState, camera_times, load_learned, run_summary
 from kadr.traps.settings import (
     TrapSettings,
+    classified_by,
     recorded_settings,
     registration_options,
     run_prompts,
@@ -232,7 +233,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     camtrap = CamtrapPackage(
         out_dir / "camtrap-dp", scientific_names=prompts.scientific_names() if prompts else {},
         deployments_csv=settings.deployments, utc_offset=settings.utc_offset,
-        media_url=settings.media_url)
+        media_url=settings.media_url, classified_by=classified_by(settings))
     exclude = ("embedding", *PREVIOUS_EXPORT_COLUMNS)
     with (atomic_open(out_dir / "photos.csv") as photos_csv,
           atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
