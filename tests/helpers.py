@@ -50,6 +50,19 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def camera_of_test_images(folder: Path, names: list[str]) -> Path:
+    """A camera folder ``cam1`` holding the named photos of the MegaDetector repo's real
+    test images (skipped without ../shared)."""
+    import shutil
+
+    source = shared_path("data", "camera_traps", "cameratraps_repo", "test_images", "test_images")
+    camera = folder / "cam1"
+    camera.mkdir()
+    for name in names:
+        shutil.copy(source / name, camera / name)
+    return camera
+
+
 def jpeg_bytes(
     size=(320, 240), seed=0, when: datetime | None = None, orientation: int | None = None
 ) -> bytes:

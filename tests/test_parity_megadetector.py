@@ -12,7 +12,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from tests.helpers import need_module, shared_path
+from tests.helpers import camera_of_test_images, need_module
 from tests.mdweights import save_random_mdv5
 
 need_module("megadetector", extra="megadetector")
@@ -34,12 +34,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    source = shared_path("data", "camera_traps", "cameratraps_repo", "test_images", "test_images")
-    camera = tmp_path_factory.mktemp("traps") / "cam1"
-    camera.mkdir()
-    for name in PHOTOS:
-        shutil.copy(source / name, camera / name)
-    return camera
+    return camera_of_test_images(tmp_path_factory.mktemp("traps"), PHOTOS)
 
 
 def package_detections(checkpoint, camera) -> dict[str, list[dict]]:

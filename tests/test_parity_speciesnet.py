@@ -19,7 +19,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import need_module, shared_path
+from tests.helpers import camera_of_test_images, need_module, shared_path
 from tests.snweights import kaggle_folder, mark_kaggle_complete, save_random_speciesnet
 
 need_module("speciesnet", extra="speciesnet")
@@ -45,12 +45,7 @@ def kaggle_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    source = shared_path("data", "camera_traps", "cameratraps_repo", "test_images", "test_images")
-    camera = tmp_path_factory.mktemp("traps") / "cam1"
-    camera.mkdir()
-    for name in PHOTOS:
-        shutil.copy(source / name, camera / name)
-    return camera
+    return camera_of_test_images(tmp_path_factory.mktemp("traps"), PHOTOS)
 
 
 @pytest.fixture
