@@ -87,10 +87,11 @@ def check_geofence(settings: TrapSettings) -> None:
     if not s.classifier or uses_prompts(s):
         raise ValueError("--country and --admin1-region are SpeciesNet's geofence: they need "
                          "--classifier speciesnet:... (or --ensemble speciesnet)")
-    if s.country is None or not re.fullmatch(r"[A-Z]{3}", s.country):
+    if not s.country:
+        raise ValueError("--admin1-region needs --country")
+    if not re.fullmatch(r"[A-Z]{3}", s.country):
         raise ValueError(f"--country {s.country!r}: give the country as an ISO 3166-1 alpha-3 "
-                         "code in capitals (USA, KEN, RUS)" if s.country else
-                         "--admin1-region needs --country")
+                         "code in capitals (USA, KEN, RUS)")
     if s.admin1_region is not None and not re.fullmatch(r"[A-Z]{2}", s.admin1_region):
         raise ValueError(f"--admin1-region {s.admin1_region!r}: SpeciesNet's regions are US "
                          "states by their two-letter code (CA, MT)")

@@ -173,11 +173,8 @@ class MegaDetector:
         from kadr.core.models.device import torch_device
         from kadr.core.models.upstream import quiet_upstream
 
+        run_detector = _run_detector_module()
         with quiet_upstream():
-            try:
-                from megadetector.detection import run_detector
-            except ImportError as e:
-                raise SpecError(_md_install_hint(e)) from e
             self.model = run_detector.load_detector(path,
                                                     force_cpu=torch_device().type == "cpu")
         self.spec = spec
@@ -284,10 +281,20 @@ class MegaDetectorBackend:
         return MegaDetector(spec, _trusted(path, trust_checkpoint))
 
 
-def _md_install_hint(error: Exception) -> str:
-    return (f"megadetector: specs need the megadetector package and its YOLOv5 code ({error}): "
-            "pip install 'kadr[megadetector]' && "
-            "pip install --no-deps megadetector==10.0.28 yolov5==7.0.11")
+def _run_detector_module():
+    """The megadetector package's ``run_detector``, imported quietly (YOLOv5 warns as it
+    imports), or a :class:`SpecError` saying how to install it."""
+    from kadr.core.models.upstream import quiet_upstream
+
+    with quiet_upstream():
+        try:
+            from megadetector.detection import run_detector
+        except ImportError as e:
+            raise SpecError(
+                f"megadetector: specs need the megadetector package and its YOLOv5 code ({e}): "
+                "pip install 'kadr[megadetector]' && "
+                "pip install --no-deps megadetector==10.0.28 yolov5==7.0.11") from e
+    return run_detector
 
 
 # The releases the megadetector package downloads by name, and their files (its
@@ -307,13 +314,7 @@ def release_checkpoint(name: str) -> tuple[str | None, list[str], str] | None:
     of names) as (the local file, or None; where it was looked for; its download URL);
     None for a name that is no release (a path). Looked for where the package itself
     looks: an environment variable of that name, then the folder it downloads into."""
-    from kadr.core.models.upstream import quiet_upstream
-
-    with quiet_upstream():
-        try:
-            from megadetector.detection import run_detector
-        except ImportError as e:
-            raise SpecError(_md_install_hint(e)) from e
+    run_detector = _run_detector_module()
     version = run_detector.model_string_to_model_version.get(name.lower(), name.lower())
     info = run_detector.known_models.get(version)
     if info is None:
