@@ -226,3 +226,45 @@ def test_ensemble_speciesnet_runs_its_own_megadetector(tmp_path, photos, monkeyp
     assert summary["settings"]["country"] == "KEN"
     table = pd.read_parquet(elsewhere / "out" / "photos.parquet")
     assert table["status"].tolist() == ["ok"]
+
+
+def test_speciesnet_votes_in_an_ensemble_as_it_names_alone(offline, photos, tmp_path):
+    """SpeciesNet beside a CLIP model: its vote on each photo is its label alone, brought to
+    the prompt class of the same taxon (African elephant: the prompt file's Elephant)."""
+    from kadr.traps.ensemble import RunClasses
+    from kadr.traps.pipeline import TrapSettings, run_traps
+    from kadr.traps.prompts import load_prompts
+    from tests.helpers import TINY_CLIP
+
+    folder = save_random_speciesnet(tmp_path / "model", favour={"african elephant": 14.0},
+                                    spread=0.01)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"classes": {
+        "Elephant": {"taxon": "Loxodonta africana", "common": "African elephant"},
+        "Zebra": {"taxon": "Equus quagga"}, "car": ["a car"],
+        "empty": {"background": True, "prompts": ["an empty savanna"]}},
+        "templates": ["a camera trap photo of {}."]}))
+    sn = f"speciesnet:{folder}"
+
+    def run(out, **more):
+        run_traps(str(photos.parent), str(out), TrapSettings(
+            detector=f"yolox:{shared_path('models', 'yolox_nano.onnx')}", classifier=sn,
+            trust_checkpoint=True, batch_size=2, **more))
+        return pd.read_parquet(out / "photos.parquet").set_index("key")
+
+    alone = run(tmp_path / "alone")
+    both = run(tmp_path / "both", more_classifiers=[TINY_CLIP], prompts=str(prompts))
+    classes = RunClasses(load_prompts(prompts))
+    said = []
+    for key, row in both.iterrows():
+        votes = json.loads(row["votes"])
+        assert set(votes) == {"speciesnet:model", TINY_CLIP}
+        mine = alone.loc[key]
+        cls, prob = votes["speciesnet:model"]
+        assert cls == classes.of(mine["class"], mine["taxon"])
+        assert prob == pytest.approx(mine["class_prob"] if pd.notna(mine["class_prob"]) else 1.0,
+                                     abs=1e-4)
+        said.append(cls)
+    assert "Elephant" in said, "SpeciesNet's african elephant is the prompt file's Elephant"
+    regs = pd.read_parquet(tmp_path / "both" / "registrations.parquet")
+    assert len(regs) and regs["models_agree"].notna().all()

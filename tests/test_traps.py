@@ -201,12 +201,12 @@ def test_animal_crops_keep_the_whole_animal_at_full_resolution():
     _, image = trap.prepare(decode_photo(buffer.getvalue()))
     assert image.size == (4000, 3000), "crops are cut from the full-resolution photo"
 
-    long_view = trap.classifier_input(image, (0.25, 1400 / 3000, 0.5, 200 / 3000)).astype(int)
+    long_view = trap.primary.classifier_input(image, (0.25, 1400 / 3000, 0.5, 200 / 3000)).astype(int)
     middle = long_view[long_view.shape[0] // 2]
     assert (middle[:, 0] > 200).any() and (middle[:, 2] > 200).any(), "head and tail both seen"
     assert (long_view[0] == long_view[0, 0]).all(), "padded above, not stretched"
 
-    small_view = trap.classifier_input(image, (0.75, 200 / 3000, 32 / 4000, 32 / 3000))
+    small_view = trap.primary.classifier_input(image, (0.75, 200 / 3000, 32 / 4000, 32 / 3000))
     assert small_view.std() > 40, "the distant animal keeps its detail"
 
 
@@ -352,12 +352,12 @@ def test_each_animal_box_keeps_its_own_crops_class(tmp_path):
     boxes = [d for d in json.loads(row["detections"]) if "class" in d]
     assert len(boxes) == row["n_animals"] == 2
 
-    trap = TrapJob(settings)
+    clip = TrapJob(settings).primary
     image = decode_photo(source.read_bytes()).image
     for box in boxes:
-        emb = trap.model.encode_images([trap.classifier_input(image, box["bbox"])])
-        p = classify(emb, trap.prompts, trap.class_emb, trap.model.logit_scale)[0]
-        assert box["class"] == trap.class_names[int(p.argmax())]
+        emb = clip.model.encode_images([clip.classifier_input(image, box["bbox"])])
+        p = classify(emb, clip.prompts, clip.class_emb, clip.model.logit_scale)[0]
+        assert box["class"] == clip.class_names[int(p.argmax())]
         # Alone here, in a batch with the photo in the run: float kernels differ a little.
         assert box["class_prob"] == pytest.approx(float(p.max()), abs=1e-3)
 

@@ -37,10 +37,11 @@ def run(
     detector: Annotated[str, typer.Option(help="detector spec: yolox:PATH.onnx, "
                                                "megadetector:PATH|MDV5A, or 'none' to classify "
                                                "whole photos")] = "megadetector:MDV5A",
-    classifier: Annotated[str, typer.Option(
+    classifier: Annotated[list[str] | None, typer.Option(
         help="CLIP spec (open_clip:..., hf:..., open_clip:hf-hub:imageomics/bioclip-2), "
-             "speciesnet:RELEASE|FOLDER, or 'none' for detector labels")] = (
-        "open_clip:ViT-B-32@laion2b_s34b_b79k"),
+             "speciesnet:RELEASE|FOLDER, or 'none' for detector labels; give it again for an "
+             "ensemble (the classifiers vote; default: open_clip:ViT-B-32@laion2b_s34b_b79k)")
+    ] = None,
     ensemble: Annotated[str | None, typer.Option(
         help="speciesnet[:RELEASE|FOLDER]: SpeciesNet's whole pipeline, its classifier and the "
              "MegaDetector its model folder names (instead of --detector/--classifier)")] = None,
@@ -87,9 +88,12 @@ def run(
         fail(f"--video-fps must be between 0 (clips left out) and 120, not {video_fps}")
     if utc_offset is not None and not re.fullmatch(r"Z|[+-]\d\d:\d\d", utc_offset):
         fail(f"--utc-offset must look like +03:00, -05:00 or Z, not {utc_offset!r}")
+    specs = classifier or [TrapSettings.classifier]
+    if len(specs) > 1 and any(c.lower() == "none" for c in specs):
+        fail("--classifier none stands alone (the detector's labels), not in an ensemble")
     settings = TrapSettings(
         detector=None if detector.lower() == "none" else detector,
-        classifier=None if classifier.lower() == "none" else classifier,
+        classifier=None if specs[0].lower() == "none" else specs[0], more_classifiers=specs[1:],
         prompts=prompts, threshold=threshold, classify_on=classify_on, gap=gap, method=method,
         count_rule=count_rule, split_species=split_species,
         group_level=group_level, time_pattern=time_pattern, trust_checkpoint=trust_checkpoint,
@@ -105,10 +109,16 @@ def run(
             fail(f"--ensemble {ensemble!r}: the ensemble kadr runs is speciesnet[:MODEL]")
         from kadr.traps.speciesnet import with_speciesnet_ensemble
 
-        settings = report_user_errors(lambda: with_speciesnet_ensemble(settings, model or None))
+        # Classifiers given beside it vote with SpeciesNet.
+        voters = [c for c in classifier or [] if c.lower() != "none"]
+        settings = report_user_errors(
+            lambda: with_speciesnet_ensemble(settings, model or None, voters))
     result = report_user_errors(lambda: run_traps(photos, str(output), settings))
     finish(result.summary, photos)
     out.print(f"{result.figures['registrations']} registrations: {output / 'registrations.csv'}")
+    if result.figures["disputed"] is not None:
+        out.print(f"the classifiers disagree on {result.figures['disputed']} of them "
+                  "(`kadr traps review` shows those first)")
     out.print(f"report: {output / 'report.html'}")
     out.print(f"also: photos.parquet/csv, megadetector.json, camtrap-dp/ in {output}")
 

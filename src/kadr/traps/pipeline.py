@@ -12,31 +12,38 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
 from kadr.core.collection import PhotoCollection, PhotoRoot
 from kadr.core.decode import DecodedPhoto
 from kadr.core.models import WeightsNotFoundError, load_model
 from kadr.core.models.detectors import Detection, nms
 from kadr.core.models.device import computes_on_cpu
+from kadr.core.models.spec import ModelSpec
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunSummary, WorkflowResult, run_workflow
+from kadr.traps.ensemble import RunClasses, decide, votes_json
 from kadr.traps.exports import outputs_key, write_outputs
-from kadr.traps.prompts import PromptSet, classify
+from kadr.traps.prompts import PromptSet
 from kadr.traps.registrations import check_rule
 from kadr.traps.settings import (
     TrapSettings,
-    classify_on,
+    classifiers,
     run_prompts,
-    settings_prompts,
+    speaks_prompts,
     trap_fingerprint,
-    uses_prompts,
 )
 from kadr.traps.tables import EMPTY
+from kadr.traps.zero_shot import ZeroShotLabeller
+
+if TYPE_CHECKING:
+    from kadr.traps.speciesnet import SpeciesNetLabeller
+
+    Labeller = ZeroShotLabeller | SpeciesNetLabeller
 
 
 def count_animals(dets: list[Detection], threshold: float, iou: float = 0.5) -> list[Detection]:
@@ -54,62 +61,41 @@ def count_animals(dets: list[Detection], threshold: float, iou: float = 0.5) -> 
     return [animals[i] for i in keep]
 
 
-def crop_with_margin(image: Image.Image, bbox, margin: float) -> Image.Image:
-    """The detection's box widened by ``margin`` of its size on each side (context helps CLIP)."""
-    w, h = image.size
-    x, y, bw, bh = bbox
-    x1, y1 = max(0.0, x - margin * bw), max(0.0, y - margin * bh)
-    x2, y2 = min(1.0, x + bw * (1 + margin)), min(1.0, y + bh * (1 + margin))
-    box = (int(x1 * w), int(y1 * h), max(int(x1 * w) + 1, int(x2 * w)),
-           max(int(y1 * h) + 1, int(y2 * h)))
-    return image.crop(box)
-
-
 class TrapJob:
-    """The per-photo work of ``traps run``, as a core :class:`Job`."""
+    """The per-photo work of ``traps run``, as a core :class:`Job`: the detector's boxes
+    and counts, then each classifier's names for the photo and its boxes
+    (:mod:`kadr.traps.zero_shot`, :mod:`kadr.traps.speciesnet`); with several, the
+    class they decide together (:mod:`kadr.traps.ensemble`)."""
 
     def __init__(self, settings: TrapSettings):
         self.s = settings
         self.detector = load_model(settings.detector, kind="detector",
                                    trust_checkpoint=settings.trust_checkpoint) \
             if settings.detector else None
-        self.model = None
-        self.labeller = None  # a classifier with labels of its own (SpeciesNet)
-        self.prompts: PromptSet | None = None
+        self.labellers: dict[str, Labeller] = {}  # by the model's public name, first first
         self.note = None
-        if settings.classifier:
-            try:
-                if uses_prompts(settings):
-                    self.model = load_model(settings.classifier, kind="image-text",
-                                            trust_checkpoint=settings.trust_checkpoint)
-                else:
-                    from kadr.traps.speciesnet import SpeciesNetLabeller
-
-                    self.labeller = SpeciesNetLabeller(
-                        load_model(settings.classifier, kind="classifier",
-                                   trust_checkpoint=settings.trust_checkpoint), settings)
-            except WeightsNotFoundError as e:
-                if not settings.allow_detector_labels:
-                    raise
-                self.note = ("classifier weights unavailable; classes are the detector's labels: "
-                             + str(e).splitlines()[0])
-        if self.model is not None:
-            self.prompts = settings_prompts(settings)
-            self.class_emb = self.prompts.class_embeddings(self.model)
+        prompts = run_prompts(settings)
+        self.run_classes = RunClasses(prompts)
+        try:
+            for spec in classifiers(settings):
+                self.labellers[ModelSpec.parse(spec).public_name()] = _labeller(
+                    spec, prompts, settings)
+        except WeightsNotFoundError as e:
+            if not settings.allow_detector_labels:
+                raise
+            self.labellers = {}
+            self.note = ("classifier weights unavailable; classes are the detector's labels: "
+                         + str(e).splitlines()[0])
 
     @property
-    def class_names(self) -> list[str]:
-        return self.prompts.names if self.prompts else []
+    def primary(self) -> Labeller | None:
+        """The first classifier: its per-class probabilities, taxa and embeddings are the
+        run's columns."""
+        return next(iter(self.labellers.values()), None)
 
     def prepare(self, photo: DecodedPhoto):
         # The photo stays at full resolution: a small, distant animal keeps every pixel it has.
         return (self.detector.prepare(photo) if self.detector else None), photo.image
-
-    def classifier_input(self, image: Image.Image, bbox) -> np.ndarray:
-        """One animal as the classifier sees it: the box with its margin, cut from the
-        full-resolution photo and padded (never cropped) to the model's shape."""
-        crop = crop_with_margin(image, bbox, self.s.crop_margin)
-        return self.model.prepare_image(self.model.preprocess.pad_to_shape(crop))
 
     def process(self, inputs: list, rows: list[dict]) -> list[dict]:
         if not inputs:
@@ -126,19 +112,18 @@ class TrapJob:
                 "_box_classes": {},  # id(animal box) -> its own class, class_prob (and taxon)
                 "_image": image,
             })
-        if self.labeller is not None:
-            self.labeller.label(results)
-            for r in results:
-                r["embedding"] = None
-        elif self.model is None:
+        if self.primary is None:
             for r in results:
                 top = r["_animals"][0] if r["_animals"] else None
                 r.update({"class": top.label if top else EMPTY,
                           "class_prob": round(top.conf, 4) if top else None,
                           "count": len(r["_animals"]), "embedding": None})
+        elif len(self.labellers) == 1:
+            self.primary.label(results)
         else:
-            self._classify(results)
+            self._ensemble(results)
         for r in results:
+            r.setdefault("embedding", None)
             r["top_bbox"] = json.dumps(r["_animals"][0].as_dict()["bbox"]) if r["_animals"] else None
             r["detections"] = json.dumps([_box_dict(d, r["_box_classes"].get(id(d)))
                                           for d in r["_detections"]])
@@ -146,87 +131,90 @@ class TrapJob:
                 del r[k]
         return results
 
-    def _classify(self, results: list[dict]) -> None:
-        mode = classify_on(self.s)
-        crops, owners, weights, boxes = [], [], [], []
+    def _ensemble(self, results: list[dict]) -> None:
+        """Every classifier names the photos (the first into ``results``, its columns
+        kept; the others into copies), then the votes decide each photo and box."""
+        named = {}
+        for i, (model, labeller) in enumerate(self.labellers.items()):
+            rows = results if i == 0 else [
+                {k: r[k] for k in ("n_animals", "_detections", "_animals", "_image")}
+                | {"_box_classes": {}} for r in results]
+            labeller.label(rows)
+            named[model] = rows
+        vote = self.run_classes.of
         for i, r in enumerate(results):
-            for d in r["_animals"][: self.s.max_crops] if mode in ("crops", "both") else []:
-                crops.append(self.classifier_input(r["_image"], d.bbox))
-                owners.append(i)
-                weights.append(d.conf)
-                boxes.append(d)
-            if mode in ("photo", "both"):
-                crops.append(self.model.prepare_image(r["_image"]))
-                owners.append(i)
-                weights.append(0.5 if r["_animals"] else 1.0)
-                boxes.append(None)
-        probs = np.zeros((len(results), len(self.class_names)), np.float32)
-        vectors = np.zeros((len(results), self.class_emb.shape[1]), np.float32)
-        if crops:
-            emb = self.model.encode_images(crops)
-            p = classify(emb, self.prompts, self.class_emb, self.model.logit_scale)
-            w = np.array(weights, np.float32)[:, None]
-            np.add.at(probs, np.array(owners), p * w)
-            # Each animal box keeps its own crop's class: two species in one photo stay two.
-            for owner, box, crop_p in zip(owners, boxes, p, strict=True):
-                if box is not None:
-                    k = int(crop_p.argmax())
-                    results[owner]["_box_classes"][id(box)] = {
-                        "class": self.class_names[k], "class_prob": round(float(crop_p[k]), 4)}
-            # What `traps learn` fits on: the photo's animals (and the photo) as the
-            # classifier saw them, weighted as their votes are.
-            np.add.at(vectors, np.array(owners), emb * w)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), np.nan)
-        background = self.prompts.background
-        names = self.class_names
-        for i, r in enumerate(results):
-            total = probs[i].sum()
-            r["embedding"] = None if np.isnan(vectors[i]).any() else vectors[i]
-            if total <= 0:  # crops-only mode and nothing detected
-                r.update({"class": EMPTY, "class_prob": None, "count": 0})
-                r.update({f"p_{n}": None for n in names})
-                continue
-            p = probs[i] / total
-            k = int(p.argmax())
-            cls = names[k]
-            n = r["n_animals"]
-            if cls in background:
-                cls, count = EMPTY, (0 if n == 0 else n)
-            else:
-                # An animal the classifier sees but the detector did not count: count unknown.
-                count = n if n > 0 else None
-            r.update({"class": cls, "class_prob": round(float(p[k]), 4), "count": count})
-            r.update({f"p_{n_}": round(float(v), 4) for n_, v in zip(names, p, strict=True)})
+            mine = {m: rows[i] for m, rows in named.items()}
+            votes = {m: (vote(x["class"], x.get("taxon")), _prob(x["class_prob"]))
+                     for m, x in mine.items()}
+            cls, prob, winner = decide(votes)
+            won = mine[winner]
+            r.update({"class": cls, "class_prob": prob, "count": won["count"],
+                      "taxon": won.get("taxon"), "class_source": won.get("class_source"),
+                      "votes": votes_json(votes), "winning_model": winner})
+            boxes = {b for x in mine.values() for b in x["_box_classes"]}
+            for box in boxes:
+                own = {m: x["_box_classes"][box] for m, x in mine.items()
+                       if box in x["_box_classes"]}
+                box_votes = {m: (vote(o["class"], o.get("taxon")), _prob(o["class_prob"]))
+                             for m, o in own.items()}
+                box_cls, box_prob, box_winner = decide(box_votes)
+                r["_box_classes"][box] = {**own[box_winner], "class": box_cls,
+                                          "class_prob": box_prob, "model": box_winner,
+                                          "votes": {m: list(v) for m, v in box_votes.items()}}
+
+
+def _prob(p: float | None) -> float:
+    """A class probability as a vote: none (a rule decided: nothing detected) is certain."""
+    return 1.0 if p is None else float(p)
+
+
+def _labeller(spec: str, prompts: PromptSet | None, settings: TrapSettings) -> Labeller:
+    """A classifier loaded by its spec: an image-text model names prompt classes, a
+    classifier with labels of its own (SpeciesNet) names its labels."""
+    trust = settings.trust_checkpoint
+    if speaks_prompts(spec):
+        return ZeroShotLabeller(load_model(spec, kind="image-text", trust_checkpoint=trust),
+                                prompts, settings)
+    from kadr.traps.speciesnet import SpeciesNetLabeller
+
+    return SpeciesNetLabeller(load_model(spec, kind="classifier", trust_checkpoint=trust),
+                              settings)
 
 
 def _box_dict(d: Detection, own_class: dict | None) -> dict:
     """One stored detection; a box that was classified on its own carries its class and
     that class's probability (``class``, ``class_prob``; SpeciesNet's also ``taxon``, how
-    it was reached and the crop's top labels)."""
+    it was reached and the crop's top labels; with several classifiers the ``model``
+    whose vote won and every model's ``votes``)."""
     return {**d.as_dict(), **(own_class or {})}
 
 
 def trap_job(trap: TrapJob, settings: TrapSettings) -> Job:
+    labellers = list(trap.labellers.values())
+    # Crops come from the full-resolution photo; without them the models' sizes will do
+    # (a detector whose decode_side is None wants the full photo).
+    full_photo = any(getattr(lab, "crops", True) for lab in labellers) or (
+        trap.detector is not None and trap.detector.decode_side is None)
+    empty = {"detections": None, "n_animals": None, "class": None, "class_prob": None,
+             "count": None, "top_bbox": None, "embedding": None}
+    if not isinstance(trap.primary, ZeroShotLabeller | None) or len(labellers) > 1:
+        empty |= {"taxon": None, "class_source": None}
+    if len(labellers) > 1:
+        empty |= {"votes": None, "winning_model": None}
     return Job(
         name="traps",
         prepare=trap.prepare,
         process=trap.process,
-        # Crops come from the full-resolution photo; without them the models' sizes will do
-        # (a detector whose decode_side is None wants the full photo).
-        min_side=None if (trap.model and classify_on(settings) != "photo") or trap.labeller
-        or (trap.detector and trap.detector.decode_side is None)
-        else max(trap.detector.decode_side if trap.detector else 0,
-                 trap.model.image_size if trap.model else 0),
+        min_side=None if full_photo else max(
+            [trap.detector.decode_side if trap.detector else 0,
+             *(lab.model.image_size for lab in labellers)]),
         batch_size=settings.batch_size,
-        empty_result={"detections": None, "n_animals": None, "class": None,
-                      "class_prob": None, "count": None, "top_bbox": None, "embedding": None,
-                      **({"taxon": None, "class_source": None} if trap.labeller else {})},
+        empty_result=empty,
         # The classifier fell back to the detector's labels: the results say so.
         fingerprint=trap_fingerprint(settings, None) if trap.note else None,
         notes=[trap.note] if trap.note else [],
-        decode_between_batches=computes_on_cpu(
-            trap.detector, trap.labeller.model if trap.labeller else trap.model),
+        decode_between_batches=computes_on_cpu(trap.detector,
+                                               *(lab.model for lab in labellers)),
     )
 
 
@@ -261,8 +249,9 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> WorkflowResult:
     else:
         regs = write_outputs(out_dir, settings, prompts, summary.fingerprint, summary, key,
                              PhotoRoot.of(collection))
+    disputed = int(regs["models_agree"].eq(False).sum()) if "models_agree" in regs else None
     return WorkflowResult(summary, out_dir, out_dir / "registrations.parquet",
-                          {"registrations": len(regs)})
+                          {"registrations": len(regs), "disputed": disputed})
 
 
 def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataFrame | None:

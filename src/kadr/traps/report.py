@@ -15,6 +15,7 @@ import pandas as pd
 
 from kadr.core.html import render, thumbnail, write_page
 from kadr.core.status import PhotoStatus
+from kadr.traps.settings import classifiers
 from kadr.traps.tables import DATED_TIME_SOURCES
 
 MAX_GALLERY = 400  # registrations shown with a photo; the table lists them all
@@ -191,10 +192,20 @@ def report_context(tally: PhotoTally, regs: pd.DataFrame, settings, warnings: li
         n_photos=tally.photos, n_ok=tally.ok, n_regs=len(regs), failed_count=len(failed),
         failed=failed.head(MAX_FAILED_ROWS).to_dict("records") if len(failed) else [],
         method=settings.method, gap=str(settings.gap), detector=settings.detector,
-        classifier=str(settings.classifier or "none: detector labels"), warnings=list(warnings),
+        classifier=", ".join(classifiers(settings)) or "none: detector labels",
+        disputed=int(regs["models_agree"].eq(False).sum()) if "models_agree" in regs else None,
+        warnings=list(warnings),
         cameras=_camera_sections(tally, regs), max_gallery=MAX_GALLERY,
         jumps=dict(sorted(tally.jumps.items())), guessed=tally.guessed, untimed=tally.untimed,
         agreement=agreement, learning=learning)
+
+
+def _disagreement(r: dict) -> str | None:
+    """What an ensemble's classifiers said of a registration they disagree on."""
+    agree = r.get("models_agree")
+    if agree is None or pd.isna(agree) or bool(agree) or r.get("reviewed"):
+        return None
+    return "; ".join(f"{m}: {c}" for m, c in json.loads(r["model_classes"]).items())
 
 
 def _camera_sections(tally: PhotoTally, regs: pd.DataFrame) -> Iterator[dict]:
@@ -213,7 +224,8 @@ def _camera_sections(tally: PhotoTally, regs: pd.DataFrame) -> Iterator[dict]:
                     "duration": "no time" if pd.isna(start)
                     else duration_text(pd.Timestamp(end) - pd.Timestamp(start)),
                     "src": None, "guessed_time": r.get("eventID") in tally.guessed_events,
-                    "reviewer": r.get("classified_by") if r.get("reviewed") else None}
+                    "reviewer": r.get("classified_by") if r.get("reviewed") else None,
+                    "disagree": _disagreement(r)}
             key = r.get("best_key")
             if shown < MAX_GALLERY and isinstance(key, str) and key in best.index:
                 p = best.loc[key]

@@ -29,6 +29,7 @@ import pandas as pd
 
 from kadr.core.status import PhotoStatus
 from kadr.traps.decisions import Decision, read_decisions
+from kadr.traps.ensemble import ENSEMBLE_COLUMNS, registration_verdict
 from kadr.traps.registrations import parse_gap, registrations_with_members
 from kadr.traps.settings import registration_options
 from kadr.traps.tables import (
@@ -65,6 +66,9 @@ class Unit:
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
     machine_cls: str | None = None  # the machine's vote over the same photos
+    # Several classifiers: each one's class over the photos, whether all give the machine's
+    # class, and the one most sure of it (:func:`kadr.traps.ensemble.registration_verdict`).
+    verdict: dict = field(default_factory=dict)
     photo_ids: tuple[str, ...] = ()  # for a group whose photos have all gone
 
     @property
@@ -80,6 +84,12 @@ class Unit:
     @property
     def uncertainty(self) -> float:
         return 1.0 - (self.prob if self.prob is not None else 1.0)
+
+    @property
+    def disputed(self) -> bool:
+        """The classifiers of an ensemble do not all give this registration's machine class
+        (a review looks at these first)."""
+        return self.verdict.get("models_agree") is False and not self.reviewed
 
 
 @dataclass
@@ -318,6 +328,7 @@ class ReviewState:
                            else np.full(len(t), None, object))
         self.is_animal = ~pd.Series(self.cls).str.lower().isin(BACKGROUND_CLASSES).to_numpy()
         self.prob_columns = [c for c in t.columns if c.startswith("p_")]
+        self.votes = t["votes"].to_numpy(dtype=object) if "votes" in t else None
         self.probs = (t[self.prob_columns].to_numpy(dtype=np.float32, na_value=np.nan)
                       if self.prob_columns else None)
         self.learned = learned or {}
@@ -435,6 +446,12 @@ class ReviewState:
         t = t[~np.isnat(t)]
         unit.start, unit.end = ((pd.Timestamp(t.min()), pd.Timestamp(t.max())) if len(t)
                                 else (None, None))
+        if self.votes is not None and not unit.blank:
+            unit.verdict = registration_verdict(self.votes[unit.rows], unit.machine_cls or unit.cls)
+            if unit.verdict["models_agree"] is False:
+                said = json.loads(unit.verdict["model_classes"])
+                unit.flags.append("classifiers disagree: " + "; ".join(
+                    f"{m} says {c}" for m, c in said.items()))
         guessed = int((~np.isin(self.time_source[unit.rows], DATED_TIME_SOURCES)).sum())
         if guessed:
             unit.flags.append(f"time not from EXIF: {guessed} photo(s) dated by file name or "
@@ -555,11 +572,13 @@ class ReviewState:
                 "reviewed": bool(d), "machine_class": u.machine_cls,
                 "classified_by": d.reviewer if d else None,
                 "classified_at": d.at if d else None,
+                **({c: u.verdict.get(c) for c in ENSEMBLE_COLUMNS} if self.votes is not None
+                   else {}),
             })
         regs = pd.DataFrame(rows, columns=[
             "name_folder", "class", "date_registration_start", "date_registration_end", "count",
             "photos", "eventID", "best_key", "reviewed", "machine_class", "classified_by",
-            "classified_at"])
+            "classified_at", *(ENSEMBLE_COLUMNS if self.votes is not None else ())])
         regs["date_registration_start"] = pd.to_datetime(regs["date_registration_start"])
         regs["date_registration_end"] = pd.to_datetime(regs["date_registration_end"])
         return regs.sort_values(["name_folder", "date_registration_start", "eventID"],

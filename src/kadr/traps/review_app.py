@@ -116,7 +116,7 @@ class Review:
         return {"id": u.id, "etag": u.etag, "camera": u.camera, "cls": u.cls, "count": u.count,
                 "prob": u.prob, "start": _time(u.start), "end": _time(u.end),
                 "photos": len(u.rows), "reviewed": u.reviewed, "source": u.source,
-                "flags": u.flags, "blank": u.blank,
+                "flags": u.flags, "blank": u.blank, "disputed": u.disputed,
                 "reviewer": d.reviewer if d is not None else None}
 
     def queue(self, q: dict) -> dict:
@@ -139,15 +139,17 @@ class Review:
         limit = min(int(q.get("limit") or QUEUE_LIMIT), QUEUE_LIMIT)  # 0: the counts only
         sort = q.get("sort") or "useful"
         useful = self.usefulness() if sort == "useful" and limit else None
+        # An ensemble's disagreements come first in either ranked order.
         if sort == "time":
             def order(u):
                 return u.camera, u.start or pd.Timestamp.min, u.id
         elif useful:  # least certain and most typical first (kadr.traps.similar)
             def order(u):
-                return -useful.get(u.id, u.uncertainty * 0.5), u.blank, u.camera, u.id
+                return (not u.disputed, -useful.get(u.id, u.uncertainty * 0.5), u.blank,
+                        u.camera, u.id)
         else:  # least certain first; blanks after animals at equal certainty
             def order(u):
-                return -u.uncertainty, u.blank, u.camera, u.id
+                return not u.disputed, -u.uncertainty, u.blank, u.camera, u.id
         # Only the page is sorted out of the whole queue (a heap, not a full sort).
         page = heapq.nsmallest(offset + limit, units, key=order)[offset:] if limit else []
         return {"total": len(units), "units": [self.summary(u) for u in page],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kadr.core.models.factory import backends, model_fingerprint
 from kadr.core.models.spec import ModelSpec, SpecError
@@ -19,6 +19,8 @@ from kadr.traps.prompts import EXAMPLE, PromptSet, load_prompts
 class TrapSettings(RunOptions):
     detector: str | None = "megadetector:MDV5A"  # None: classify whole photos, no boxes
     classifier: str | None = "open_clip:ViT-B-32@laion2b_s34b_b79k"  # None: detector labels
+    # Classifiers that vote with the first (an ensemble); the first's columns are the run's.
+    more_classifiers: list[str] = field(default_factory=list)
     prompts: str | None = None
     threshold: float = 0.3  # detection confidence that counts as an animal
     classify_on: str = "both"  # crops | photo | both
@@ -50,32 +52,61 @@ def trap_fingerprint(settings: TrapSettings, prompts: PromptSet | None) -> dict:
     if not s.detector and not s.classifier:
         raise ValueError("with --detector none a classifier names the species: give "
                          "--classifier, or a detector")
-    check_geofence(s)
+    check_classifiers(s)
     fp = {"job": "traps", "detector": s.detector, "detector_model": model_fingerprint(s.detector),
           "threshold": s.threshold, "video_fps": s.video_fps}
-    if s.classifier and not uses_prompts(s):
-        fp.update(classifier={"model": s.classifier, **model_fingerprint(s.classifier)},
-                  ensemble="speciesnet", crops="full-res, the package's own", max_crops=s.max_crops,
-                  country=s.country, admin1_region=s.admin1_region, geofence=s.geofence)
-    elif prompts is not None:
+    if not s.classifier or (uses_prompts(s) and prompts is None):
+        return fp
+    fp["classifier"] = {"model": s.classifier, **model_fingerprint(s.classifier)}
+    if s.more_classifiers:
+        fp["more_classifiers"] = [{"model": m, **model_fingerprint(m)}
+                                  for m in s.more_classifiers]
+    specs = classifiers(s)
+    if not all(speaks_prompts(m) for m in specs):
+        fp.update(ensemble="speciesnet", crops="full-res, the package's own",
+                  max_crops=s.max_crops, country=s.country, admin1_region=s.admin1_region,
+                  geofence=s.geofence)
+    if prompts is not None and any(speaks_prompts(m) for m in specs):
         prompts_text = json.dumps([c.__dict__ for c in prompts.classes], sort_keys=True)
-        fp.update(classifier={"model": s.classifier, **model_fingerprint(s.classifier)},
-                  classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
+        fp.update(classify_on=classify_on(s), crop_margin=s.crop_margin, max_crops=s.max_crops,
                   crops="full-res padded", embedding="float32 vote-weighted mean",
                   prompts=hashlib.sha256(prompts_text.encode()).hexdigest()[:16])
+        if "ensemble" in fp:  # the prompt models' crops are kadr's, SpeciesNet's its own
+            fp["crops"] = "full-res padded; SpeciesNet's its own"
     return fp
 
 
-def uses_prompts(settings: TrapSettings) -> bool:
-    """Whether the classifier names classes from prompts (an image-text model) rather than
-    from labels of its own (SpeciesNet); False without a classifier."""
-    if not settings.classifier:
-        return False
+def classifiers(settings: TrapSettings) -> list[str]:
+    """Every classifier of a run, the first first; [] without one."""
+    return [settings.classifier, *settings.more_classifiers] if settings.classifier else []
+
+
+def speaks_prompts(spec: str) -> bool:
+    """Whether a classifier names classes from prompts (an image-text model) rather than
+    from labels of its own (SpeciesNet)."""
     try:
-        backend = backends().get(ModelSpec.parse(settings.classifier).backend)
+        backend = backends().get(ModelSpec.parse(spec).backend)
     except SpecError:
         return True  # loading it says what is wrong
     return backend is None or backend.kind == "image-text"
+
+
+def uses_prompts(settings: TrapSettings) -> bool:
+    """Whether the (first) classifier names classes from prompts; False without one."""
+    return bool(settings.classifier) and speaks_prompts(settings.classifier)
+
+
+def check_classifiers(settings: TrapSettings) -> None:
+    """Several classifiers are told apart by their public names (a classifier named twice,
+    or two that publish as one, is refused), and the geofence is checked."""
+    if settings.more_classifiers and not settings.classifier:
+        raise ValueError("more classifiers need a first one: --classifier none stands alone")
+    names = [ModelSpec.parse(m).public_name() for m in classifiers(settings)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"--classifier {twice[0]} is given twice: each classifier of an "
+                         "ensemble once")
+    check_geofence(settings)
 
 
 def check_geofence(settings: TrapSettings) -> None:
@@ -84,7 +115,7 @@ def check_geofence(settings: TrapSettings) -> None:
     s = settings
     if s.country is None and s.admin1_region is None:
         return
-    if not s.classifier or uses_prompts(s):
+    if all(speaks_prompts(m) for m in classifiers(s)):
         raise ValueError("--country and --admin1-region are SpeciesNet's geofence: they need "
                          "--classifier speciesnet:... (or --ensemble speciesnet)")
     if not s.country:
@@ -98,9 +129,10 @@ def check_geofence(settings: TrapSettings) -> None:
 
 
 def run_prompts(settings: TrapSettings) -> PromptSet | None:
-    """The class prompts a run's classifier reads; None when it has labels of its own or
+    """The class prompts a run's classifiers read; None when each has labels of its own or
     there is no classifier."""
-    return settings_prompts(settings) if uses_prompts(settings) else None
+    return (settings_prompts(settings) if any(speaks_prompts(m) for m in classifiers(settings))
+            else None)
 
 
 def classify_on(settings: TrapSettings) -> str:
@@ -113,13 +145,15 @@ def settings_prompts(settings: TrapSettings) -> PromptSet:
     return load_prompts(settings.prompts or str(EXAMPLE))
 
 
-def classified_by(settings: TrapSettings) -> str:
+def classified_by(settings: TrapSettings, model: str | None = None) -> str:
     """Who classified a run's observations, as Camtrap DP's classifiedBy names it: kadr's
-    release and the models (by their public names: no path of this machine)."""
+    release and the models (by their public names: no path of this machine). ``model``:
+    the classifier whose vote won (an ensemble's), named alone with the detector."""
     from kadr import __version__
 
-    models = [ModelSpec.parse(m).public_name() for m in (settings.classifier, settings.detector)
-              if m]
+    named = [model] if model else [ModelSpec.parse(m).public_name() for m in classifiers(settings)]
+    models = [*named, *([ModelSpec.parse(settings.detector).public_name()]
+                        if settings.detector else [])]
     return f"kadr {__version__} ({', '.join(models)})" if models else f"kadr {__version__}"
 
 

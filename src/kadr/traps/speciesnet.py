@@ -122,12 +122,15 @@ class SpeciesNetLabeller:
                   "class_source": top["class_source"], "count": count})
 
 
-def with_speciesnet_ensemble(settings: TrapSettings, model: str | None = None) -> TrapSettings:
+def with_speciesnet_ensemble(settings: TrapSettings, model: str | None = None,
+                             voters: list[str] = ()) -> TrapSettings:
     """The settings of SpeciesNet's whole pipeline (``--ensemble speciesnet[:MODEL]``): its
-    classifier, and as the detector the MegaDetector file its model folder names."""
+    classifier, and as the detector the MegaDetector file its model folder names.
+    ``voters``: classifiers that vote with SpeciesNet's."""
     from kadr.core.models.speciesnet_backend import check_folder, detector_path, model_folder
 
     name = model or DEFAULT_RELEASE
     folder = model_folder(name)
     detector = detector_path(folder, check_folder(folder))
-    return replace(settings, classifier=f"speciesnet:{name}", detector=f"megadetector:{detector}")
+    return replace(settings, classifier=f"speciesnet:{name}", more_classifiers=list(voters),
+                   detector=f"megadetector:{detector}")

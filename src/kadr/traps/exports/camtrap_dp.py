@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,9 +175,12 @@ class CamtrapPackage:
 
     def __init__(self, folder: str | Path, scientific_names: dict | None = None,
                  deployments_csv: str | None = None, utc_offset: str | None = None,
-                 media_url: str | None = None, classified_by: str = "kadr"):
+                 media_url: str | None = None, classified_by: str = "kadr",
+                 classified_by_model: Callable[[str], str] | None = None):
         self.folder = Path(folder)
         self.classified_by = classified_by  # the machine's name in classifiedBy
+        # An ensemble's: classifiedBy names the model whose vote won (kadr's name for it).
+        self.classified_by_model = classified_by_model
         self.names = scientific_names or {}
         self.deployments_csv = deployments_csv
         self.utc_offset = utc_offset
@@ -219,6 +223,12 @@ class CamtrapPackage:
                 self.ranks[named[0]] = named[1]
             self.kinds[cls] = observation_type(label)
         return self.names.get(cls, cls.replace("_", " ")), self.kinds.get(cls, "animal")
+
+    def machine(self, model) -> str:
+        """classifiedBy of a machine classification that ``model`` won (None: the run's)."""
+        if isinstance(model, str) and model and self.classified_by_model is not None:
+            return self.classified_by_model(model)
+        return self.classified_by
 
     def _tally(self, ok: pd.DataFrame) -> None:
         """What the package's metadata needs from a chunk's described photos."""
@@ -265,7 +275,7 @@ class CamtrapPackage:
         self._write_observations([
             o for r, media_id in zip(ok.to_dict("records"), media_ids, strict=True)
             for o in _media_observations(r, media_id, self.off, self.now, self.taxon,
-                                             self.classified_by)])
+                                         self.machine(r.get("winning_model")), self.machine)])
         if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
             self.roots |= photo_roots(ok)
 
@@ -329,7 +339,8 @@ class CamtrapPackage:
                 "scientificName": name,
                 "count": int(r["count"]),
                 "classificationMethod": "human" if human else "machine",
-                "classifiedBy": str(r["classified_by"]) if human else self.classified_by,
+                "classifiedBy": (str(r["classified_by"]) if human
+                                 else self.machine(r.get("winning_model"))),
                 "classificationTimestamp": _utc_seconds(r["classified_at"]) if human else self.now,
                 "classificationProbability": None if p is None else round(float(p), 4),
                 "observationTags": f"class:{cls}" + (f" | machine:{r['machine_class']}" if human
@@ -397,10 +408,12 @@ class CamtrapPackage:
 
 
 def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
-                        classified_by: str = "kadr") -> list[dict]:
+                        classified_by: str = "kadr",
+                        machine: Callable[[str | None], str] | None = None) -> list[dict]:
     """One photo's media-level observations: a blank, one per animal box, or one of the
     photo's kind where its class is no animal (SpeciesNet's human, vehicle, unknown).
-    ``taxon(class, label)`` gives a class's scientific name and observation type."""
+    ``taxon(class, label)`` gives a class's scientific name and observation type;
+    ``machine(model)`` the classifiedBy of a box an ensemble's ``model`` named."""
     dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
     cls = r.get("class") or ""
     event_id = r.get("event_id")
@@ -425,8 +438,10 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
         # A box classified on its own is named by its crop (two species in one photo are
         # two observations); a box without a crop, or whose crop looked empty, by the photo.
         own = d.get("class")
+        by = base["classifiedBy"]
         if isinstance(own, str) and own.lower() not in BACKGROUND_CLASSES:
             box_cls, prob, label = own, float(d["class_prob"]), d.get("taxon")
+            by = machine(d["model"]) if machine and d.get("model") else by
         else:
             box_cls, label = cls, r.get("taxon")
             prob = photo_prob if photo_prob is not None else d["conf"]
@@ -434,6 +449,7 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
         x, y, w, h = d["bbox"]
         observations.append({
             **base, "observationID": f"{media_id}_{i}", "observationType": kind,
+            "classifiedBy": by,
             "scientificName": name, "count": 1,
             "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
             "classificationProbability": prob})

@@ -14,6 +14,7 @@ the learned classifier), then streams the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -36,6 +37,7 @@ from kadr.core.store import (
     shard_files,
 )
 from kadr.traps.decisions import Decision, last_decision_id, read_decisions
+from kadr.traps.ensemble import with_verdicts
 from kadr.traps.exports.agreement import write_agreement
 from kadr.traps.exports.camtrap_dp import CamtrapPackage
 from kadr.traps.exports.clips import clips_parquet
@@ -134,6 +136,7 @@ class FormedEvents:
                                   **self.options)
         timed = regs["date_registration_start"].notna().to_numpy()
         linked, photos = link_events(regs[timed], photos, first=self.count)
+        linked = with_verdicts(linked, photos)
         self.count += len(linked)
         self.timed.append(linked)
         self.untimed.append(regs[~timed])
@@ -181,12 +184,21 @@ class ReviewedEvents:
 
 
 def photo_labels(files: list[Path]) -> set[str]:
-    """Every class a stored photo has."""
+    """Every class a stored photo or one of its boxes has (a box named by its own crop may
+    be of a class no photo has)."""
     labels: set[str] = set()
     for path in files:
-        if "class" in pq.read_schema(path).names:
+        names = pq.read_schema(path).names
+        if "class" in names:
             column = pq.read_table(path, columns=["class"])["class"]  # null-typed: no class
             labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
+        if "detections" in names:
+            dets = pq.read_table(path, columns=["detections"])["detections"]
+            if pa.types.is_string(dets.type) or pa.types.is_large_string(dets.type):
+                # Only the photos with a classified box are parsed.
+                named = dets.filter(pc.fill_null(pc.match_substring(dets, '"class":'), False))
+                labels.update(d["class"] for text in named.to_pylist()
+                              for d in json.loads(text) if isinstance(d.get("class"), str))
     return labels
 
 
@@ -233,7 +245,8 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     camtrap = CamtrapPackage(
         out_dir / "camtrap-dp", scientific_names=prompts.scientific_names() if prompts else {},
         deployments_csv=settings.deployments, utc_offset=settings.utc_offset,
-        media_url=settings.media_url, classified_by=classified_by(settings))
+        media_url=settings.media_url, classified_by=classified_by(settings),
+        classified_by_model=functools.partial(classified_by, settings))
     exclude = ("embedding", *PREVIOUS_EXPORT_COLUMNS)
     with (atomic_open(out_dir / "photos.csv") as photos_csv,
           atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
