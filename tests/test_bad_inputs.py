@@ -62,6 +62,16 @@ def test_an_empty_folder_is_one_sentence(places, name):
     refused(invoke(args, places), "no photo", "empty")
 
 
+@pytest.mark.parametrize("name", ["embed", "traps run", "hotels caption"])
+def test_an_empty_folder_is_said_before_any_model_loads(places, name):
+    # A model that cannot load: the empty folder is what the user needs to hear, at once
+    # (a real model takes seconds to minutes to load before it would have been said).
+    unloadable = "open_clip:kadr-tiny-clip@missing-weights.safetensors"
+    args = [unloadable if a == TINY_CLIP else a.format(src="empty", out="out")
+            for a in COMMANDS[name]]
+    refused(invoke(args, places), "no photo", "empty")
+
+
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_an_output_that_is_a_file_is_refused(places, name):
     args = [a.format(src="photos", out="a-file") for a in COMMANDS[name]]

@@ -449,7 +449,11 @@ def run_workflow(collection: PhotoCollection | Iterable[PhotoRef], store_path, j
     once per actor on Ray, where this process holds no model and ``fingerprint`` (from
     the settings alone) names the results. ``loop``: :func:`run_job`'s own options
     (``time_pattern``)."""
-    job = _driver_job(name, options.batch_size) if options.engine.on_ray else job_factory()
+    # No model is built for a new run of a collection without a photo: the run's (empty)
+    # outputs are written and the user hears of it at once, not after the models load.
+    nothing = not Path(store_path).exists() and _holds_no_photo(collection)
+    job = (_driver_job(name, options.batch_size) if options.engine.on_ray or nothing
+           else job_factory())
     fingerprint = job.fingerprint or fingerprint
     with ShardStore(store_path, fingerprint, column_types=column_types) as store:
         summary = run_job(collection, job, store, workers=options.workers,
@@ -459,6 +463,12 @@ def run_workflow(collection: PhotoCollection | Iterable[PhotoRef], store_path, j
     summary.fingerprint = fingerprint
     summary.warnings.extend(job.notes)
     return summary
+
+
+def _holds_no_photo(collection: PhotoCollection | Iterable[PhotoRef]) -> bool:
+    """A collection that lists no photo (the listing stops at the first one: cheap even
+    for a bucket); False for a stream of references, which cannot be read twice."""
+    return isinstance(collection, PhotoCollection) and next(iter(collection), None) is None
 
 
 def run_job(
