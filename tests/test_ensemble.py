@@ -148,6 +148,10 @@ def test_two_classifiers_vote_on_every_photo_and_box_of_a_run(tmp_path, second_t
                 assert names[d["classifications"][0][0]] == own[tuple(d["bbox"])]
     regs = pd.read_parquet(tmp_path / "out" / "registrations.parquet")
     assert len(regs) and regs["winning_model"].isin(models).all()
+    disputed = int((~regs["models_agree"].astype(bool)).sum())
+    said = f"disagree on {disputed} of"
+    assert said in " ".join(res.output.split())
+    assert said in (tmp_path / "out" / "report.html").read_text()
     events = pd.read_csv(tmp_path / "out" / "camtrap-dp" / "observations.csv")
     events = events[events["observationLevel"] == "event"].set_index("eventID")
     for e in regs.to_dict("records"):

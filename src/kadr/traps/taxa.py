@@ -24,9 +24,10 @@ def class_name(label: str) -> str:
     """The class a label gives a photo or box: its common name; a blank is kadr's empty
     class, SpeciesNet's "no cv result" is "unknown"."""
     common = _parts(label)[6].strip()
-    if common == "blank":
+    kind = SPECIAL_TYPES.get(common)
+    if kind == "blank":
         return EMPTY
-    return "unknown" if common == "no cv result" else common
+    return "unknown" if kind == "unknown" else common
 
 
 def scientific_name(label: str) -> tuple[str, str] | None:
