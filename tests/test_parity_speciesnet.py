@@ -268,3 +268,34 @@ def test_speciesnet_votes_in_an_ensemble_as_it_names_alone(offline, photos, tmp_
     assert "Elephant" in said, "SpeciesNet's african elephant is the prompt file's Elephant"
     regs = pd.read_parquet(tmp_path / "both" / "registrations.parquet")
     assert len(regs) and regs["models_agree"].notna().all()
+
+
+def test_speciesnet_at_bf16_names_the_crops_as_at_fp32(offline, photos, monkeypatch):
+    """--precision bf16 (what auto picks on a CPU with native bf16) runs SpeciesNet's
+    weights in bf16 through the package's own calls: the same top label wherever fp32's
+    is clear, and scores close to fp32's."""
+    import torch
+    from PIL import Image
+
+    from kadr.core.models import load_model
+
+    boxes = [(0.1, 0.2, 0.4, 0.5), (0.5, 0.4, 0.3, 0.4)]
+    runs, crops = {}, None
+    for precision in ("fp32", "bf16"):  # bf16 is emulated, and slow, on a CPU without it
+        monkeypatch.setenv("KADR_PRECISION", precision)
+        model = load_model("speciesnet:v4.0.3a", kind="classifier", trust_checkpoint=True)
+        crops = crops or [model.preprocess(Image.open(photos / name).convert("RGB"), boxes)
+                          for name in PHOTOS[:1]]
+        dtype = next(model.classifier.model.parameters()).dtype
+        assert dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        runs[precision] = [c for photo in model.predict(crops, 5) for c in photo]
+    clear = 0
+    for full, half in zip(runs["fp32"], runs["bf16"], strict=True):
+        scores = dict(zip(full["classes"], full["scores"], strict=True))
+        for cls, score in zip(half["classes"], half["scores"], strict=True):
+            if cls in scores:
+                assert score == pytest.approx(scores[cls], abs=0.03)
+        if full["scores"][0] - full["scores"][1] > 0.05:
+            clear += 1
+            assert half["classes"][0] == full["classes"][0]
+    assert clear >= 1, "a crop with a clear label to compare"

@@ -55,6 +55,28 @@ def place(module, family: str = "transformer"):
     return module.to(device=device, dtype=torch_dtype(device, family))
 
 
+def run_in(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A model whose caller feeds and reads float32 (an upstream package's own batch call)
+    run with ``dtype`` weights: its floating inputs are cast to ``dtype`` on the way in and
+    its floating outputs back to float32 on the way out (in place; returned)."""
+    if dtype == torch.float32:
+        return module
+    module.to(dtype)
+
+    def cast(value, to):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(to)
+        if isinstance(value, tuple | list):
+            return type(value)(cast(v, to) for v in value)
+        return value
+
+    module.register_forward_pre_hook(
+        lambda _, args, kwargs: (cast(args, dtype), {k: cast(v, dtype) for k, v in kwargs.items()}),
+        with_kwargs=True)
+    module.register_forward_hook(lambda _, args, output: cast(output, torch.float32))
+    return module
+
+
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
     """The dtype of a module's floating weights: inputs are cast to it before each call."""
     for param in module.parameters():

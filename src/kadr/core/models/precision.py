@@ -163,5 +163,6 @@ def precision_report(device_type: str) -> list[str]:
         else:
             why = f"half precision on {device_type}"
         lines.append(f"  {family} models: {chosen} ({why})")
-    lines.append("  ONNX detectors (yolox) and MegaDetector: fp32, as they ship")
+    lines.append("  SpeciesNet: as conv models; ONNX detectors (yolox) and MegaDetector: fp32, as "
+                 "they ship")
     return lines

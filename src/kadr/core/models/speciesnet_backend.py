@@ -186,7 +186,7 @@ def check_folder(folder: Path) -> dict:
 class SpeciesNetBackend:
     name = "speciesnet"
     kind = "classifier"  # fixed labels (no prompts): a label and score per crop
-    family: str | None = None  # precision: runs as it ships (fp32 on the CPU)
+    family = "conv"  # --precision: an EfficientNet, decided as kadr's convolution stacks are
     help = ("SpeciesNet classifiers (Google's camera-trap species model, 2,000+ labels, "
             f"geofenced); MODEL: a release ({', '.join(RELEASES)}), kaggle:HANDLE, hf:REPO or "
             f"a model folder. Needs {INSTALL_HINT}; code and models Apache-2.0")
@@ -213,12 +213,15 @@ class SpeciesNetBackend:
                 f"{folder / info['classifier']} is a pickled PyTorch model (SpeciesNet): "
                 "loading it runs code stored in the file. Pass --trust-checkpoint if it came "
                 "from SpeciesNet's releases or another source you trust.")
-        from kadr.core.models.device import torch_device
+        from kadr.core.models.device import run_in, torch_device, torch_dtype
         from kadr.core.models.upstream import quiet_upstream
 
         with quiet_upstream():
             classifier = _speciesnet_module().SpeciesNetClassifier(
                 str(folder), device=str(torch_device()))
+        # The package's batch call feeds float32 crops and reads float32 logits: at bf16
+        # (--precision auto on a CPU with native bf16) the weights change, not the calls.
+        run_in(classifier.model, torch_dtype(torch_device(), self.family))
         labels = [classifier.labels[i] for i in range(len(classifier.labels))]
         return SpeciesNetModel(spec, folder, classifier, labels,
                                notes=(f"SpeciesNet {classifier.model_info.version} from {folder}",))
