@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kadr.traps.ensemble import RunClasses, decide, registration_verdict, votes_json
-from kadr.traps.exports import export_run
+from kadr.traps.exports import export_run, validate_camtrap_dp
 from kadr.traps.prompts import parse_prompts
 from kadr.traps.review_app import Review
 from tests.helpers import TINY_CLIP, camera_of_test_images, shared_path
@@ -157,6 +157,8 @@ def test_two_classifiers_vote_on_every_photo_and_box_of_a_run(tmp_path, second_t
     for e in regs.to_dict("records"):
         assert f"({e['winning_model']}, yolox:yolox_nano.onnx)" in events.loc[
             e["eventID"], "classifiedBy"]
+    assert validate_camtrap_dp(tmp_path / "out" / "camtrap-dp",
+                               shared_path("data", "camtrap-dp-1.0.2")) == []
 
 
 def test_an_ensemble_names_each_classifier_once(tmp_path):
