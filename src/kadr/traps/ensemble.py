@@ -114,3 +114,8 @@ def with_verdicts(regs: pd.DataFrame, photos: pd.DataFrame) -> pd.DataFrame:
     verdicts = [registration_verdict(by_event.get(e, []), c)
                 for e, c in zip(regs["eventID"], regs["class"], strict=True)]
     return regs.assign(**{c: [v[c] for v in verdicts] for c in ENSEMBLE_COLUMNS})
+
+
+def disputed(regs: pd.DataFrame) -> int | None:
+    """How many registrations the classifiers disagree on; None with one classifier."""
+    return int(regs["models_agree"].eq(False).sum()) if "models_agree" in regs else None

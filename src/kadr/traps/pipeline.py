@@ -26,7 +26,7 @@ from kadr.core.models.device import computes_on_cpu
 from kadr.core.models.spec import ModelSpec
 from kadr.core.remote import staged
 from kadr.core.runner import Job, RunSummary, WorkflowResult, run_workflow
-from kadr.traps.ensemble import RunClasses, decide, votes_json
+from kadr.traps.ensemble import RunClasses, decide, disputed, votes_json
 from kadr.traps.exports import outputs_key, write_outputs
 from kadr.traps.prompts import PromptSet
 from kadr.traps.registrations import check_rule
@@ -249,9 +249,8 @@ def run_traps(photos: str, out: str, settings: TrapSettings) -> WorkflowResult:
     else:
         regs = write_outputs(out_dir, settings, prompts, summary.fingerprint, summary, key,
                              PhotoRoot.of(collection))
-    disputed = int(regs["models_agree"].eq(False).sum()) if "models_agree" in regs else None
     return WorkflowResult(summary, out_dir, out_dir / "registrations.parquet",
-                          {"registrations": len(regs), "disputed": disputed})
+                          {"registrations": len(regs), "disputed": disputed(regs)})
 
 
 def _unchanged_outputs(out_dir: Path, key: str, summary: RunSummary) -> pd.DataFrame | None:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from kadr.core.html import render, thumbnail, write_page
 from kadr.core.status import PhotoStatus
+from kadr.traps.ensemble import disputed
 from kadr.traps.settings import classifiers
 from kadr.traps.tables import DATED_TIME_SOURCES
 
@@ -193,7 +194,7 @@ def report_context(tally: PhotoTally, regs: pd.DataFrame, settings, warnings: li
         failed=failed.head(MAX_FAILED_ROWS).to_dict("records") if len(failed) else [],
         method=settings.method, gap=str(settings.gap), detector=settings.detector,
         classifier=", ".join(classifiers(settings)) or "none: detector labels",
-        disputed=int(regs["models_agree"].eq(False).sum()) if "models_agree" in regs else None,
+        disputed=disputed(regs),
         warnings=list(warnings),
         cameras=_camera_sections(tally, regs), max_gallery=MAX_GALLERY,
         jumps=dict(sorted(tally.jumps.items())), guessed=tally.guessed, untimed=tally.untimed,

@@ -175,12 +175,12 @@ class CamtrapPackage:
 
     def __init__(self, folder: str | Path, scientific_names: dict | None = None,
                  deployments_csv: str | None = None, utc_offset: str | None = None,
-                 media_url: str | None = None, classified_by: str = "kadr",
-                 classified_by_model: Callable[[str], str] | None = None):
+                 media_url: str | None = None,
+                 classified_by: Callable[[str | None], str] = lambda model: "kadr"):
         self.folder = Path(folder)
-        self.classified_by = classified_by  # the machine's name in classifiedBy
-        # An ensemble's: classifiedBy names the model whose vote won (kadr's name for it).
-        self.classified_by_model = classified_by_model
+        # The machine's name in classifiedBy, given the model whose vote won (an
+        # ensemble's) or None (the run's classifiers).
+        self.classified_by = classified_by
         self.names = scientific_names or {}
         self.deployments_csv = deployments_csv
         self.utc_offset = utc_offset
@@ -225,10 +225,9 @@ class CamtrapPackage:
         return self.names.get(cls, cls.replace("_", " ")), self.kinds.get(cls, "animal")
 
     def machine(self, model) -> str:
-        """classifiedBy of a machine classification that ``model`` won (None: the run's)."""
-        if isinstance(model, str) and model and self.classified_by_model is not None:
-            return self.classified_by_model(model)
-        return self.classified_by
+        """classifiedBy of a machine classification that ``model`` won (a stored value:
+        none, or NaN, where one classifier ran)."""
+        return self.classified_by(model if isinstance(model, str) and model else None)
 
     def _tally(self, ok: pd.DataFrame) -> None:
         """What the package's metadata needs from a chunk's described photos."""
@@ -275,7 +274,7 @@ class CamtrapPackage:
         self._write_observations([
             o for r, media_id in zip(ok.to_dict("records"), media_ids, strict=True)
             for o in _media_observations(r, media_id, self.off, self.now, self.taxon,
-                                         self.machine(r.get("winning_model")), self.machine)])
+                                         self.machine)])
         if not self.media_url and len(self.roots) < 2:  # two roots: no one folder to link
             self.roots |= photo_roots(ok)
 
@@ -298,7 +297,7 @@ class CamtrapPackage:
             base = {"observationID": f"{media_id}_1", "deploymentID": clip["group"],
                     "mediaID": media_id, "eventID": clip["event_id"],
                     "eventStart": start, "eventEnd": end, "observationLevel": "media",
-                    "classificationMethod": "machine", "classifiedBy": self.classified_by,
+                    "classificationMethod": "machine", "classifiedBy": self.machine(None),
                     "classificationTimestamp": self.now}
             if not clip["count"]:
                 observations.append({**base, "observationType": "blank"})
@@ -408,12 +407,13 @@ class CamtrapPackage:
 
 
 def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
-                        classified_by: str = "kadr",
-                        machine: Callable[[str | None], str] | None = None) -> list[dict]:
+                        classified_by: Callable[[str | None], str] = lambda model: "kadr"
+                        ) -> list[dict]:
     """One photo's media-level observations: a blank, one per animal box, or one of the
     photo's kind where its class is no animal (SpeciesNet's human, vehicle, unknown).
     ``taxon(class, label)`` gives a class's scientific name and observation type;
-    ``machine(model)`` the classifiedBy of a box an ensemble's ``model`` named."""
+    ``classified_by(model)`` the classifiedBy of what an ensemble's ``model`` named (the
+    photo's ``winning_model``, a box's ``model``; None where one classifier ran)."""
     dets = [d for d in json.loads(r["detections"] or "[]") if d["category"] == "animal"]
     cls = r.get("class") or ""
     event_id = r.get("event_id")
@@ -422,7 +422,8 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
         "eventID": event_id if isinstance(event_id, str) else None,
         "eventStart": _iso(r["time"], off), "eventEnd": _iso(r["time"], off),
         "observationLevel": "media",
-        "classificationMethod": "machine", "classifiedBy": classified_by,
+        "classificationMethod": "machine",
+        "classifiedBy": classified_by(r.get("winning_model")),
         "classificationTimestamp": now,
     }
     photo_name, photo_kind = taxon(cls, r.get("taxon"))
@@ -441,7 +442,8 @@ def _media_observations(r: dict, media_id: str, off: str, now: str, taxon,
         by = base["classifiedBy"]
         if isinstance(own, str) and own.lower() not in BACKGROUND_CLASSES:
             box_cls, prob, label = own, float(d["class_prob"]), d.get("taxon")
-            by = machine(d["model"]) if machine and d.get("model") else by
+            if d.get("model"):
+                by = classified_by(d["model"])
         else:
             box_cls, label = cls, r.get("taxon")
             prob = photo_prob if photo_prob is not None else d["conf"]

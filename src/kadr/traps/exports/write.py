@@ -245,8 +245,7 @@ def write_outputs(out_dir: Path, settings: TrapSettings, prompts: PromptSet | No
     camtrap = CamtrapPackage(
         out_dir / "camtrap-dp", scientific_names=prompts.scientific_names() if prompts else {},
         deployments_csv=settings.deployments, utc_offset=settings.utc_offset,
-        media_url=settings.media_url, classified_by=classified_by(settings),
-        classified_by_model=functools.partial(classified_by, settings))
+        media_url=settings.media_url, classified_by=functools.partial(classified_by, settings))
     exclude = ("embedding", *PREVIOUS_EXPORT_COLUMNS)
     with (atomic_open(out_dir / "photos.csv") as photos_csv,
           atomic_open(out_dir / "photos.parquet", binary=True) as photos_parquet,
